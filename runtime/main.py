@@ -1,0 +1,159 @@
+"""Entry point of model.run: read the manifest appended to this file, unpack once, then run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from runtime import __version__
+from runtime.cache import CacheError, ensure_gguf, resolve_cache_dir
+from runtime.cli import parse
+from runtime.payload import Bundle, BundleError, read_bundle
+
+log = logging.getLogger("runtime")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _frozen() -> bool:
+    return bool(getattr(sys, "frozen", False))
+
+
+def _prog() -> str:
+    return Path(sys.argv[0]).name if _frozen() else "python -m runtime"
+
+
+def _dev_flag(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _find_bundle(argv: list[str]) -> Bundle | None:
+    if _frozen():
+        return read_bundle(sys.executable)
+    path = _dev_flag(argv, "--bundle")
+    return read_bundle(path) if path else None
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{_prog()}: %(message)s"))
+    root = logging.getLogger("runtime")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def run(argv: list[str]) -> int:
+    bundle = _find_bundle(argv)
+    manifest = bundle.manifest if bundle else {}
+    baked = [str(a) for a in manifest.get("args", [])] + shlex.split(os.environ.get("PACKER_ARGS", ""))
+    args = parse(argv, baked, prog=_prog())
+    _setup_logging(args.verbose)
+
+    if args.version:
+        print(f"packer runtime {__version__}")
+        return EXIT_OK
+    if args.info:
+        if not bundle:
+            raise BundleError("--info needs a model.run (or --bundle FILE when unfrozen)")
+        print(json.dumps(manifest, indent=2, ensure_ascii=False))
+        return EXIT_OK
+
+    if bundle:
+        gguf = ensure_gguf(bundle, resolve_cache_dir(args.cache_dir))
+        name = args.alias or str(manifest.get("name") or gguf.stem)
+    elif args.gguf:
+        gguf = Path(args.gguf)
+        if not gguf.is_file():
+            raise BundleError(f"no such GGUF file: {gguf}")
+        name = args.alias or gguf.stem
+    else:
+        raise BundleError("this runtime has no model attached: build one with `packer build`")
+
+    from runtime.engine import Engine, EngineOptions, Sampling
+
+    sampling = Sampling(
+        max_tokens=args.n_predict,
+        temperature=args.temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        seed=args.seed,
+    )
+    options = EngineOptions(
+        n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+        seed=args.seed, verbose=args.verbose,
+    )
+    engine = Engine(gguf, options, name=name)
+    try:
+        if args.server:
+            from runtime.server import serve
+
+            serve(engine, args.host, args.port, model_alias=name, api_key=args.api_key)
+            return EXIT_OK
+        prompt = args.prompt
+        if prompt is None and not sys.stdin.isatty():
+            prompt = sys.stdin.read()  # `echo question | ./model.run`
+        if prompt is not None:
+            return _one_shot(engine, prompt, sampling, raw=args.raw, system=args.system)
+        from runtime.chat import chat_loop
+
+        return chat_loop(engine, sampling, system=args.system)
+    finally:
+        engine.close()
+
+
+def _one_shot(engine, prompt: str, sampling, *, raw: bool, system: str | None) -> int:  # type: ignore[no-untyped-def]
+    if raw or not engine.has_chat_template:
+        pieces = engine.complete(prompt, sampling)
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        pieces = engine.chat(messages, sampling)
+    out = sys.stdout
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run, then leave with os._exit: llama-cpp-python's finalizers raise during interpreter
+    shutdown inside a frozen app, and the model has already been closed explicitly."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = run(argv)
+    except (BundleError, CacheError) as exc:
+        print(f"{_prog()}: error: {exc}", file=sys.stderr)
+        code = EXIT_ERROR
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except SystemExit as exc:  # argparse: --help (0) or bad flags (2)
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except OSError as exc:  # e.g. the server's port is taken
+        print(f"{_prog()}: error: {exc}", file=sys.stderr)
+        code = EXIT_ERROR
+    except Exception as exc:  # a bug or llama.cpp refusing the model: one line, no traceback soup
+        logging.getLogger("runtime").debug("unexpected error", exc_info=True)
+        print(f"{_prog()}: error: {type(exc).__name__}: {exc} (run with --verbose for details)", file=sys.stderr)
+        code = EXIT_ERROR
+    try:
+        sys.stdout.flush()
+    except Exception:
+        code = code or EXIT_ERROR
+    sys.stderr.flush()
+    os._exit(code)
