@@ -51,6 +51,8 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
                      help="layers to offload to a GPU, if the runtime has a GPU backend (default: %(default)s)")
     res.add_argument("--cache-dir", metavar="DIR",
                      help="where the model is unpacked on first run (default: $PACKER_CACHE, $XDG_CACHE_HOME/packer or ~/.cache/packer)")
+    res.add_argument("--stats", action="store_true",
+                     help="after a one-shot answer, print llama.cpp's timings as one JSON line on stderr")
     res.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
 
     srv = p.add_argument_group("server")

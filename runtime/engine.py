@@ -122,6 +122,24 @@ class Engine:
                 if text:
                     yield text
 
+    # -- llama.cpp's own timing counters (what llama-server reports as "timings") ------------
+    def perf_reset(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_perf_context_reset(self.llm._ctx.ctx)
+
+    def perf(self) -> dict[str, float]:
+        import llama_cpp
+
+        d = llama_cpp.llama_perf_context(self.llm._ctx.ctx)
+        return {
+            "prompt_n": d.n_p_eval,
+            "prompt_ms": round(d.t_p_eval_ms, 3),
+            "predicted_n": d.n_eval,
+            "predicted_ms": round(d.t_eval_ms, 3),
+            "predicted_per_second": round(1000.0 * d.n_eval / d.t_eval_ms, 3) if d.t_eval_ms else 0.0,
+        }
+
     def close(self) -> None:
         """Free the model now. Must be called before interpreter shutdown (see runtime.main)."""
         if not self._closed:

@@ -106,7 +106,11 @@ def run(argv: list[str]) -> int:
         if prompt is None and not sys.stdin.isatty():
             prompt = sys.stdin.read()  # `echo question | ./model.run`
         if prompt is not None:
-            return _one_shot(engine, prompt, sampling, raw=args.raw, system=args.system)
+            engine.perf_reset()
+            code = _one_shot(engine, prompt, sampling, raw=args.raw, system=args.system)
+            if args.stats:
+                print(json.dumps(engine.perf()), file=sys.stderr)
+            return code
         from runtime.chat import chat_loop
 
         return chat_loop(engine, sampling, system=args.system)

@@ -1,0 +1,324 @@
+"""Tokenizer -> GGUF vocabulary.
+
+Two tokenizer families are supported:
+
+* ``tokenizer.json`` with a GPT-2 style byte-level BPE model -> llama.cpp ``gpt2`` model,
+  with tokens, types, merges and the ``tokenizer.ggml.pre`` name detected from the
+  tokenizer's own pre-tokenizer (see :mod:`packer.convert.pretokenizer`);
+* SentencePiece ``tokenizer.model`` (Llama-2 / TinyLlama style) -> llama.cpp ``llama``
+  model with scores and types.
+
+Special tokens, add_bos/add_eos flags and the chat template come from gguf's
+``SpecialVocab`` (tokenizer_config.json, tokenizer.json, config.json), completed by us where
+it leaves gaps (e.g. a SentencePiece tokenizer without tokenizer.json).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from packer.convert.pretokenizer import detect_pre_tokenizer
+from packer.convert.spm_model import PIECE_USER_DEFINED, parse_spm_model
+from packer.errors import ConversionError, SourceError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_MODEL = "tokenizer.model"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE_JINJA = "chat_template.jinja"
+CHAT_TEMPLATE_JSON = "chat_template.json"
+
+MODEL_BPE = "gpt2"
+MODEL_SPM = "llama"
+
+_SPECIAL_TYPES = ("bos", "eos", "unk", "pad")
+_ADDED_TOKEN_SCORE = -1000.0
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Which tokenizer a checkpoint has, found cheaply before converting anything."""
+
+    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str | None  # llama.cpp pre-tokenizer name, BPE only
+    file: Path
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file of the checkpoint; ConversionError naming the file if it is broken."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise SourceError(f"cannot read {path}: {err.strerror or err}; check the file") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConversionError(f"{path} is not valid JSON ({err}); re-download it") from err
+
+
+def _is_byte_level_bpe(tokenizer_json: dict[str, Any]) -> bool:
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        return False
+    decoder = tokenizer_json.get("decoder") or {}
+    return "ByteLevel" in json.dumps(tokenizer_json.get("pre_tokenizer")) or (
+        decoder.get("type") == "ByteLevel"
+    )
+
+
+def detect_tokenizer(src: Path) -> TokenizerSpec:
+    """Find the checkpoint's tokenizer and check that we can convert it."""
+    tj_path = src / TOKENIZER_JSON
+    spm_path = src / TOKENIZER_MODEL
+    kind = None
+    if tj_path.is_file():
+        tokenizer_json = read_json(tj_path)
+        if not isinstance(tokenizer_json, dict) or not isinstance(
+            tokenizer_json.get("model"), dict
+        ):
+            raise ConversionError(f"{tj_path} has no 'model' section; re-download it")
+        model = tokenizer_json["model"]
+        kind = model.get("type")
+        if _is_byte_level_bpe(tokenizer_json):
+            for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+                if model.get(key):
+                    raise UnsupportedModelError(
+                        f"{tj_path}: BPE with {key}={model[key]!r} is not supported by "
+                        "llama.cpp; use a model with a GPT-2 style tokenizer"
+                    )
+            pre = detect_pre_tokenizer(tokenizer_json, str(tj_path))
+            return TokenizerSpec(MODEL_BPE, pre, tj_path)
+    if spm_path.is_file():
+        return TokenizerSpec(MODEL_SPM, None, spm_path)
+    if kind is not None:
+        raise UnsupportedModelError(
+            f"{tj_path}: {kind} tokenizer without a byte-level pre-tokenizer or a "
+            f"{TOKENIZER_MODEL} is not supported; add the SentencePiece {TOKENIZER_MODEL} file"
+        )
+    raise SourceError(
+        f"no tokenizer ({TOKENIZER_JSON} or {TOKENIZER_MODEL}) in {src}; "
+        "download the tokenizer files with the model"
+    )
+
+
+def _chat_template_file(src: Path) -> str | None:
+    jinja = src / CHAT_TEMPLATE_JINJA
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    if (src / CHAT_TEMPLATE_JSON).is_file():
+        template = read_json(src / CHAT_TEMPLATE_JSON)
+        if isinstance(template, dict) and isinstance(template.get("chat_template"), str):
+            return str(template["chat_template"])
+    return None
+
+
+def has_chat_template(src: Path) -> bool:
+    config_path = src / TOKENIZER_CONFIG
+    if config_path.is_file():
+        config = read_json(config_path)
+        if isinstance(config, dict) and config.get("chat_template"):
+            return True
+    return _chat_template_file(src) is not None
+
+
+@dataclass
+class Vocab:
+    spec: TokenizerSpec
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None
+    special: gguf.SpecialVocab
+    add_space_prefix: bool | None = None
+
+    def write(self, writer: gguf.GGUFWriter) -> None:
+        writer.add_tokenizer_model(self.spec.model)
+        if self.spec.pre:
+            writer.add_tokenizer_pre(self.spec.pre)
+        writer.add_token_list(self.tokens)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+        writer.add_token_types(self.types)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
+        self.special.add_to_gguf(writer, quiet=True)
+
+
+def _bpe_tokens(path: Path) -> dict[int, tuple[str, int]]:
+    tokenizer_json = read_json(path)
+    vocab = tokenizer_json["model"].get("vocab")
+    if not isinstance(vocab, dict):
+        raise ConversionError(f"{path}: model.vocab is missing; re-download the tokenizer")
+    entries: dict[int, tuple[str, int]] = {}
+    for text, token_id in vocab.items():
+        if not isinstance(token_id, int) or token_id < 0:
+            raise ConversionError(f"{path}: token {text!r} has invalid id {token_id!r}")
+        entries[token_id] = (text, gguf.TokenType.NORMAL)
+    for added in tokenizer_json.get("added_tokens") or []:
+        token_id, content = added.get("id"), added.get("content")
+        if not isinstance(token_id, int) or token_id < 0 or not isinstance(content, str):
+            raise ConversionError(f"{path}: added token {added!r} has no valid id/content")
+        kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+        entries[token_id] = (content, kind)
+    return entries
+
+
+def _added_tokens_from_configs(src: Path) -> dict[int, tuple[str, bool]]:
+    """Added tokens declared by tokenizer_config.json / tokenizer.json: id -> (text, special)."""
+    added: dict[int, tuple[str, bool]] = {}
+    tj_path = src / TOKENIZER_JSON
+    if tj_path.is_file():
+        tokenizer_json = read_json(tj_path)
+        entries = tokenizer_json.get("added_tokens") if isinstance(tokenizer_json, dict) else None
+        for entry in entries or []:
+            if (
+                isinstance(entry, dict)
+                and isinstance(entry.get("id"), int)
+                and isinstance(entry.get("content"), str)
+            ):
+                added[entry["id"]] = (entry["content"], bool(entry.get("special")))
+    tc_path = src / TOKENIZER_CONFIG
+    if tc_path.is_file():
+        config = read_json(tc_path)
+        decoder = config.get("added_tokens_decoder") if isinstance(config, dict) else None
+        for key, entry in (decoder or {}).items():
+            if str(key).isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str):
+                added[int(key)] = (entry["content"], bool(entry.get("special")))
+    return added
+
+
+def _spm_tokens(src: Path, path: Path) -> tuple[dict[int, tuple[str, int]], dict[int, float], Any, bool]:
+    try:
+        spm_vocab = gguf.vocab.SentencePieceVocab(src)
+        pieces = list(spm_vocab.all_tokens())
+        info = parse_spm_model(path.read_bytes())
+    except OSError as err:
+        raise SourceError(f"cannot read {path}: {err.strerror or err}; check the file") from err
+    except Exception as err:  # sentencepiece raises RuntimeError, gguf ValueError
+        raise ConversionError(
+            f"{path} is not a valid SentencePiece model ({err}); re-download it"
+        ) from err
+    if info.model_type != "bpe":
+        logger.warning(
+            "%s is a SentencePiece %s model; llama.cpp tokenizes it BPE-style, so some "
+            "texts may split differently",
+            path,
+            info.model_type,
+        )
+    if info.normalizer_name not in ("", "identity"):
+        logger.warning(
+            "%s normalizes text with %r, which llama.cpp does not apply; "
+            "unusual characters may tokenize differently",
+            path,
+            info.normalizer_name,
+        )
+    if info.remove_extra_whitespaces:
+        logger.warning(
+            "%s collapses repeated spaces, which llama.cpp does not; texts with repeated "
+            "spaces may tokenize differently",
+            path,
+        )
+    entries: dict[int, tuple[str, int]] = {}
+    scores: dict[int, float] = {}
+    for token_id, (text, score, kind) in enumerate(pieces):
+        if (
+            kind == gguf.TokenType.NORMAL
+            and token_id < len(info.piece_types)
+            and info.piece_types[token_id] == PIECE_USER_DEFINED
+        ):
+            kind = gguf.TokenType.USER_DEFINED
+        entries[token_id] = (text.decode("utf-8"), int(kind))
+        scores[token_id] = float(score)
+    for token_id, (text, special) in _added_tokens_from_configs(src).items():
+        kind = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
+        if token_id not in entries:
+            entries[token_id] = (text, kind)
+            scores[token_id] = _ADDED_TOKEN_SCORE
+        elif entries[token_id][1] == gguf.TokenType.NORMAL and entries[token_id][0] == text:
+            entries[token_id] = (text, kind)
+    return entries, scores, spm_vocab.sentencepiece_tokenizer, info.add_dummy_prefix
+
+
+def _special_token_text(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+        return str(entry["content"])
+    return None
+
+
+def load_vocab(src: Path, n_vocab: int) -> Vocab:
+    """Build the GGUF vocabulary, padded to the model's ``n_vocab`` embedding rows."""
+    spec = detect_tokenizer(src)
+    processor = None
+    add_space_prefix: bool | None = None
+    scores_by_id: dict[int, float] | None = None
+    if spec.model == MODEL_BPE:
+        entries = _bpe_tokens(spec.file)
+    else:
+        entries, scores_by_id, processor, add_space_prefix = _spm_tokens(src, spec.file)
+
+    n_tokens = max(entries) + 1 if entries else 0
+    if n_tokens > n_vocab:
+        raise ConversionError(
+            f"the tokenizer has {n_tokens} tokens but config.json vocab_size (embedding rows) "
+            f"is {n_vocab}; the tokenizer does not belong to this model"
+        )
+    if n_tokens < n_vocab:
+        logger.info("padding the vocabulary from %d to %d tokens", n_tokens, n_vocab)
+    tokens: list[str] = []
+    types: list[int] = []
+    scores: list[float] | None = [] if scores_by_id is not None else None
+    for token_id in range(n_vocab):
+        text, kind = entries.get(token_id, (f"[PAD{token_id}]", gguf.TokenType.UNUSED))
+        tokens.append(text)
+        types.append(int(kind))
+        if scores is not None and scores_by_id is not None:
+            scores.append(scores_by_id.get(token_id, _ADDED_TOKEN_SCORE))
+
+    try:
+        special = gguf.SpecialVocab(src, load_merges=spec.model == MODEL_BPE, n_vocab=n_vocab)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConversionError(f"cannot read the special tokens of {src}: {err}") from err
+    if spec.model == MODEL_BPE and not special.merges:
+        raise ConversionError(f"{spec.file} has no BPE merges; re-download the tokenizer")
+
+    _complete_special_tokens(src, special, tokens, processor)
+    if special.chat_template is None:
+        special.chat_template = _chat_template_file(src)
+    return Vocab(spec, tokens, types, scores, special, add_space_prefix)
+
+
+def _complete_special_tokens(
+    src: Path, special: gguf.SpecialVocab, tokens: list[str], processor: Any
+) -> None:
+    """Fill special token ids and add_* flags that SpecialVocab could not find."""
+    config: dict[str, Any] = {}
+    if (src / TOKENIZER_CONFIG).is_file():
+        loaded = read_json(src / TOKENIZER_CONFIG)
+        config = loaded if isinstance(loaded, dict) else {}
+    text_to_id: dict[str, int] = {}
+    for token_id, text in enumerate(tokens):
+        text_to_id.setdefault(text, token_id)
+    for typ in _SPECIAL_TYPES:
+        if typ in special.special_token_ids:
+            continue
+        text = _special_token_text(config.get(f"{typ}_token"))
+        if text is not None and text in text_to_id:
+            special.special_token_ids[typ] = text_to_id[text]
+        elif processor is not None:
+            token_id = int(getattr(processor, f"{typ}_id")())
+            if 0 <= token_id < len(tokens):
+                special.special_token_ids[typ] = token_id
+    is_spm = processor is not None
+    # HF defaults: LlamaTokenizer adds BOS; byte-level BPE tokenizers only via post-processor.
+    special.add_special_token.setdefault("bos", is_spm)
+    special.add_special_token.setdefault("eos", False)
+    for typ in ("bos", "eos"):
+        if special.add_special_token[typ] and typ not in special.special_token_ids:
+            logger.warning("tokenizer asks to add a %s token but has none; not adding it", typ)
+            special.add_special_token[typ] = False
