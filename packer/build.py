@@ -60,13 +60,20 @@ def _check_writable(output: Path) -> None:
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {output}: {probe} is not a writable folder; choose another place with -o")
+        raise OutputError(
+            f"cannot write {output}: {probe} is not a writable folder; choose another place with -o"
+        )
     if output.is_dir():
         raise OutputError(f"{output} is a folder: give a file name with -o")
 
 
-def plan(spec: str, quant: str | None = None, output: str | os.PathLike[str] | None = None,
-         args: str | list[str] | None = None, flavour: str = "cpu") -> BuildPlan:
+def plan(
+    spec: str,
+    quant: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    args: str | list[str] | None = None,
+    flavour: str = "cpu",
+) -> BuildPlan:
     src = sources.resolve(spec)
     qt = parse_quant(quant) if quant and quant.lower() != "keep" else None
     info = None
@@ -76,7 +83,9 @@ def plan(spec: str, quant: str | None = None, output: str | os.PathLike[str] | N
         info = inspect_checkpoint(src.path)
         if qt is None:
             if quant and quant.lower() == "keep":
-                raise UsageError("--quant keep only applies to a .gguf source: choose a type such as Q5_K_M")
+                raise UsageError(
+                    "--quant keep only applies to a .gguf source: choose a type such as Q5_K_M"
+                )
             qt = parse_quant(DEFAULT_QUANT)
     else:
         if qt is not None and src.gguf_type and qt.name == src.gguf_type:
@@ -98,17 +107,24 @@ def plan(spec: str, quant: str | None = None, output: str | os.PathLike[str] | N
         try:
             build_parser().parse_args(baked)
         except SystemExit as exc:
-            raise UsageError(f"--args {shlex.join(baked)!r} are not valid model.run flags (see model.run --help)") from exc
+            raise UsageError(
+                f"--args {shlex.join(baked)!r} are not valid model.run flags (see model.run --help)"
+            ) from exc
     return BuildPlan(
-        source=src, quant=qt, output=out, args=baked, flavour=flavour,
+        source=src,
+        quant=qt,
+        output=out,
+        args=baked,
+        flavour=flavour,
         architecture=info.architecture if info else src.architecture,
         n_params=info.n_params if info else None,
         context_length=info.context_length if info else None,
     )
 
 
-def execute(p: BuildPlan, *, threads: int = 0, verbose: bool = False,
-            progress: Progress | None = None) -> dict[str, Any]:
+def execute(
+    p: BuildPlan, *, threads: int = 0, verbose: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
     """Do the build; returns the manifest written into the output file."""
     from packer.pack import pack
     from packer.quantize import quantize
@@ -129,9 +145,17 @@ def execute(p: BuildPlan, *, threads: int = 0, verbose: bool = False,
             log.info("converting %s to GGUF (%s)", p.source.path.name, outtype)
             convert_checkpoint(p.source.path, gguf, outtype=outtype, progress=progress)
             if p.quant and not p.quant.is_float:
-                gguf = quantize(gguf, work / f"model.{p.quant.name}.gguf", p.quant, threads=threads, verbose=verbose)
+                gguf = quantize(
+                    gguf,
+                    work / f"model.{p.quant.name}.gguf",
+                    p.quant,
+                    threads=threads,
+                    verbose=verbose,
+                )
         elif p.quant is not None:
-            gguf = quantize(gguf, work / f"model.{p.quant.name}.gguf", p.quant, threads=threads, verbose=verbose)
+            gguf = quantize(
+                gguf, work / f"model.{p.quant.name}.gguf", p.quant, threads=threads, verbose=verbose
+            )
         manifest = {
             "name": p.source.name,
             "source": p.source.spec,

@@ -69,17 +69,40 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("--quant", "-Q", metavar="TYPE",
-              help="Quantization type, case-insensitive (default Q5_K_M for checkpoints; a .gguf is packed as it is). See `packer quants`.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file (default: ./<model>.<quant>.run).")
-@click.option("--args", "baked_args", metavar="FLAGS",
-              help="model.run flags baked in as defaults, e.g. --args \"--temp 0.3 -c 8192\".")
-@click.option("--runtime", "flavour", default="cpu", show_default=True, help="Runtime stub flavour.")
-@click.option("-t", "--threads", type=int, default=0, help="Threads for quantizing (default: all cores).")
+@click.option(
+    "--quant",
+    "-Q",
+    metavar="TYPE",
+    help="Quantization type, case-insensitive (default Q5_K_M for checkpoints; a .gguf is packed as it is). See `packer quants`.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file (default: ./<model>.<quant>.run).",
+)
+@click.option(
+    "--args",
+    "baked_args",
+    metavar="FLAGS",
+    help='model.run flags baked in as defaults, e.g. --args "--temp 0.3 -c 8192".',
+)
+@click.option(
+    "--runtime", "flavour", default="cpu", show_default=True, help="Runtime stub flavour."
+)
+@click.option(
+    "-t", "--threads", type=int, default=0, help="Threads for quantizing (default: all cores)."
+)
 @click.pass_context
-def build(ctx: click.Context, source: str, quant: str | None, output: Path | None,
-          baked_args: str | None, flavour: str, threads: int) -> None:
+def build(
+    ctx: click.Context,
+    source: str,
+    quant: str | None,
+    output: Path | None,
+    baked_args: str | None,
+    flavour: str,
+    threads: int,
+) -> None:
     """Build one executable model file from SOURCE.
 
     SOURCE is a Hugging Face checkpoint folder (config.json + *.safetensors + tokenizer files)
@@ -99,9 +122,16 @@ def build(ctx: click.Context, source: str, quant: str | None, output: Path | Non
 
     p = plan(source, quant, output, baked_args, flavour)
     log.info("%s", p.describe())
-    manifest = execute(p, threads=threads, verbose=ctx.obj["verbose"], progress=_progress_bar("converting"))
+    manifest = execute(
+        p, threads=threads, verbose=ctx.obj["verbose"], progress=_progress_bar("converting")
+    )
     size = p.output.stat().st_size
-    log.info("done: %s (%.1f MB); run it with: %s -p \"Hello\"", p.output.name, size / 1e6, _shell_path(p.output))
+    log.info(
+        'done: %s (%.1f MB); run it with: %s -p "Hello"',
+        p.output.name,
+        size / 1e6,
+        _shell_path(p.output),
+    )
     log.debug("manifest: %s", manifest)
     click.echo(str(p.output))
 
@@ -116,10 +146,20 @@ def _shell_path(path: Path) -> str:
 
 @cli.command()
 @click.argument("source")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output .gguf file.")
-@click.option("--outtype", type=click.Choice(["auto", "f32", "f16", "bf16"], case_sensitive=False),
-              default="auto", show_default=True, help="Precision of the weights; auto keeps the checkpoint's.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output .gguf file.",
+)
+@click.option(
+    "--outtype",
+    type=click.Choice(["auto", "f32", "f16", "bf16"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="Precision of the weights; auto keeps the checkpoint's.",
+)
 def convert(source: str, output: Path, outtype: str) -> None:
     """Convert a Hugging Face checkpoint folder to a GGUF file (no quantization, no runtime).
 
@@ -142,8 +182,12 @@ def convert(source: str, output: Path, outtype: str) -> None:
 
 
 @cli.command()
-@click.option("--params", type=float, metavar="N",
-              help="Model size in billions of parameters, to show the expected file size (e.g. 1.1).")
+@click.option(
+    "--params",
+    type=float,
+    metavar="N",
+    help="Model size in billions of parameters, to show the expected file size (e.g. 1.1).",
+)
 def quants(params: float | None) -> None:
     """List the quantization types, with bits per weight and a quality note.
 

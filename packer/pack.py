@@ -43,7 +43,9 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[st
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     except OSError as exc:
-        raise OutputError(f"cannot write {out}: {exc.strerror}: choose another place with -o") from exc
+        raise OutputError(
+            f"cannot write {out}: {exc.strerror}: choose another place with -o"
+        ) from exc
     tmp = Path(tmp_name)
     gguf_size = gguf.stat().st_size
     try:
@@ -53,7 +55,10 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[st
             payload_offset = dst.tell()
             digest = hashlib.sha256()
             cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_content_size=True)
-            with open(gguf, "rb") as src, cctx.stream_writer(dst, size=gguf_size, closefd=False) as zw:
+            with (
+                open(gguf, "rb") as src,
+                cctx.stream_writer(dst, size=gguf_size, closefd=False) as zw,
+            ):
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     zw.write(chunk)
@@ -75,16 +80,23 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[st
             dst.flush()
             os.fsync(dst.fileno())
         mode = os.stat(tmp).st_mode
-        os.chmod(tmp, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
+        os.chmod(
+            tmp, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH
+        )
         os.replace(tmp, out)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise OutputError(f"disk full while writing {out}: free some space or write elsewhere with -o") from exc
+            raise OutputError(
+                f"disk full while writing {out}: free some space or write elsewhere with -o"
+            ) from exc
         raise OutputError(f"cannot write {out}: {exc.strerror}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     log.info(
         "packed %s: stub %.1f MB + model %.1f MB (zstd, from %.1f MB)",
-        out.name, payload_offset / 1e6, payload_size / 1e6, gguf_size / 1e6,
+        out.name,
+        payload_offset / 1e6,
+        payload_size / 1e6,
+        gguf_size / 1e6,
     )
     return full

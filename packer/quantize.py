@@ -27,7 +27,9 @@ def _quiet_llama(verbose: bool) -> Iterator[None]:
         lg.setLevel(old)
 
 
-def quantize(src: Path, dst: Path, quant: QuantType, *, threads: int = 0, verbose: bool = False) -> Path:
+def quantize(
+    src: Path, dst: Path, quant: QuantType, *, threads: int = 0, verbose: bool = False
+) -> Path:
     """Write ``src`` quantized to ``quant`` at ``dst`` (atomically: nothing is left on failure)."""
     if quant.needs_imatrix:
         raise UsageError(
@@ -49,9 +51,7 @@ def quantize(src: Path, dst: Path, quant: QuantType, *, threads: int = 0, verbos
         params.nthread = threads
         log.info("quantizing to %s with llama.cpp", quant.name)
         with _quiet_llama(verbose):
-            rc = llama_cpp.llama_model_quantize(
-                str(src).encode(), str(tmp).encode(), params
-            )
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if rc != 0:
             free = _free_bytes(dst.parent)
             if free is not None and free < 64 << 20:

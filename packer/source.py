@@ -26,7 +26,9 @@ class Source:
     path: Path
     spec: str  # what the user typed
     name: str  # model name used for the output file and the manifest
-    gguf_type: str | None = None  # for GGUF sources: the file's quant/precision ("F16", "Q4_1", ...)
+    gguf_type: str | None = (
+        None  # for GGUF sources: the file's quant/precision ("F16", "Q4_1", ...)
+    )
     architecture: str | None = None
 
 
@@ -41,7 +43,9 @@ def _gguf_source(path: Path, spec: str) -> Source:
 
         reader = gguf.GGUFReader(path)
     except Exception as exc:  # gguf raises ValueError/struct errors on garbage
-        raise SourceError(f"{path} is not a readable GGUF file ({exc}): check the file or download it again") from exc
+        raise SourceError(
+            f"{path} is not a readable GGUF file ({exc}): check the file or download it again"
+        ) from exc
     file_type = None
     arch = None
     if "general.file_type" in reader.fields:
@@ -51,7 +55,9 @@ def _gguf_source(path: Path, spec: str) -> Source:
     if file_type is None:  # older files: judge by the tensors
         types = {t.tensor_type.name for t in reader.tensors if len(t.shape) > 1}
         file_type = next(iter(types)) if len(types) == 1 else None
-    return Source("gguf", path, spec, model_name_from_stem(path.stem), gguf_type=file_type, architecture=arch)
+    return Source(
+        "gguf", path, spec, model_name_from_stem(path.stem), gguf_type=file_type, architecture=arch
+    )
 
 
 def resolve(spec: str) -> Source:
@@ -66,7 +72,9 @@ def resolve(spec: str) -> Source:
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             return _gguf_source(path.resolve(), spec)
-        raise SourceError(f"{path} is a file but not a .gguf: pass a checkpoint folder or a .gguf file")
+        raise SourceError(
+            f"{path} is a file but not a .gguf: pass a checkpoint folder or a .gguf file"
+        )
     if path.exists():
         raise SourceError(f"{path} is neither a folder nor a file")
     hint = ""

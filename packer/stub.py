@@ -50,7 +50,11 @@ def _llama_build_id() -> str:
     import llama_cpp
 
     libdir = Path(llama_cpp.__file__).parent / "lib"
-    libs = sorted(p.name + str(p.stat().st_size) for p in libdir.glob("*.so*")) if libdir.is_dir() else []
+    libs = (
+        sorted(p.name + str(p.stat().st_size) for p in libdir.glob("*.so*"))
+        if libdir.is_dir()
+        else []
+    )
     return version + "|" + ",".join(libs)
 
 
@@ -72,13 +76,19 @@ def stub_key(flavour: str = "cpu") -> str:
 
 
 def stub_path(flavour: str = "cpu") -> Path:
-    return stub_cache_root() / f"{platform.system().lower()}-{platform.machine()}-{flavour}-{stub_key(flavour)}" / "packer-runtime"
+    return (
+        stub_cache_root()
+        / f"{platform.system().lower()}-{platform.machine()}-{flavour}-{stub_key(flavour)}"
+        / "packer-runtime"
+    )
 
 
 def ensure_stub(flavour: str = "cpu", *, rebuild: bool = False, verbose: bool = False) -> Path:
     """Return the cached stub for ``flavour``, building it with PyInstaller the first time."""
     if flavour not in FLAVOURS:
-        raise RuntimeStubError(f"unknown runtime flavour {flavour!r}: available: {', '.join(FLAVOURS)}")
+        raise RuntimeStubError(
+            f"unknown runtime flavour {flavour!r}: available: {', '.join(FLAVOURS)}"
+        )
     target = stub_path(flavour)
     if target.is_file() and not rebuild:
         log.debug("using cached runtime stub %s", target)
@@ -89,8 +99,16 @@ def ensure_stub(flavour: str = "cpu", *, rebuild: bool = False, verbose: bool = 
     try:
         env = {**os.environ, "PACKER_ROOT": str(ROOT), "PACKER_STUB_NAME": target.name}
         cmd = [
-            sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean",
-            "--distpath", str(work / "dist"), "--workpath", str(work / "work"), str(SPEC),
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--clean",
+            "--distpath",
+            str(work / "dist"),
+            "--workpath",
+            str(work / "work"),
+            str(SPEC),
         ]
         proc = subprocess.run(cmd, env=env, cwd=work, capture_output=not verbose, text=True)
         built = work / "dist" / target.name

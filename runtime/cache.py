@@ -41,19 +41,19 @@ def _home() -> Path | None:
         return None
 
 
-def candidate_dirs(explicit: str | None = None) -> list[tuple[Path, str]]:
-    """Cache folders in order of preference, each with where it came from."""
+def candidate_dirs(explicit: str | None = None) -> list[Path]:
+    """Cache folders in order of preference. An explicit choice is the only candidate."""
     if explicit:
-        return [(Path(explicit).expanduser(), "--cache-dir")]
+        return [Path(explicit).expanduser()]
     if os.environ.get("PACKER_CACHE"):
-        return [(Path(os.environ["PACKER_CACHE"]).expanduser(), "PACKER_CACHE")]
-    out: list[tuple[Path, str]] = []
+        return [Path(os.environ["PACKER_CACHE"]).expanduser()]
+    out: list[Path] = []
     if os.environ.get("XDG_CACHE_HOME"):
-        out.append((Path(os.environ["XDG_CACHE_HOME"]) / "packer", "XDG_CACHE_HOME"))
+        out.append(Path(os.environ["XDG_CACHE_HOME"]) / "packer")
     home = _home()
     if home is not None:
-        out.append((home / ".cache" / "packer", "~/.cache"))
-    out.append((Path(tempfile.gettempdir()) / f"packer-{os.getuid()}", "the temp folder"))
+        out.append(home / ".cache" / "packer")
+    out.append(Path(tempfile.gettempdir()) / f"packer-{os.getuid()}")
     return out
 
 
@@ -68,12 +68,12 @@ def _usable(folder: Path) -> bool:
 def resolve_cache_dir(explicit: str | None = None) -> Path:
     """The first writable candidate; explicit choices (--cache-dir, PACKER_CACHE) never fall back."""
     candidates = candidate_dirs(explicit)
-    for i, (folder, origin) in enumerate(candidates):
+    for i, folder in enumerate(candidates):
         if _usable(folder):
             if i:
-                log.warning("cache: %s is not writable, using %s", candidates[0][0], folder)
+                log.warning("cache: %s is not writable, using %s", candidates[0], folder)
             return folder
-    tried = ", ".join(str(f) for f, _ in candidates)
+    tried = ", ".join(str(f) for f in candidates)
     raise CacheError(
         f"no writable cache folder (tried {tried}): set PACKER_CACHE=/some/writable/dir or pass --cache-dir"
     )
@@ -123,7 +123,11 @@ def ensure_gguf(bundle: Bundle, cache_dir: Path) -> Path:
 def _unpack(bundle: Bundle, target: Path) -> None:
     import zstandard  # only needed on the first run
 
-    log.info("unpacking the model (%.0f MB) to %s (first run only)", bundle.gguf_size / 1e6, target.parent)
+    log.info(
+        "unpacking the model (%.0f MB) to %s (first run only)",
+        bundle.gguf_size / 1e6,
+        target.parent,
+    )
     fd, tmp_name = tempfile.mkstemp(prefix=".unpack-", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
@@ -145,10 +149,14 @@ def _unpack(bundle: Bundle, target: Path) -> None:
             )
         os.replace(tmp, target)
     except zstandard.ZstdError as exc:
-        raise BundleError(f"{bundle.path.name} is corrupted (cannot decompress the model: {exc}): copy the file again") from exc
+        raise BundleError(
+            f"{bundle.path.name} is corrupted (cannot decompress the model: {exc}): copy the file again"
+        ) from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise CacheError(f"disk full while unpacking the model to {target.parent}: free space or set PACKER_CACHE") from exc
+            raise CacheError(
+                f"disk full while unpacking the model to {target.parent}: free space or set PACKER_CACHE"
+            ) from exc
         raise CacheError(f"cannot unpack the model to {target.parent}: {exc.strerror}") from exc
     finally:
         tmp.unlink(missing_ok=True)

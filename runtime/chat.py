@@ -32,7 +32,9 @@ def chat_loop(engine: Engine, sampling: Sampling, system: str | None = None) -> 
             print("(conversation forgotten)", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
-        messages = _fit(engine, ([{"role": "system", "content": system}] if system else []), history, sampling)
+        messages = _fit(
+            engine, ([{"role": "system", "content": system}] if system else []), history, sampling
+        )
         answer: list[str] = []
         try:
             for piece in engine.chat(messages, sampling):
@@ -45,7 +47,9 @@ def chat_loop(engine: Engine, sampling: Sampling, system: str | None = None) -> 
         history.append({"role": "assistant", "content": "".join(answer)})
 
 
-def _fit(engine: Engine, head: list[dict[str, str]], history: list[dict[str, str]], sampling: Sampling) -> list[dict[str, str]]:
+def _fit(
+    engine: Engine, head: list[dict[str, str]], history: list[dict[str, str]], sampling: Sampling
+) -> list[dict[str, str]]:
     """Drop the oldest turns until the conversation leaves room for an answer in the context."""
     reserve = sampling.max_tokens if sampling.max_tokens > 0 else min(512, engine.n_ctx // 4)
     while len(history) > 1:

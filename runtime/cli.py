@@ -25,42 +25,110 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     )
     mode = p.add_argument_group("what to do (default: terminal chat)")
     mode.add_argument("-p", "--prompt", metavar="TEXT", help="answer TEXT once on stdout and exit")
-    mode.add_argument("--server", action="store_true", help="serve the HTTP API and the web chat page")
-    mode.add_argument("--info", action="store_true", help="print the model's manifest (JSON) and exit")
+    mode.add_argument(
+        "--server", action="store_true", help="serve the HTTP API and the web chat page"
+    )
+    mode.add_argument(
+        "--info", action="store_true", help="print the model's manifest (JSON) and exit"
+    )
+    mode.add_argument(
+        "--extract",
+        metavar="FILE",
+        help="write the model out as a GGUF file (for other tools) and exit",
+    )
     mode.add_argument("--version", action="store_true", help="print the runtime version and exit")
 
     gen = p.add_argument_group("generation")
-    gen.add_argument("--raw", action="store_true", help="plain completion of the prompt, no chat template")
-    gen.add_argument("--system", metavar="TEXT", help="system prompt for chat (default: the model's own)")
-    gen.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
-                     help="tokens to generate, -1 = until the answer ends (default: %(default)s)")
-    gen.add_argument("--temp", type=float, default=0.8, metavar="T",
-                     help="temperature, 0 = always the most likely token (default: %(default)s)")
+    gen.add_argument(
+        "--raw", action="store_true", help="plain completion of the prompt, no chat template"
+    )
+    gen.add_argument(
+        "--system", metavar="TEXT", help="system prompt for chat (default: the model's own)"
+    )
+    gen.add_argument(
+        "-n",
+        "--n-predict",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="tokens to generate, -1 = until the answer ends (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--temp",
+        type=float,
+        default=0.8,
+        metavar="T",
+        help="temperature, 0 = always the most likely token (default: %(default)s)",
+    )
     gen.add_argument("--top-k", type=int, default=40, metavar="K", help="default: %(default)s")
     gen.add_argument("--top-p", type=float, default=0.95, metavar="P", help="default: %(default)s")
     gen.add_argument("--min-p", type=float, default=0.05, metavar="P", help="default: %(default)s")
-    gen.add_argument("--repeat-penalty", type=float, default=1.1, metavar="X", help="default: %(default)s")
-    gen.add_argument("--seed", type=int, default=-1, metavar="N", help="random seed, -1 = random (default: %(default)s)")
+    gen.add_argument(
+        "--repeat-penalty", type=float, default=1.1, metavar="X", help="default: %(default)s"
+    )
+    gen.add_argument(
+        "--seed",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="random seed, -1 = random (default: %(default)s)",
+    )
 
     res = p.add_argument_group("resources")
-    res.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
-                     help="context size in tokens, 0 = the model's own (default: %(default)s)")
-    res.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                     help="CPU threads (default: all available cores)")
-    res.add_argument("-ngl", "--gpu-layers", type=int, default=0, metavar="N",
-                     help="layers to offload to a GPU, if the runtime has a GPU backend (default: %(default)s)")
-    res.add_argument("--cache-dir", metavar="DIR",
-                     help="where the model is unpacked on first run (default: $PACKER_CACHE, $XDG_CACHE_HOME/packer or ~/.cache/packer)")
-    res.add_argument("--stats", action="store_true",
-                     help="after a one-shot answer, print llama.cpp's timings as one JSON line on stderr")
+    res.add_argument(
+        "-c",
+        "--ctx-size",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="context size in tokens, 0 = the model's own (default: %(default)s)",
+    )
+    res.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: all available cores)",
+    )
+    res.add_argument(
+        "-ngl",
+        "--gpu-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="layers to offload to a GPU, if the runtime has a GPU backend (default: %(default)s)",
+    )
+    res.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where the model is unpacked on first run (default: $PACKER_CACHE, $XDG_CACHE_HOME/packer or ~/.cache/packer)",
+    )
+    res.add_argument(
+        "--stats",
+        action="store_true",
+        help="after a one-shot answer, print llama.cpp's timings as one JSON line on stderr",
+    )
     res.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
 
     srv = p.add_argument_group("server")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 = the whole network (default: %(default)s)")
+    srv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 = the whole network (default: %(default)s)",
+    )
     srv.add_argument("--port", type=int, default=8080, help="default: %(default)s")
-    srv.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' (all but /health)")
-    srv.add_argument("--alias", metavar="NAME", help="model name reported by the API (default: the model's name)")
-    srv.add_argument("--nobrowser", action="store_true", help="accepted for llamafile compatibility; no browser is opened")
+    srv.add_argument(
+        "--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' (all but /health)"
+    )
+    srv.add_argument(
+        "--alias", metavar="NAME", help="model name reported by the API (default: the model's name)"
+    )
+    srv.add_argument(
+        "--nobrowser",
+        action="store_true",
+        help="accepted for llamafile compatibility; no browser is opened",
+    )
 
     # development hooks (not shown): run the unfrozen runtime on a GGUF or a model.run
     p.add_argument("--gguf", help=argparse.SUPPRESS)

@@ -67,7 +67,9 @@ def default_threads() -> int:
 
 
 class Engine:
-    def __init__(self, model_path: str | os.PathLike[str], options: EngineOptions, name: str = "") -> None:
+    def __init__(
+        self, model_path: str | os.PathLike[str], options: EngineOptions, name: str = ""
+    ) -> None:
         import llama_cpp  # heavy import: only when a model is really loaded
 
         self.options = options
@@ -109,7 +111,10 @@ class Engine:
         """Chat completion with the model's own chat template; yields text pieces."""
         if not self.has_chat_template:
             # a base model: fall back to a plain transcript completion
-            prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+            prompt = (
+                "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+                + "Assistant:"
+            )
             yield from self.complete(prompt, sampling)
             return
         kwargs = sampling.kwargs(self.n_ctx, 0)
@@ -137,7 +142,9 @@ class Engine:
             "prompt_ms": round(d.t_p_eval_ms, 3),
             "predicted_n": d.n_eval,
             "predicted_ms": round(d.t_eval_ms, 3),
-            "predicted_per_second": round(1000.0 * d.n_eval / d.t_eval_ms, 3) if d.t_eval_ms else 0.0,
+            "predicted_per_second": round(1000.0 * d.n_eval / d.t_eval_ms, 3)
+            if d.t_eval_ms
+            else 0.0,
         }
 
     def close(self) -> None:

@@ -56,7 +56,9 @@ def _setup_logging(verbose: bool) -> None:
 def run(argv: list[str]) -> int:
     bundle = _find_bundle(argv)
     manifest = bundle.manifest if bundle else {}
-    baked = [str(a) for a in manifest.get("args", [])] + shlex.split(os.environ.get("PACKER_ARGS", ""))
+    baked = [str(a) for a in manifest.get("args", [])] + shlex.split(
+        os.environ.get("PACKER_ARGS", "")
+    )
     args = parse(argv, baked, prog=_prog())
     _setup_logging(args.verbose)
 
@@ -71,6 +73,10 @@ def run(argv: list[str]) -> int:
 
     if bundle:
         gguf = ensure_gguf(bundle, resolve_cache_dir(args.cache_dir))
+        if args.extract:
+            _copy_atomic(gguf, Path(args.extract))
+            print(args.extract)
+            return EXIT_OK
         name = args.alias or str(manifest.get("name") or gguf.stem)
     elif args.gguf:
         gguf = Path(args.gguf)
@@ -92,8 +98,11 @@ def run(argv: list[str]) -> int:
         seed=args.seed,
     )
     options = EngineOptions(
-        n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-        seed=args.seed, verbose=args.verbose,
+        n_ctx=args.ctx_size,
+        n_threads=args.threads,
+        n_gpu_layers=args.gpu_layers,
+        seed=args.seed,
+        verbose=args.verbose,
     )
     engine = Engine(gguf, options, name=name)
     try:
@@ -116,6 +125,24 @@ def run(argv: list[str]) -> int:
         return chat_loop(engine, sampling, system=args.system)
     finally:
         engine.close()
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    import shutil
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent or ".")
+        os.close(fd)
+    except OSError as exc:
+        raise CacheError(f"cannot write {dst}: {exc.strerror}") from exc
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise CacheError(f"cannot write {dst}: {exc.strerror}") from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _one_shot(engine, prompt: str, sampling, *, raw: bool, system: str | None) -> int:  # type: ignore[no-untyped-def]
@@ -153,7 +180,10 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_ERROR
     except Exception as exc:  # a bug or llama.cpp refusing the model: one line, no traceback soup
         logging.getLogger("runtime").debug("unexpected error", exc_info=True)
-        print(f"{_prog()}: error: {type(exc).__name__}: {exc} (run with --verbose for details)", file=sys.stderr)
+        print(
+            f"{_prog()}: error: {type(exc).__name__}: {exc} (run with --verbose for details)",
+            file=sys.stderr,
+        )
         code = EXIT_ERROR
     try:
         sys.stdout.flush()

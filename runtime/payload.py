@@ -44,7 +44,9 @@ class Bundle:
         return int(self.manifest["gguf_size"])
 
 
-def pack_trailer(payload_offset: int, payload_size: int, manifest_offset: int, manifest_size: int) -> bytes:
+def pack_trailer(
+    payload_offset: int, payload_size: int, manifest_offset: int, manifest_size: int
+) -> bytes:
     return TRAILER.pack(MAGIC, payload_offset, payload_size, manifest_offset, manifest_size, MAGIC)
 
 
@@ -61,7 +63,9 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             if size < TRAILER.size:
-                raise BundleError(f"{name} is too small to hold a model: the file is truncated; copy it again")
+                raise BundleError(
+                    f"{name} is too small to hold a model: the file is truncated; copy it again"
+                )
             f.seek(size - TRAILER.size)
             magic1, p_off, p_size, m_off, m_size, magic2 = TRAILER.unpack(f.read(TRAILER.size))
             if magic1 != MAGIC or magic2 != MAGIC:
@@ -70,7 +74,9 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
                     "the file is truncated or corrupted; copy it again"
                 )
             if not (p_off + p_size <= m_off and m_off + m_size == size - TRAILER.size):
-                raise BundleError(f"{name} has an inconsistent layout: the file is corrupted; copy it again")
+                raise BundleError(
+                    f"{name} has an inconsistent layout: the file is corrupted; copy it again"
+                )
             f.seek(m_off)
             raw = f.read(m_size)
     except OSError as exc:
@@ -78,7 +84,9 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{name}: the model manifest is damaged: the file is corrupted; copy it again") from exc
+        raise BundleError(
+            f"{name}: the model manifest is damaged: the file is corrupted; copy it again"
+        ) from exc
     if int(manifest.get("format", 0)) > FORMAT_VERSION:
         raise BundleError(
             f"{name} was made by a newer packer (format {manifest.get('format')}); this runtime reads format {FORMAT_VERSION}"

@@ -108,7 +108,9 @@ def _extract_worker(path: str, cache: str, q: multiprocessing.Queue) -> None:  #
         q.put(f"ERR {exc}")
 
 
-def test_concurrent_first_runs_do_not_corrupt(bundle_file: Path, fake_gguf: Path, tmp_path: Path) -> None:
+def test_concurrent_first_runs_do_not_corrupt(
+    bundle_file: Path, fake_gguf: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     q: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
     procs = [
@@ -124,7 +126,9 @@ def test_concurrent_first_runs_do_not_corrupt(bundle_file: Path, fake_gguf: Path
     assert Path(results[0]).read_bytes() == fake_gguf.read_bytes()
 
 
-def test_cache_dir_falls_back_when_unwritable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_dir_falls_back_when_unwritable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if os.geteuid() == 0:
         # root writes anywhere: simulate an unwritable folder with a file in its place
         blocked = tmp_path / "blocked"
@@ -138,7 +142,9 @@ def test_cache_dir_falls_back_when_unwritable(tmp_path: Path, monkeypatch: pytes
     assert resolve_cache_dir() == tmp_path / "home" / ".cache" / "packer"
 
 
-def test_explicit_cache_dir_does_not_fall_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_cache_dir_does_not_fall_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocked = tmp_path / "blocked"
     blocked.write_text("a file, not a folder")
     monkeypatch.setenv("PACKER_CACHE", str(blocked))
