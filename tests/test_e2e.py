@@ -301,3 +301,25 @@ def test_spm_checkpoint_and_f16_gguf_requantized(
     assert m["quant"] == "Q8_0" and m["source_kind"] == "gguf"
     p = run_clean(out, "-p", "hello", "--raw", "-n", "8", cwd=elsewhere)
     assert p.returncode == 0, p.stderr
+
+
+def test_terminal_chat(demo_run: Path, elsewhere: Path) -> None:
+    import pexpect
+
+    child = pexpect.spawn(
+        "env",
+        ["-i", "TERM=dumb", str(demo_run), "--temp", "0", "-n", "48"],
+        cwd=str(elsewhere),
+        encoding="utf-8",
+        timeout=180,
+    )
+    try:
+        child.expect_exact("> ")
+        child.sendline(QUESTION)
+        child.expect("Paris")
+        child.expect_exact("> ")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
