@@ -26,6 +26,7 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    logging.getLogger("gguf").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _progress_bar(label: str):  # type: ignore[no-untyped-def]
