@@ -51,11 +51,16 @@ _FILE_TYPE = {
     gguf.GGMLQuantizationType.F16: gguf.LlamaFileType.MOSTLY_F16,
     gguf.GGMLQuantizationType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
 }
-_NUMPY_TYPE = {
+_NUMPY_TYPE: dict[gguf.GGMLQuantizationType, np.dtype[Any]] = {
     gguf.GGMLQuantizationType.F32: np.dtype(np.float32),
     gguf.GGMLQuantizationType.F16: np.dtype(np.float16),
     gguf.GGMLQuantizationType.BF16: np.dtype(np.uint16),
 }
+
+
+def numpy_dtype(qtype: gguf.GGMLQuantizationType) -> np.dtype[Any]:
+    """The numpy dtype holding a tensor of ``qtype`` (BF16 as uint16 bits)."""
+    return _NUMPY_TYPE[qtype]
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,23 @@ class PlannedTensor:
         return math.prod(self.shape)
 
 
-def encode(data: np.ndarray, src_dtype: str, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+def encode(
+    data: np.ndarray, src_dtype: str, qtype: gguf.GGMLQuantizationType, name: str = "?"
+) -> np.ndarray:
     """Convert raw checkpoint data (BF16 as uint16) to the output type, C-contiguous."""
     if qtype == gguf.GGMLQuantizationType.BF16:
         out = data if src_dtype == "BF16" else float32_to_bf16(to_float32(data, src_dtype))
     elif qtype == gguf.GGMLQuantizationType.F16:
-        out = data if src_dtype == "F16" else to_float32(data, src_dtype).astype(np.float16)
+        if src_dtype == "F16":
+            out = data
+        else:
+            with np.errstate(over="ignore"):
+                out = to_float32(data, src_dtype).astype(np.float16)
+            if not np.isfinite(out).all() and np.isfinite(to_float32(data, src_dtype)).all():
+                logger.warning(
+                    "tensor %s has values beyond the F16 range (now inf); prefer bf16 or f32",
+                    name,
+                )
     else:
         out = to_float32(data, src_dtype)
     return np.ascontiguousarray(out)
@@ -283,10 +299,12 @@ class ModelConverter(ABC):
             planned.append(PlannedTensor(name, info.shape, qtype, self._loader(info, qtype)))
         return planned
 
-    def _loader(self, info: TensorInfo, qtype: gguf.GGMLQuantizationType) -> Callable[[], np.ndarray]:
+    def _loader(
+        self, info: TensorInfo, qtype: gguf.GGMLQuantizationType
+    ) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
             data = self.transform(info.name, self.checkpoint.read(info.name))
-            return encode(data, info.dtype, qtype)
+            return encode(data, info.dtype, qtype, info.name)
 
         return load
 

@@ -108,7 +108,6 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict[str
         raise _corrupt(file, "header is not a JSON object")
 
     data_start = 8 + header_len
-    data_size = file_size - data_start
     metadata: dict[str, str] = {}
     tensors: dict[str, TensorInfo] = {}
     for name, entry in header.items():
@@ -144,11 +143,6 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict[str
                 f"tensor {name} ({dtype}, shape {shape}) should take {n_elements * itemsize} "
                 f"bytes but its data_offsets span {end - begin}",
             )
-        if end > data_size:
-            raise ConversionError(
-                f"{file} is truncated: tensor {name} needs bytes up to {data_start + end} "
-                f"but the file has {file_size}; re-download the checkpoint"
-            )
         tensors[name] = TensorInfo(
             name=name,
             dtype=dtype,
@@ -156,6 +150,16 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict[str
             file=file,
             offset=data_start + begin,
             nbytes=end - begin,
+        )
+    cut = sorted(
+        (t for t in tensors.values() if t.offset + t.nbytes > file_size), key=lambda t: t.offset
+    )
+    if cut:
+        needed = max(t.offset + t.nbytes for t in tensors.values())
+        raise ConversionError(
+            f"{file} is truncated ({file_size} of {needed} bytes): tensor {cut[0].name}"
+            + (f" and {len(cut) - 1} more are" if len(cut) > 1 else " is")
+            + " incomplete; re-download the checkpoint"
         )
     return tensors, metadata
 

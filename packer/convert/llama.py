@@ -49,7 +49,9 @@ def llama3_rope_factors(theta: float, dim: int, params: dict[str, Any]) -> np.nd
     wavelen = 2 * math.pi / freqs
     smooth = (old_ctx / wavelen - low) / (high - low)
     blended = 1.0 / ((1 - smooth) / factor + smooth)
-    out = np.where(wavelen < old_ctx / high, 1.0, np.where(wavelen > old_ctx / low, factor, blended))
+    out = np.where(
+        wavelen < old_ctx / high, 1.0, np.where(wavelen > old_ctx / low, factor, blended)
+    )
     return out.astype(np.float32)
 
 

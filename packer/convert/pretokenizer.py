@@ -65,7 +65,9 @@ def _steps(pre: Any) -> list[Step]:
     if kind == "Sequence":
         return [s for p in pre.get("pretokenizers") or [] for s in _steps(p)]
     if kind == "ByteLevel":
-        return [("ByteLevel", bool(pre.get("add_prefix_space", True)), bool(pre.get("use_regex", True)))]
+        return [
+            ("ByteLevel", bool(pre.get("add_prefix_space", True)), bool(pre.get("use_regex", True)))
+        ]
     if kind == "Digits":
         return [("Digits", bool(pre.get("individual_digits", False)))]
     if kind == "Split":

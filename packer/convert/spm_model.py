@@ -101,4 +101,3 @@ def parse_spm_model(data: bytes) -> SpmModelInfo:
                 elif sub_number == 5 and isinstance(sub_value, int):
                     info.escape_whitespaces = bool(sub_value)
     return info
-

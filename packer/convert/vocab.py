@@ -159,6 +159,8 @@ def _bpe_tokens(path: Path) -> dict[int, tuple[str, int]]:
             raise ConversionError(f"{path}: token {text!r} has invalid id {token_id!r}")
         entries[token_id] = (text, gguf.TokenType.NORMAL)
     for added in tokenizer_json.get("added_tokens") or []:
+        if not isinstance(added, dict):
+            raise ConversionError(f"{path}: added token {added!r} is not an object")
         token_id, content = added.get("id"), added.get("content")
         if not isinstance(token_id, int) or token_id < 0 or not isinstance(content, str):
             raise ConversionError(f"{path}: added token {added!r} has no valid id/content")
@@ -186,12 +188,18 @@ def _added_tokens_from_configs(src: Path) -> dict[int, tuple[str, bool]]:
         config = read_json(tc_path)
         decoder = config.get("added_tokens_decoder") if isinstance(config, dict) else None
         for key, entry in (decoder or {}).items():
-            if str(key).isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            if (
+                str(key).isdigit()
+                and isinstance(entry, dict)
+                and isinstance(entry.get("content"), str)
+            ):
                 added[int(key)] = (entry["content"], bool(entry.get("special")))
     return added
 
 
-def _spm_tokens(src: Path, path: Path) -> tuple[dict[int, tuple[str, int]], dict[int, float], Any, bool]:
+def _spm_tokens(
+    src: Path, path: Path
+) -> tuple[dict[int, tuple[str, int]], dict[int, float], Any, bool]:
     try:
         spm_vocab = gguf.vocab.SentencePieceVocab(src)
         pieces = list(spm_vocab.all_tokens())

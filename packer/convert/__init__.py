@@ -1,0 +1,27 @@
+"""Hugging Face checkpoint -> GGUF conversion.
+
+Public API (used by the CLI)::
+
+    info = inspect_checkpoint(src)                  # cheap: config.json + safetensors headers
+    info = convert_checkpoint(src, out, outtype="auto", progress=None)
+    SUPPORTED_ARCHITECTURES                         # HF architecture names we convert
+
+Converters live one per module (``llama.py``, ...) and register themselves by HF
+architecture name with :func:`packer.convert.base.register`.
+"""
+
+from __future__ import annotations
+
+from packer.convert import llama as _llama  # noqa: F401  (registers LlamaForCausalLM)
+from packer.convert.api import CheckpointInfo, convert_checkpoint, inspect_checkpoint
+from packer.convert.base import OUTTYPES, supported_architectures
+
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = supported_architectures()
+
+__all__ = [
+    "OUTTYPES",
+    "SUPPORTED_ARCHITECTURES",
+    "CheckpointInfo",
+    "convert_checkpoint",
+    "inspect_checkpoint",
+]

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random Llama checkpoints with real trained tokenizers.
+
+``tiny_llama_bpe`` and ``tiny_llama_spm`` are the stable fixtures other tests rely on;
+``tiny_llama_bpe_sharded`` and ``tiny_llama_spm_bf16`` cover sharding, BF16 weights and
+rope scaling. All are built once per session (a few seconds) in a temp folder. Treat them
+as read-only: copy a folder (``copy_checkpoint``) before changing it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from checkpoints import make_checkpoints  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bpe(tiny_checkpoints: dict[str, Path]) -> Path:
+    """SmolLM-style: byte-level BPE tokenizer.json (pre 'smollm'), ChatML, tied, F32."""
+    return tiny_checkpoints["tiny_llama_bpe"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_spm(tiny_checkpoints: dict[str, Path]) -> Path:
+    """TinyLlama-style: SentencePiece tokenizer.model, untied lm_head, F32."""
+    return tiny_checkpoints["tiny_llama_spm"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bpe_sharded(tiny_checkpoints: dict[str, Path]) -> Path:
+    """Sharded safetensors + index, untied, Llama-3 'llama3' rope scaling, padded vocab."""
+    return tiny_checkpoints["tiny_llama_bpe_sharded"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_spm_bf16(tiny_checkpoints: dict[str, Path]) -> Path:
+    """BF16 weights, SentencePiece, tied, linear rope scaling."""
+    return tiny_checkpoints["tiny_llama_spm_bf16"]
+
+
+@pytest.fixture
+def copy_checkpoint(tmp_path: Path) -> Callable[[Path], Path]:
+    """Copy a (read-only) fixture checkpoint into this test's tmp folder to modify it."""
+
+    def copy(src: Path) -> Path:
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
