@@ -18,6 +18,9 @@ from typing import Any
 log = logging.getLogger("runtime.engine")
 
 
+RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: draw a fresh seed
+
+
 @dataclass
 class EngineOptions:
     n_ctx: int = 4096  # 0 = the model's trained context
@@ -53,7 +56,8 @@ class Sampling:
             "repeat_penalty": self.repeat_penalty,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
-            "seed": self.seed if self.seed is not None and self.seed >= 0 else None,
+            # llama-cpp-python replays its load-time seed when given None: ask for a random one
+            "seed": self.seed if self.seed is not None and self.seed >= 0 else RANDOM_SEED,
             "stop": list(self.stop) or None,
         }
 

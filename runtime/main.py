@@ -109,7 +109,14 @@ def run(argv: list[str]) -> int:
         if args.server:
             from runtime.server import serve
 
-            serve(engine, args.host, args.port, model_alias=name, api_key=args.api_key)
+            serve(
+                engine,
+                args.host,
+                args.port,
+                model_alias=name,
+                api_key=args.api_key,
+                sampling=sampling,
+            )
             return EXIT_OK
         prompt = args.prompt
         if prompt is None and not sys.stdin.isatty():

@@ -12,6 +12,7 @@ Nothing here touches the model; see :mod:`runtime.server_gen` for that.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -132,12 +133,17 @@ def get_number(body: dict[str, Any], key: str, default: float) -> float:
     v = body.get(key)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise _bad(key, "a number", v)
     return float(v)
 
 
-def get_int(body: dict[str, Any], key: str, default: int) -> int:
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def get_int(
+    body: dict[str, Any], key: str, default: int, bounds: tuple[int, int] | None = INT32
+) -> int:
     v = body.get(key)
     if v is None:
         return default
@@ -145,6 +151,8 @@ def get_int(body: dict[str, Any], key: str, default: int) -> int:
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
         raise _bad(key, "an integer", v)
+    if bounds is not None and not bounds[0] <= v <= bounds[1]:
+        raise _bad(key, f"an integer from {bounds[0]} to {bounds[1]}", v)
     return v
 
 
@@ -177,13 +185,20 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type", "text") == "text"):
         raise ApiError(
-            400, "'response_format' other than text is not supported by this server", param="response_format"
+            400,
+            "'response_format' other than text is not supported by this server",
+            param="response_format",
         )
     if body.get("tools") or body.get("functions"):
         raise ApiError(400, "tool/function calling is not supported by this server", param="tools")
     n = get_int(body, "n", 1)
     if n != 1:
         raise ApiError(400, "only 'n': 1 is supported", param="n")
+
+
+def _seed(seed: int) -> int:
+    """llama.cpp seeds are 32-bit and 0xFFFFFFFF means random; OpenAI's may be any integer."""
+    return -1 if seed < 0 else seed % 0xFFFFFFFF
 
 
 def _sampling(body: dict[str, Any], defaults: SamplingParams, max_tokens: int) -> SamplingParams:
@@ -209,7 +224,7 @@ def _sampling(body: dict[str, Any], defaults: SamplingParams, max_tokens: int) -
         mirostat=mirostat,
         mirostat_tau=get_number(body, "mirostat_tau", defaults.mirostat_tau),
         mirostat_eta=get_number(body, "mirostat_eta", defaults.mirostat_eta),
-        seed=get_int(body, "seed", defaults.seed),
+        seed=_seed(get_int(body, "seed", defaults.seed, bounds=None)),
         ignore_eos=get_bool(body, "ignore_eos", defaults.ignore_eos),
         stop=get_stop(body, defaults.stop),
     )
@@ -241,7 +256,9 @@ def _prompt(body: dict[str, Any], key: str = "prompt") -> str | list[int | str]:
     p = body[key]
     if isinstance(p, str):
         return p
-    if isinstance(p, list) and all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in p):
+    if isinstance(p, list) and all(
+        isinstance(x, (int, str)) and not isinstance(x, bool) for x in p
+    ):
         if len(p) == 1 and isinstance(p[0], str):
             return p[0]
         if p and all(isinstance(x, str) for x in p):
@@ -305,12 +322,18 @@ def _message_text(content: Any, i: int) -> str:
         for part in content:
             if isinstance(part, str):
                 texts.append(part)
-            elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            elif (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
                 texts.append(part["text"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise ApiError(
-                    400, f"messages[{i}]: content of type {kind!r} is not supported (text only)", param="messages"
+                    400,
+                    f"messages[{i}]: content of type {kind!r} is not supported (text only)",
+                    param="messages",
                 )
         return "\n".join(texts)
     raise _bad(f"messages[{i}].content", "a string or a list of text parts", content)
@@ -329,7 +352,12 @@ def parse_chat(body: dict[str, Any], defaults: SamplingParams) -> ChatRequest:
         role = m.get("role")
         if role not in _ROLES:
             raise _bad(f"messages[{i}].role", f"one of {sorted(_ROLES)}", role)
-        messages.append({"role": "system" if role == "developer" else role, "content": _message_text(m.get("content"), i)})
+        messages.append(
+            {
+                "role": "system" if role == "developer" else role,
+                "content": _message_text(m.get("content"), i),
+            }
+        )
     return ChatRequest(
         messages=messages,
         params=_sampling(body, defaults, _max_tokens_openai(body, defaults)),
@@ -352,7 +380,9 @@ def timings(r: GenResult) -> dict[str, Any]:
         "predicted_n": r.n_predicted,
         "predicted_ms": r.t_predicted_ms,
         "predicted_per_token_ms": r.t_predicted_ms / r.n_predicted if r.n_predicted else 0.0,
-        "predicted_per_second": r.n_predicted * 1e3 / r.t_predicted_ms if r.t_predicted_ms > 0 else 0.0,
+        "predicted_per_second": r.n_predicted * 1e3 / r.t_predicted_ms
+        if r.t_predicted_ms > 0
+        else 0.0,
     }
 
 
@@ -443,7 +473,12 @@ def usage_chunk(ids: OpenAIIds, obj: str, r: GenResult) -> dict[str, Any]:
 def text_response(ids: OpenAIIds, r: GenResult, prefix: str = "") -> dict[str, Any]:
     return ids.head("text_completion") | {
         "choices": [
-            {"text": prefix + r.text, "index": 0, "logprobs": None, "finish_reason": r.finish_reason}
+            {
+                "text": prefix + r.text,
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": r.finish_reason,
+            }
         ],
         "usage": usage(r),
         "system_fingerprint": None,
@@ -461,5 +496,7 @@ def text_chunk(ids: OpenAIIds, text: str, finish_reason: str | None = None) -> d
 def models_list(model: str, created: int, meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "object": "list",
-        "data": [{"id": model, "object": "model", "created": created, "owned_by": "packer", "meta": meta}],
+        "data": [
+            {"id": model, "object": "model", "created": created, "owned_by": "packer", "meta": meta}
+        ],
     }

@@ -67,7 +67,9 @@ def check_tokens(engine: Engine, tokens: Sequence[Any], what: str = "tokens") ->
     return out
 
 
-def tokenize(engine: Engine, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+def tokenize(
+    engine: Engine, text: str, *, add_special: bool, parse_special: bool = True
+) -> list[int]:
     return list(
         engine.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
     )
@@ -179,7 +181,9 @@ def token_piece(engine: Engine, token: int, special: bool = False) -> bytes:
     size = 64
     while True:
         buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(vocab, llama_cpp.llama_token(token), buf, size, 0, special)
+        n = llama_cpp.llama_token_to_piece(
+            vocab, llama_cpp.llama_token(token), buf, size, 0, special
+        )
         if n >= 0:
             return buf.raw[:n]
         size = -n
@@ -195,7 +199,7 @@ def _cached_prefix(llm: Any, prompt: list[int]) -> int:
     """How many prompt tokens llama-cpp-python will reuse from the previous request's KV cache."""
     cached = llm.input_ids[: llm.n_tokens].tolist()
     n = 0
-    for a, b in zip(cached, prompt):
+    for a, b in zip(cached, prompt, strict=False):
         if a != b:
             break
         n += 1
