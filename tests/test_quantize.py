@@ -39,7 +39,7 @@ def test_every_type_quantizes_and_loads(f32_gguf: Path, tmp_path: Path, name: st
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name], "temp files left"
     reader = gguf.GGUFReader(out)
     assert int(reader.fields["general.file_type"].contents()) == q.ftype
-    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)
+    llm = llama_cpp.Llama(str(out), n_ctx=64, logits_all=True, verbose=False)
     try:
         tokens = llm.tokenize(b"hola mundo", add_bos=True)
         llm.eval(tokens)
