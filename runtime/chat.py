@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from runtime.engine import Engine, Sampling
+from runtime.generate import PromptError
 
 HELP = "Type a message and press Enter. /reset forgets the conversation, /exit or Ctrl-D quits, Ctrl-C stops an answer."
 
@@ -43,6 +44,10 @@ def chat_loop(engine: Engine, sampling: Sampling, system: str | None = None) -> 
                 out.flush()
         except KeyboardInterrupt:
             out.write(" [stopped]")
+        except PromptError as exc:  # one message too long for the context on its own
+            print(f"({exc})", file=sys.stderr)
+            history.pop()
+            continue
         out.write("\n")
         history.append({"role": "assistant", "content": "".join(answer)})
 

@@ -1,8 +1,8 @@
 """The inference engine: one llama.cpp model (through llama-cpp-python) shared by the CLI and server.
 
-The rest of the runtime talks to :class:`Engine`, never to ``llama_cpp`` directly, except the
-server, which calls ``engine.llm`` while holding ``engine.lock`` (one request decodes at a time
-until the batched scheduler of the server issue replaces that lock).
+The rest of the runtime talks to :class:`Engine` and :mod:`runtime.generate`, never to
+``llama_cpp`` directly. Generation runs under ``engine.lock`` (one at a time until a batched
+scheduler replaces that lock).
 """
 
 from __future__ import annotations
@@ -11,14 +11,21 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+
+from runtime.generate import (
+    GenResult,
+    Sampling,
+    chat_tokens,
+    check_context,
+    completion_tokens,
+    generate,
+)
+
+__all__ = ["Engine", "EngineOptions", "GenResult", "Sampling", "default_threads"]
 
 log = logging.getLogger("runtime.engine")
-
-
-RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: draw a fresh seed
 
 
 @dataclass
@@ -28,38 +35,6 @@ class EngineOptions:
     n_gpu_layers: int = 0
     seed: int = -1
     verbose: bool = False
-
-
-@dataclass
-class Sampling:
-    """Sampling settings in llama.cpp's vocabulary. ``max_tokens < 0`` = until EOS or context end."""
-
-    max_tokens: int = -1
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-
-    def kwargs(self, n_ctx: int, n_prompt: int) -> dict[str, Any]:
-        max_tokens = self.max_tokens if self.max_tokens >= 0 else max(n_ctx - n_prompt, 1)
-        return {
-            "max_tokens": max_tokens,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "min_p": self.min_p,
-            "repeat_penalty": self.repeat_penalty,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            # llama-cpp-python replays its load-time seed when given None: ask for a random one
-            "seed": self.seed if self.seed is not None and self.seed >= 0 else RANDOM_SEED,
-            "stop": list(self.stop) or None,
-        }
 
 
 def default_threads() -> int:
@@ -93,6 +68,7 @@ class Engine:
         )
         self.n_ctx = self.llm.n_ctx()
         self.has_chat_template = "tokenizer.chat_template" in self.llm.metadata
+        self.last_result: GenResult | None = None  # of the latest complete()/chat()
         self._closed = False
 
     # -- prompts -------------------------------------------------------------------------
@@ -101,55 +77,24 @@ class Engine:
 
     # -- generation (streaming text pieces) -----------------------------------------------
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[str]:
-        """Plain completion of ``prompt``; yields text pieces as they are decoded."""
-        n_prompt = self.count_tokens(prompt)
-        with self.lock:
-            for chunk in self.llm.create_completion(
-                prompt, stream=True, **sampling.kwargs(self.n_ctx, n_prompt)
-            ):
-                text = chunk["choices"][0]["text"]
-                if text:
-                    yield text
+        """Plain completion of ``prompt``; yields text pieces as they are decoded. Raises
+        :class:`runtime.generate.PromptError` when the prompt does not fit the context."""
+        yield from self._generate(completion_tokens(self, prompt), sampling)
 
     def chat(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
-        """Chat completion with the model's own chat template; yields text pieces."""
-        if not self.has_chat_template:
-            # a base model: fall back to a plain transcript completion
-            prompt = (
-                "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
-                + "Assistant:"
-            )
-            yield from self.complete(prompt, sampling)
-            return
-        kwargs = sampling.kwargs(self.n_ctx, 0)
-        if sampling.max_tokens < 0:
-            kwargs["max_tokens"] = None  # llama-cpp-python: until EOS or the context is full
-        with self.lock:
-            for chunk in self.llm.create_chat_completion(messages=messages, stream=True, **kwargs):
-                delta = chunk["choices"][0].get("delta", {})
-                text = delta.get("content")
-                if text:
-                    yield text
+        """Chat completion with the model's own chat template (a plain transcript for base
+        models); yields text pieces."""
+        tokens, stop = chat_tokens(self, messages, sampling.stop)
+        yield from self._generate(tokens, sampling, stop)
 
-    # -- llama.cpp's own timing counters (what llama-server reports as "timings") ------------
-    def perf_reset(self) -> None:
-        import llama_cpp
-
-        llama_cpp.llama_perf_context_reset(self.llm._ctx.ctx)
-
-    def perf(self) -> dict[str, float]:
-        import llama_cpp
-
-        d = llama_cpp.llama_perf_context(self.llm._ctx.ctx)
-        return {
-            "prompt_n": d.n_p_eval,
-            "prompt_ms": round(d.t_p_eval_ms, 3),
-            "predicted_n": d.n_eval,
-            "predicted_ms": round(d.t_eval_ms, 3),
-            "predicted_per_second": round(1000.0 * d.n_eval / d.t_eval_ms, 3)
-            if d.t_eval_ms
-            else 0.0,
-        }
+    def _generate(
+        self, tokens: list[int], sampling: Sampling, stop: list[str] | None = None
+    ) -> Iterator[str]:
+        check_context(self, len(tokens))
+        if stop is not None:
+            sampling = replace(sampling, stop=stop)
+        self.last_result = result = GenResult()
+        yield from generate(self, tokens, sampling, result)
 
     def close(self) -> None:
         """Free the model now. Must be called before interpreter shutdown (see runtime.main)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from runtime import __version__
 from runtime.cache import CacheError, ensure_gguf, resolve_cache_dir
 from runtime.cli import parse
+from runtime.generate import PromptError
 from runtime.payload import Bundle, BundleError, read_bundle
 
 log = logging.getLogger("runtime")
@@ -122,10 +123,10 @@ def run(argv: list[str]) -> int:
         if prompt is None and not sys.stdin.isatty():
             prompt = sys.stdin.read()  # `echo question | ./model.run`
         if prompt is not None:
-            engine.perf_reset()
             code = _one_shot(engine, prompt, sampling, raw=args.raw, system=args.system)
-            if args.stats:
-                print(json.dumps(engine.perf()), file=sys.stderr)
+            if args.stats and engine.last_result is not None:
+                timings = engine.last_result.timings()
+                print(json.dumps({k: round(v, 3) for k, v in timings.items()}), file=sys.stderr)
             return code
         from runtime.chat import chat_loop
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         code = run(argv)
-    except (BundleError, CacheError) as exc:
+    except (BundleError, CacheError, PromptError) as exc:
         print(f"{_prog()}: error: {exc}", file=sys.stderr)
         code = EXIT_ERROR
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ Endpoints (llama.cpp server / llamafile compatible, see ``/work/shared/anchors.m
 * ``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI).
 
 Streaming is Server-Sent Events made of ``data: {json}`` lines only. Requests are decoded one at
-a time under ``engine.lock`` (:func:`runtime.server_gen.generate`); parsing and formatting live in
+a time under ``engine.lock`` (:func:`runtime.generate.generate`); parsing and formatting live in
 :mod:`runtime.server_api`.
 """
 
@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from runtime import __version__
+from runtime import generate as gen
 from runtime import server_api as api
-from runtime import server_gen as gen
-from runtime.server_api import ApiError, SamplingParams
+from runtime.generate import PromptError, Sampling
+from runtime.server_api import ApiError
 
 if TYPE_CHECKING:
-    from runtime.engine import Engine, Sampling
+    from runtime.engine import Engine
 
 log = logging.getLogger("runtime.server")
 
@@ -105,7 +106,9 @@ class PackerHTTPServer(ThreadingHTTPServer):
         self.engine = engine
         self.model_name = model_alias or engine.name
         self.api_key = api_key or None
-        self.defaults = SamplingParams.from_sampling(sampling)
+        self.defaults = (
+            dataclasses.replace(sampling, stop=list(sampling.stop)) if sampling else Sampling()
+        )
         self.gate = _Gate()
         self.started = int(time.time())
         super().__init__(address, Handler)
@@ -416,7 +419,10 @@ class Handler(BaseHTTPRequestHandler):
                     "authentication_error",
                     code="invalid_api_key",
                 )
-            getattr(self, f"_h_{name}")()
+            try:
+                getattr(self, f"_h_{name}")()
+            except PromptError as exc:
+                raise api.prompt_error(exc) from None
         except ApiError as err:
             status = err.status
             if self.command == "POST" and not self._body_read:
@@ -492,7 +498,7 @@ class Handler(BaseHTTPRequestHandler):
                     "n_ctx": engine.n_ctx,
                     "speculative": False,
                     "is_processing": engine.lock.locked(),
-                    "params": d.llama_dict(),
+                    "params": api.generation_settings(d),
                     "prompt": "",
                 },
                 "total_slots": 1,
@@ -545,7 +551,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- generation endpoints ---------------------------------------------------------------
     def _generation(
-        self, prompt: list[int], params: SamplingParams, result: gen.GenResult
+        self, prompt: list[int], params: Sampling, result: gen.GenResult
     ) -> Iterator[str]:
         gen.check_context(self.server.engine, len(prompt))
         return gen.generate(self.server.engine, prompt, params, result, self._cancel_check())

