@@ -312,19 +312,30 @@ class Peer:
         # would re-decode the prompt's last token alone and count it as a generated token)
         self.llm.reset()
         lc.llama_perf_context_reset(self.llm._ctx.ctx)
+        # measured exactly as model.run's --stats does (runtime/generate.py): tokens generated
+        # over the time from the first generated token to the last
         t0 = time.perf_counter()
-        out = self.llm.create_completion(prompt, max_tokens=n, seed=SEED, **SAMPLING)
-        wall = time.perf_counter() - t0
+        t_first = None
+        n_out = 0
+        for _chunk in self.llm.create_completion(
+            prompt, max_tokens=n, seed=SEED, stream=True, **SAMPLING
+        ):
+            if t_first is None:
+                t_first = time.perf_counter()
+            n_out += 1
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
         d = lc.llama_perf_context(self.llm._ctx.ctx)
-        n_out = int(out["usage"]["completion_tokens"])  # type: ignore[index]
+        gen_s = t_end - t_first
         return {
-            "predicted_n": d.n_eval,
-            "predicted_ms": d.t_eval_ms,
-            "predicted_per_second": 1000.0 * d.n_eval / d.t_eval_ms if d.t_eval_ms else 0.0,
-            "prompt_ms": d.t_p_eval_ms,
+            "predicted_n": n_out,
+            "predicted_ms": gen_s * 1e3,
+            "predicted_per_second": n_out / gen_s if gen_s else 0.0,
+            "prompt_ms": (t_first - t0) * 1e3,
+            "llama_eval_per_second": 1000.0 * d.n_eval / d.t_eval_ms if d.t_eval_ms else 0.0,
             "completion_tokens": n_out,
-            "wall_s": wall,
-            "wall_per_second": n_out / wall if wall else 0.0,
+            "wall_s": t_end - t0,
+            "wall_per_second": n_out / (t_end - t0) if t_end > t0 else 0.0,
         }
 
     def close(self) -> None:
