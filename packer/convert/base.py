@@ -5,8 +5,8 @@ A converter subclass declares, for one family of Hugging Face architectures:
 * how to read and validate its hyperparameters from config.json (:meth:`read_hparams`),
 * which tensors the checkpoint must contain and their shapes (:meth:`tensor_specs`),
 * how to write its GGUF hyperparameters (:meth:`add_hparams`),
-* optionally, per-tensor rewrites (:meth:`transform`) and generated tensors
-  (:meth:`extra_tensors`).
+* optionally, per-tensor rewrites (:meth:`transform`, :meth:`gguf_shape`) and generated
+  tensors (:meth:`extra_tensors`).
 
 Everything else (config reading helpers, lazy tensor streaming, name mapping with gguf's
 ``TensorNameMap``, output type choice, validation, vocabulary) lives here.
@@ -155,9 +155,15 @@ class ModelConverter(ABC):
     def add_hparams(self, writer: gguf.GGUFWriter) -> None:
         """Write the architecture's GGUF hyperparameters."""
 
-    def transform(self, hf_name: str, data: np.ndarray) -> np.ndarray:
-        """Rewrite one tensor's data (same shape) before writing; identity by default."""
-        return data
+    def transform(self, hf_name: str, data: np.ndarray, dtype: str) -> tuple[np.ndarray, str]:
+        """Rewrite one tensor's raw data (``dtype`` as stored, BF16 as uint16 bits) before
+        writing; returns (data, its dtype). The result must have :meth:`gguf_shape`.
+        Arithmetic rewrites should work on ``to_float32(data, dtype)`` and return "F32"."""
+        return data, dtype
+
+    def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Numpy-order shape of the written tensor (differs when :meth:`transform` transposes)."""
+        return shape
 
     def extra_tensors(self) -> list[PlannedTensor]:
         """Tensors that are computed rather than read from the checkpoint."""
@@ -295,16 +301,17 @@ class ModelConverter(ABC):
         infos = sorted(self.weight_tensors(), key=lambda i: (str(i.file), i.offset))
         for info in infos:
             name = self.gguf_name(info.name)
-            qtype = self.output_type(name, info.shape, info.dtype, outtype)
-            planned.append(PlannedTensor(name, info.shape, qtype, self._loader(info, qtype)))
+            shape = self.gguf_shape(info.name, info.shape)
+            qtype = self.output_type(name, shape, info.dtype, outtype)
+            planned.append(PlannedTensor(name, shape, qtype, self._loader(info, qtype)))
         return planned
 
     def _loader(
         self, info: TensorInfo, qtype: gguf.GGMLQuantizationType
     ) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
-            data = self.transform(info.name, self.checkpoint.read(info.name))
-            return encode(data, info.dtype, qtype, info.name)
+            data, dtype = self.transform(info.name, self.checkpoint.read(info.name), info.dtype)
+            return encode(data, dtype, qtype, info.name)
 
         return load
 
