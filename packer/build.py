@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
+DEFAULT_CTX = 4096  # model.run's default --ctx-size, for the RAM estimate
+STUB_BYTES = 50_000_000  # the frozen runtime stub, roughly
+FAT32_MAX = 4 * 1024**3 - 1  # largest file a FAT32 USB stick holds
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
+
 
 @dataclass
 class BuildPlan:
@@ -36,22 +44,102 @@ class BuildPlan:
     architecture: str | None = None
     n_params: int | None = None
     context_length: int | None = None
+    kv_bytes_per_token: int | None = None  # f16 K+V cache, all layers
+    imatrix: Path | None = None  # importance matrix for the quantizer (--imatrix)
 
     @property
     def quant_label(self) -> str:
         return self.quant.name if self.quant else (self.source.gguf_type or "as-is")
 
+    @property
+    def weights_bytes(self) -> int | None:
+        """Size of the GGUF that goes into the file (estimated unless packed as it is)."""
+        if self.quant is None and self.source.kind == "gguf":
+            return self.source.path.stat().st_size
+        if self.quant and self.n_params:
+            return int(self.n_params * self.quant.bpw / 8)
+        return None
+
+    @property
+    def output_bytes(self) -> int | None:
+        """Estimated size of model.run (weights barely compress once quantized)."""
+        w = self.weights_bytes
+        return w + STUB_BYTES if w is not None else None
+
+    @property
+    def ram_bytes(self) -> int | None:
+        """RAM to run it: the weights plus the KV cache of the default context."""
+        w = self.weights_bytes
+        if w is None:
+            return None
+        return w + (self.kv_bytes_per_token or 0) * DEFAULT_CTX
+
     def describe(self) -> str:
-        bits = [f"source {self.source.spec} ({self.source.kind})"]
+        from packer.hub import fmt_params
+
+        src = self.source
+        if src.repo_id:
+            rev = f"@{src.revision}" if src.revision else ""
+            commit = f", commit {src.commit[:10]}" if src.commit else ""
+            bits = [f"source {src.repo_id}{rev} ({src.kind}{commit})"]
+        else:
+            bits = [f"source {src.spec} ({src.kind})"]
         if self.architecture:
             bits.append(self.architecture)
         if self.n_params:
-            bits.append(f"{self.n_params / 1e6:,.0f}M parameters")
+            bits.append(f"{fmt_params(self.n_params)} parameters")
         bits.append(f"quant {self.quant_label}")
-        if self.quant and self.n_params:
-            bits.append(f"~{self.n_params * self.quant.bpw / 8 / 1e6:,.0f} MB of weights")
-        bits.append(f"-> {self.output}")
-        return ", ".join(bits)
+        if self.imatrix is not None:
+            bits.append(f"imatrix {self.imatrix.name}")
+        if self.output_bytes:
+            bits.append(f"~{_size(self.output_bytes)} file")
+        if self.ram_bytes:
+            bits.append(f"~{_size(self.ram_bytes)} RAM to run ({DEFAULT_CTX}-token context)")
+        return ", ".join(bits) + f" -> {self.output}"
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        if self.output_bytes and self.output_bytes > FAT32_MAX:
+            out.append(
+                f"the output will be ~{_size(self.output_bytes)}, over 4 GiB: it will not fit on a "
+                "FAT32 USB stick (use exFAT/ext4, or a smaller --quant)"
+            )
+        return out
+
+
+def _kv_bytes_per_token(src: sources.Source) -> int | None:
+    """f16 K+V bytes per token of context, from config.json or the GGUF's metadata."""
+    try:
+        if src.kind == "checkpoint":
+            import json
+
+            cfg = json.loads((src.path / "config.json").read_text(encoding="utf-8"))
+            cfg = cfg.get("text_config", cfg)
+            layers = int(cfg["num_hidden_layers"])
+            heads = int(cfg["num_attention_heads"])
+            kv_heads = int(cfg.get("num_key_value_heads") or heads)
+            head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+        else:
+            import gguf
+
+            reader = gguf.GGUFReader(src.path)
+            arch = str(reader.fields["general.architecture"].contents())
+
+            def field(key: str) -> int | None:
+                f = reader.fields.get(f"{arch}.{key}")
+                return int(f.contents()) if f is not None else None
+
+            layers = field("block_count") or 0
+            heads = field("attention.head_count") or 0
+            kv_heads = field("attention.head_count_kv") or heads
+            head_dim = field("attention.key_length") or (
+                (field("embedding_length") or 0) // heads if heads else 0
+            )
+        return 2 * layers * kv_heads * head_dim * 2 or None
+    except Exception as exc:  # an estimate only: never fail a build over it
+        log.debug("no KV-cache estimate for %s: %s", src.path, exc)
+        return None
 
 
 def _check_writable(output: Path) -> None:
@@ -73,9 +161,24 @@ def plan(
     output: str | os.PathLike[str] | None = None,
     args: str | list[str] | None = None,
     flavour: str = "cpu",
+    *,
+    token: str | None = None,
+    revision: str | None = None,
+    imatrix: str | os.PathLike[str] | None = None,
 ) -> BuildPlan:
-    src = sources.resolve(spec)
     qt = parse_quant(quant) if quant and quant.lower() != "keep" else None
+    imx_path: Path | None = None
+    imx_data = None
+    if imatrix is not None:  # before any download: a typo must not cost minutes
+        from packer import imatrix as imx
+
+        imx_path = imx.check_file(Path(imatrix))
+        imx_data = imx.load(imx_path)
+    if qt is not None and qt.needs_imatrix and imx_path is None:
+        from packer.quantize import needs_imatrix_message
+
+        raise UsageError(needs_imatrix_message(qt))
+    src = sources.resolve(spec, quant=quant, revision=revision, token=token)
     info = None
     if src.kind == "checkpoint":
         from packer.convert import inspect_checkpoint
@@ -96,6 +199,14 @@ def plan(
                 f"{qt.name} would compound the loss: pack it as is (omit --quant) or start from the "
                 "F16/BF16 GGUF or the Hugging Face checkpoint"
             )
+    if imx_path is not None and (qt is None or qt.is_float):
+        raise UsageError(
+            "--imatrix only applies when quantizing: give --quant TYPE (e.g. IQ2_XS, Q4_K_M)"
+        )
+    if imx_data is not None and src.kind == "gguf":
+        from packer.imatrix import check_model
+
+        check_model(imx_data, src.path, imx_path.name)  # type: ignore[union-attr]
     label = qt.name if qt else (src.gguf_type or "gguf")
     out = Path(output) if output else Path.cwd() / f"{src.name}.{label}.run"
     out = out.expanduser().absolute()
@@ -117,8 +228,10 @@ def plan(
         args=baked,
         flavour=flavour,
         architecture=info.architecture if info else src.architecture,
-        n_params=info.n_params if info else None,
+        n_params=info.n_params if info else src.n_params,
         context_length=info.context_length if info else None,
+        kv_bytes_per_token=_kv_bytes_per_token(src),
+        imatrix=imx_path,
     )
 
 
@@ -151,10 +264,16 @@ def execute(
                     p.quant,
                     threads=threads,
                     verbose=verbose,
+                    imatrix=p.imatrix,
                 )
         elif p.quant is not None:
             gguf = quantize(
-                gguf, work / f"model.{p.quant.name}.gguf", p.quant, threads=threads, verbose=verbose
+                gguf,
+                work / f"model.{p.quant.name}.gguf",
+                p.quant,
+                threads=threads,
+                verbose=verbose,
+                imatrix=p.imatrix,
             )
         manifest = {
             "name": p.source.name,
@@ -167,6 +286,12 @@ def execute(
             "args": p.args,
             "runtime": {"flavour": p.flavour, "stub": stub_key(p.flavour)},
         }
+        if p.imatrix is not None:
+            manifest["imatrix"] = p.imatrix.name
+        if p.source.repo_id:
+            manifest["source_repo"] = p.source.repo_id
+            manifest["source_revision"] = p.source.revision
+            manifest["source_commit"] = p.source.commit
         return pack(stub, gguf, p.output, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

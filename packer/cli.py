@@ -49,6 +49,20 @@ def _progress_bar(label: str):  # type: ignore[no-untyped-def]
     return update
 
 
+def _hub_options(f):  # type: ignore[no-untyped-def]
+    """--revision / --token for commands that take a hub model."""
+    f = click.option(
+        "--token",
+        metavar="TOKEN",
+        help="Hugging Face token for gated/private models (default: $HF_TOKEN or `hf auth login`).",
+    )(f)
+    return click.option(
+        "--revision",
+        metavar="REV",
+        help="Hub branch, tag or commit to download (same as SOURCE@REV; default: main).",
+    )(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="packer")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and llama.cpp's own output.")
@@ -59,9 +73,11 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
     \b
     Examples:
+      packer build TinyLlama --quant Q5_K_M
       packer build ./SmolLM2-135M-Instruct --quant Q5_K_M
       packer build model.f16.gguf --quant Q4_K_M -o classroom.run
       packer convert ./SmolLM2-135M-Instruct -o smollm2.gguf
+      packer models
       packer quants
     """
     _setup_logging(verbose, quiet)
@@ -94,6 +110,15 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @click.option(
     "-t", "--threads", type=int, default=0, help="Threads for quantizing (default: all cores)."
 )
+@click.option(
+    "--imatrix",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Importance matrix (.gguf or legacy .dat from llama.cpp's llama-imatrix) for the "
+    "quantizer: required by IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, Q2_K_S, improves every "
+    "other type, e.g. --quant IQ2_XS --imatrix imatrix.gguf.",
+)
+@_hub_options
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -103,11 +128,16 @@ def build(
     baked_args: str | None,
     flavour: str,
     threads: int,
+    imatrix: Path | None,
+    revision: str | None,
+    token: str | None,
 ) -> None:
     """Build one executable model file from SOURCE.
 
-    SOURCE is a Hugging Face checkpoint folder (config.json + *.safetensors + tokenizer files)
-    or a .gguf file. The output runs on any x86-64 Linux without Python:
+    SOURCE is a Hugging Face checkpoint folder (config.json + *.safetensors + tokenizer files),
+    a .gguf file, a model alias (`packer models`) or a hub id org/name[@revision], downloaded
+    into the shared Hugging Face cache (HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply).
+    For a GGUF repo, --quant picks the file. The output runs on any x86-64 Linux without Python:
 
     \b
       packer build ./SmolLM2-135M-Instruct --quant Q5_K_M
@@ -115,14 +145,32 @@ def build(
 
     \b
     Examples:
-      packer build ./TinyLlama-1.1B-Chat-v1.0 --quant q4_k_m
+      packer build TinyLlama --quant q4_k_m
+      packer build HuggingFaceTB/SmolLM2-360M-Instruct@main
+      packer build bartowski/Llama-3.2-1B-Instruct-GGUF --quant Q4_K_M
       packer build model.BF16.gguf --quant Q8_0 -o model.run
       packer build ./my-model --args "--temp 0.2 --system 'Responde en español.'"
+      packer build ./my-model --quant IQ2_XS --imatrix imatrix.gguf
+
+    \b
+    The 1-2 bit types (IQ1_*, IQ2_XXS/XS/S, Q2_K_S) need an importance matrix: make one with
+    llama.cpp's `llama-imatrix -m model.f16.gguf -f calibration.txt -o imatrix.gguf`.
     """
     from packer.build import execute, plan
 
-    p = plan(source, quant, output, baked_args, flavour)
+    p = plan(
+        source,
+        quant,
+        output,
+        baked_args,
+        flavour,
+        token=token,
+        revision=revision,
+        imatrix=imatrix,
+    )
     log.info("%s", p.describe())
+    for warning in p.warnings:
+        log.warning("warning: %s", warning)
     manifest = execute(
         p, threads=threads, verbose=ctx.obj["verbose"], progress=_progress_bar("converting")
     )
@@ -161,48 +209,100 @@ def _shell_path(path: Path) -> str:
     show_default=True,
     help="Precision of the weights; auto keeps the checkpoint's.",
 )
-def convert(source: str, output: Path, outtype: str) -> None:
-    """Convert a Hugging Face checkpoint folder to a GGUF file (no quantization, no runtime).
+@_hub_options
+def convert(
+    source: str, output: Path, outtype: str, revision: str | None, token: str | None
+) -> None:
+    """Convert a Hugging Face checkpoint to a GGUF file (no quantization, no runtime).
+
+    SOURCE is a checkpoint folder, a model alias or a hub id org/name[@revision].
 
     \b
     Examples:
       packer convert ./SmolLM2-135M-Instruct -o smollm2.gguf
-      packer convert ./TinyLlama-1.1B-Chat-v1.0 -o tinyllama.f16.gguf --outtype f16
+      packer convert TinyLlama -o tinyllama.f16.gguf --outtype f16
     """
     from packer.build import _check_writable
     from packer.convert import convert_checkpoint
     from packer.source import resolve
 
-    src = resolve(source)
-    if src.kind != "checkpoint":
-        raise click.ClickException(f"{source} is already a GGUF file: nothing to convert")
     out = output.expanduser().absolute()
     _check_writable(out)
+    src = resolve(source, revision=revision, token=token, need_checkpoint=True)
+    if src.kind != "checkpoint":
+        raise click.ClickException(f"{source} is already a GGUF file: nothing to convert")
     convert_checkpoint(src.path, out, outtype=outtype.lower(), progress=_progress_bar("converting"))
     click.echo(str(out))
 
 
 @cli.command()
+@click.argument("source", required=False)
 @click.option(
     "--params",
     type=float,
     metavar="N",
     help="Model size in billions of parameters, to show the expected file size (e.g. 1.1).",
 )
-def quants(params: float | None) -> None:
+@click.option("--token", metavar="TOKEN", help="Hugging Face token (for a gated/private SOURCE).")
+def quants(source: str | None, params: float | None, token: str | None) -> None:
     """List the quantization types, with bits per weight and a quality note.
+
+    With SOURCE (a folder, .gguf, alias or hub id) or --params, also the expected weights size
+    for that model. Types marked "needs an importance matrix" need `packer build --imatrix FILE`.
 
     \b
     Examples:
       packer quants
       packer quants --params 1.1
+      packer quants TinyLlama
+      packer quants ./SmolLM2-135M-Instruct
     """
     from packer.quants import DEFAULT_QUANT, QUANT_TYPES
 
+    if source and params:
+        raise click.UsageError("give SOURCE or --params, not both")
+    if source:
+        from packer.source import param_count
+
+        n, origin = param_count(source, token=token)
+        from packer.hub import fmt_params
+
+        params = n / 1e9
+        log.info("%s: %s parameters (%s)", source, fmt_params(n), origin)
     for q in QUANT_TYPES.values():
         size = f"  ~{params * q.bpw / 8:5.2f} GB" if params else ""
         mark = "*" if q.name == DEFAULT_QUANT else " "
         click.echo(f"{mark}{q.name:<8} {q.bpw:5.2f} bpw{size}  {q.note}")
+
+
+@cli.command()
+def models() -> None:
+    """List the model aliases `packer build NAME` accepts, with their size and a note.
+
+    Any other hub model works too, as org/name[@revision]. Gated models need their licence
+    accepted on the model page and HF_TOKEN (or --token) set.
+
+    \b
+    Examples:
+      packer models
+      packer build SmolLM2-360M-Instruct --quant Q8_0
+    """
+    from packer.convert import SUPPORTED_ARCHITECTURES
+    from packer.hub import aliases
+    from packer.quants import DEFAULT_QUANT, QUANT_TYPES
+
+    bpw = QUANT_TYPES[DEFAULT_QUANT].bpw
+    click.echo(f"{'ALIAS':<24} {'PARAMS':>7} {DEFAULT_QUANT + ' SIZE':>12}  {'REPO':<40} NOTE")
+    for a in aliases().values():
+        flags = []
+        if a.gated:
+            flags.append("gated")
+        if a.architecture and a.architecture not in SUPPORTED_ARCHITECTURES:
+            flags.append(f"{a.architecture}: not convertible yet")
+        extra = f" [{'; '.join(flags)}]" if flags else ""
+        size = a.params_b * bpw / 8
+        size_txt = f"~{size:.1f} GB" if size >= 1 else f"~{size * 1000:.0f} MB"
+        click.echo(f"{a.name:<24} {a.params_b:>6g}B {size_txt:>12}  {a.repo:<40} {a.note}{extra}")
 
 
 @cli.group()

@@ -1,19 +1,23 @@
-"""Resolve what the user named (a local checkpoint folder or a .gguf file) into a Source.
+"""Resolve what the user named into a Source: a local folder or .gguf file, an alias, a hub id.
 
-Resolvers are tried in order; the hub/alias resolvers of a later issue slot in before the
-final "not found" error without changing callers.
+Resolvers are tried in order: local path -> alias (``TinyLlama``, see ``packer models``) ->
+Hugging Face hub id ``org/name[@revision]`` (downloaded into the shared HF cache by
+:mod:`packer.hub`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from packer.errors import SourceError
+from packer.errors import SourceError, UsageError
 from packer.quants import QUANT_TYPES, ftype_name
+
+if TYPE_CHECKING:
+    from packer import hub as hub_mod
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,19 @@ class Source:
         None  # for GGUF sources: the file's quant/precision ("F16", "Q4_1", ...)
     )
     architecture: str | None = None
+    repo_id: str | None = None  # hub sources: "org/name"
+    revision: str | None = None  # hub sources: the branch/tag/commit asked for (None = default)
+    commit: str | None = None  # hub sources: the commit actually downloaded
+    n_params: int | None = None  # GGUF sources: parameter count from the tensor shapes
+
+    @property
+    def display(self) -> str:
+        """What the source is, for humans: ``org/name@main (commit abc1234567)`` or the path."""
+        if self.repo_id:
+            rev = f"@{self.revision}" if self.revision else ""
+            commit = f" (commit {self.commit[:10]})" if self.commit else ""
+            return f"{self.repo_id}{rev}{commit}"
+        return self.spec
 
 
 def model_name_from_stem(stem: str) -> str:
@@ -55,13 +72,97 @@ def _gguf_source(path: Path, spec: str) -> Source:
     if file_type is None:  # older files: judge by the tensors
         types = {t.tensor_type.name for t in reader.tensors if len(t.shape) > 1}
         file_type = next(iter(types)) if len(types) == 1 else None
+    n_params = sum(int(t.n_elements) for t in reader.tensors) or None
     return Source(
-        "gguf", path, spec, model_name_from_stem(path.stem), gguf_type=file_type, architecture=arch
+        "gguf",
+        path,
+        spec,
+        model_name_from_stem(path.stem),
+        gguf_type=file_type,
+        architecture=arch,
+        n_params=n_params,
     )
 
 
-def resolve(spec: str) -> Source:
+def _looks_like_path(spec: str) -> bool:
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.lower().endswith(".gguf")
+        or spec.count("/") > 1
+        or "\\" in spec
+    )
+
+
+def resolve(
+    spec: str,
+    *,
+    quant: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    need_checkpoint: bool = False,
+) -> Source:
+    """Find (and for hub models download) the model ``spec`` names.
+
+    ``quant`` picks the file of a GGUF repo; ``revision`` (or ``spec@revision``) pins a hub
+    branch, tag or commit; ``token`` overrides HF_TOKEN; ``need_checkpoint`` refuses GGUF-only
+    repos before downloading (for ``packer convert``).
+    """
     path = Path(spec).expanduser()
+    if path.exists():
+        if revision:
+            raise UsageError(f"--revision only applies to hub models, not to the local {spec}")
+        return _local(path, spec)
+    from packer import hub
+
+    ref = hub_ref(spec, revision)
+    fetched = hub.fetch(
+        ref,
+        quant=quant,
+        token=token,
+        need_checkpoint=need_checkpoint,
+        spec_is_path_like="/" in spec,
+    )
+    if fetched.kind == "gguf":
+        src = _gguf_source(fetched.path, spec)
+        name = hub.model_title(ref.repo_id, "gguf")
+    else:
+        src = Source("checkpoint", fetched.path, spec, hub.model_title(ref.repo_id, "checkpoint"))
+        name = src.name
+    return replace(
+        src, name=name, repo_id=ref.repo_id, revision=ref.revision, commit=fetched.commit
+    )
+
+
+def hub_ref(spec: str, revision: str | None = None) -> hub_mod.HubRef:
+    """The hub repo an alias or ``org/name[@rev]`` names; a helpful error for anything else."""
+    from packer import hub
+
+    name, _, at_rev = spec.partition("@")
+    alias = hub.lookup_alias(name)
+    if alias is not None:
+        ref = hub.HubRef(alias.repo, at_rev or None)
+    else:
+        parsed = hub.parse_hub_id(spec)
+        if parsed is None:
+            if _looks_like_path(spec):
+                raise SourceError(f"no such folder or .gguf file: {spec}")
+            close = hub.closest_aliases(name)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise SourceError(
+                f"{spec!r} is not a folder, a .gguf file, a model alias or a hub id (org/name)"
+                f"{hint} (`packer models` lists the aliases)"
+            )
+        ref = parsed
+    if revision:
+        if ref.revision and ref.revision != revision:
+            raise UsageError(
+                f"{spec} names revision {ref.revision!r} but --revision says {revision!r}: give one"
+            )
+        ref = hub.HubRef(ref.repo_id, revision)
+    return ref
+
+
+def _local(path: Path, spec: str) -> Source:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SourceError(
@@ -75,9 +176,32 @@ def resolve(spec: str) -> Source:
         raise SourceError(
             f"{path} is a file but not a .gguf: pass a checkpoint folder or a .gguf file"
         )
+    raise SourceError(f"{path} is neither a folder nor a file")
+
+
+def param_count(spec: str, *, token: str | None = None) -> tuple[int, str]:
+    """How many parameters ``spec`` has, and where that figure comes from (no weights download)."""
+    path = Path(spec).expanduser()
     if path.exists():
-        raise SourceError(f"{path} is neither a folder nor a file")
-    hint = ""
-    if re.fullmatch(r"[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?", spec):
-        hint = " (downloading from the Hugging Face hub is not supported yet: download the checkpoint and pass its folder)"
-    raise SourceError(f"no such folder or .gguf file: {spec}{hint}")
+        src = _local(path, spec)
+        if src.kind == "gguf":
+            if not src.n_params:
+                raise SourceError(f"{spec} has no tensors to count: pass --params N")
+            return src.n_params, "counted in the GGUF"
+        from packer.convert import inspect_checkpoint
+
+        return inspect_checkpoint(src.path).n_params, "counted in the safetensors headers"
+    from packer import hub
+
+    alias = hub.lookup_alias(spec.partition("@")[0])
+    if alias is not None:
+        return int(alias.params_b * 1e9), f"{alias.repo}, from packer's alias table"
+    ref = hub_ref(spec)
+    if hub.is_offline():
+        raise SourceError(
+            f"HF_HUB_OFFLINE is set: cannot ask the hub how big {ref} is; pass --params N"
+        )
+    n = hub.remote_params(ref, token=token)
+    if not n:
+        raise SourceError(f"the hub does not say how many parameters {ref} has: pass --params N")
+    return n, "from the hub's metadata"

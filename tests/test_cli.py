@@ -85,11 +85,6 @@ def test_missing_folder(tmp_path: Path) -> None:
     assert code == 3 and "no such folder or .gguf file" in err and err.count("\n") == 1
 
 
-def test_hub_id_not_yet(tmp_path: Path) -> None:
-    code, _, err = run_cli("build", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", cwd=tmp_path)
-    assert code == 3 and "hub" in err
-
-
 def test_folder_without_config(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli("build", str(tmp_path / "empty"), cwd=tmp_path)

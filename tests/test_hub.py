@@ -1,0 +1,578 @@
+"""Models named by alias or hub id, downloaded with the real huggingface_hub client from a
+loopback fake hub (tests/hubserver.py): no internet, an isolated HF cache per test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import constants
+
+from packer import cli as cli_mod
+from packer import hub as hub_mod
+from packer import stub as stub_mod
+from packer.build import BuildPlan, plan
+from packer.errors import OutputError, SourceError, UnsupportedModelError, UsageError
+from packer.quants import parse_quant
+from packer.source import Source, hub_ref, resolve
+from runtime.payload import read_bundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hubserver import FakeHub  # noqa: E402
+
+TINYLLAMA = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A fake hub on loopback; huggingface_hub pointed at it with a fresh, private cache.
+
+    huggingface_hub reads HF_ENDPOINT/HF_HOME/HF_HUB_OFFLINE into ``constants`` at import time,
+    so the constants are patched as well as the environment.
+    """
+    with FakeHub() as fake:
+        hf_home = tmp_path / "hf-home"
+        for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        monkeypatch.setenv("HF_HOME", str(hf_home))
+        monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+        monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "packer-cache"))
+        patches: dict[str, Any] = {
+            "ENDPOINT": fake.endpoint,
+            "HUGGINGFACE_CO_URL_TEMPLATE": fake.endpoint
+            + "/{repo_id}/resolve/{revision}/{filename}",
+            "HF_HOME": str(hf_home),
+            "HF_HUB_CACHE": str(hf_home / "hub"),
+            "HF_TOKEN_PATH": str(hf_home / "token"),
+            "HF_STORED_TOKENS_PATH": str(hf_home / "stored_tokens"),
+            "HF_HUB_OFFLINE": False,
+            "HF_HUB_DISABLE_TELEMETRY": True,
+            # small reads so that a dropped connection leaves a partial file to resume from
+            "DOWNLOAD_CHUNK_SIZE": 1024,
+        }
+        for name, value in patches.items():
+            monkeypatch.setattr(constants, name, value)
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def tiny_ggufs(tiny_llama_bpe: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """An F16 GGUF of the tiny checkpoint and its real Q8_0 quantization."""
+    from packer.convert import convert_checkpoint
+    from packer.quantize import quantize
+
+    folder = tmp_path_factory.mktemp("ggufs")
+    f16 = folder / "tiny.F16.gguf"
+    convert_checkpoint(tiny_llama_bpe, f16, outtype="f16")
+    q8 = quantize(f16, folder / "tiny.Q8_0.gguf", parse_quant("Q8_0"))
+    return {"tiny.F16.gguf": f16.read_bytes(), "tiny.Q8_0.gguf": q8.read_bytes()}
+
+
+@pytest.fixture
+def fake_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Packing without PyInstaller: a shell script stands in for the runtime stub."""
+    stub = tmp_path.parent / f"{tmp_path.name}-stub.sh"
+    stub.write_bytes(b"#!/bin/sh\necho fake stub\nexit 0\n")
+    stub.chmod(0o755)
+    monkeypatch.setattr(stub_mod, "ensure_stub", lambda flavour="cpu", **kw: stub)
+    monkeypatch.setattr(stub_mod, "stub_key", lambda flavour="cpu": "test")
+    return stub
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def _main(args: tuple[str, ...]) -> None:
+    sys.argv = ["packer", *args]
+    cli_mod.main()
+
+
+def run_cli(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.chdir(cwd)
+    result = CliRunner().invoke(_main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def downloads(hub: FakeHub) -> list[str]:
+    """Files actually transferred: GETs of resolve URLs (small files) and of the CDN (LFS)."""
+    got = []
+    for r in hub.find("GET"):
+        if "/resolve/" in r.path:
+            got.append(r.path.split("/resolve/", 1)[1].split("/", 1)[1])
+        elif r.origin == "cdn":
+            got.append("cdn:" + r.path.rsplit("/", 1)[-1][:8])
+    return got
+
+
+def with_extras(folder: Path) -> dict[str, bytes]:
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    files["README.md"] = b"# tiny\n"
+    files["pytorch_model.bin"] = b"pickle, never downloaded"
+    files["original/consolidated.pth"] = b"pickle too"
+    files["onnx/model.onnx"] = b"not needed"
+    return files
+
+
+# ------------------------------------------------------------------------------ aliases
+
+
+def test_aliases_cover_the_advertised_models() -> None:
+    table = hub_mod.aliases()
+    for name in [
+        "TinyLlama",
+        "SmolLM2-135M",
+        "SmolLM2-135M-Instruct",
+        "SmolLM2-360M-Instruct",
+        "SmolLM2-1.7B-Instruct",
+        "Qwen2.5-0.5B-Instruct",
+        "Qwen2.5-1.5B-Instruct",
+        "Llama-3.2-1B-Instruct",
+        "Llama-3.2-3B-Instruct",
+        "Phi-3.5-mini-instruct",
+        "Mistral-7B-Instruct",
+        "Gemma-2-2b-it",
+    ]:
+        alias = table[name.lower()]
+        assert "/" in alias.repo and alias.params_b > 0 and alias.note
+    assert hub_mod.lookup_alias("tinyllama").repo == TINYLLAMA  # type: ignore[union-attr]
+    assert hub_ref("TINYLLAMA@v2").revision == "v2"
+    assert hub_ref("smollm2-360m-instruct").repo_id == "HuggingFaceTB/SmolLM2-360M-Instruct"
+
+
+def test_unknown_alias_suggests_the_closest() -> None:
+    with pytest.raises(SourceError, match="did you mean TinyLlama") as err:
+        resolve("TinyLama")
+    assert "packer models" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path: Path, tiny_llama_bpe: Path) -> None:
+    with pytest.raises(UsageError, match="--revision only applies to hub models"):
+        resolve(str(tiny_llama_bpe), revision="v1")
+    with pytest.raises(SourceError, match="no such folder or .gguf file"):
+        resolve(str(tmp_path / "nope"))
+    with pytest.raises(SourceError, match="no such folder or .gguf file"):
+        resolve("model.Q4_K_M.gguf")
+
+
+def test_alias_downloads_only_what_the_converter_needs(hub: FakeHub, tiny_llama_bpe: Path) -> None:
+    from packer.convert import inspect_checkpoint
+
+    sha = hub.add_repo(TINYLLAMA, with_extras(tiny_llama_bpe))
+    src = resolve("tinyllama")
+    assert src.kind == "checkpoint" and src.repo_id == TINYLLAMA and src.commit == sha
+    assert src.name == "TinyLlama-1.1B-Chat-v1.0"
+    assert src.path.name == "TinyLlama-1.1B-Chat-v1.0"  # so the GGUF's general.name is right
+    got = downloads(hub)
+    assert "config.json" in got and "tokenizer.json" in got
+    assert not [f for f in got if f.endswith((".bin", ".pth", ".onnx", ".md"))], got
+    assert sorted(p.name for p in src.path.iterdir()) == sorted(
+        p.name for p in tiny_llama_bpe.iterdir() if p.is_file()
+    )
+    info = inspect_checkpoint(src.path)
+    assert info.architecture == "LlamaForCausalLM"
+    # shared cache: the files sit in the HF cache under snapshots/<commit>
+    assert (Path(constants.HF_HUB_CACHE) / "models--TinyLlama--TinyLlama-1.1B-Chat-v1.0").is_dir()
+
+    before = len(hub.requests)
+    again = resolve("TinyLlama")
+    assert again.commit == sha
+    assert not [r for r in hub.requests[before:] if r.method == "GET" and r.origin == "cdn"]
+
+
+def test_sharded_checkpoint_uses_the_index(hub: FakeHub, tiny_llama_bpe_sharded: Path) -> None:
+    files = {p.name: p.read_bytes() for p in tiny_llama_bpe_sharded.iterdir() if p.is_file()}
+    files["consolidated.safetensors"] = b"mistral-format copy, not needed"
+    hub.add_repo("org/sharded", files)
+    src = resolve("org/sharded")
+    names = sorted(p.name for p in src.path.iterdir())
+    assert "consolidated.safetensors" not in names
+    assert "model.safetensors.index.json" in names
+    assert sum(n.endswith(".safetensors") for n in names) >= 2
+
+
+# ------------------------------------------------------------------------------ revisions
+
+
+def test_revision_pinning(hub: FakeHub, tiny_llama_bpe: Path) -> None:
+    base = {p.name: p.read_bytes() for p in tiny_llama_bpe.iterdir() if p.is_file()}
+    old = hub.add_repo(
+        "org/tiny", {**base, "generation_config.json": b'{"temperature": 0.1}'}, revision="v1"
+    )
+    new = hub.add_repo("org/tiny", {**base, "generation_config.json": b'{"temperature": 0.9}'})
+    assert old != new
+
+    latest = resolve("org/tiny")
+    pinned = resolve("org/tiny@v1")
+    by_option = resolve("org/tiny", revision="v1")
+    by_commit = resolve(f"org/tiny@{old}")
+    assert latest.commit == new and latest.revision is None
+    assert pinned.commit == old == by_option.commit == by_commit.commit
+    assert pinned.revision == "v1"
+    assert b"0.9" in (latest.path / "generation_config.json").read_bytes()
+    assert b"0.1" in (pinned.path / "generation_config.json").read_bytes()
+    assert "@v1" in pinned.display and old[:10] in pinned.display
+
+    with pytest.raises(UsageError, match="--revision"):
+        resolve("org/tiny@v1", revision="main")
+    with pytest.raises(SourceError, match="has no revision 'v9'"):
+        resolve("org/tiny@v9")
+
+
+# ------------------------------------------------------------------------------ GGUF repos
+
+
+def test_gguf_quant_names() -> None:
+    q = hub_mod.gguf_quant_of
+    assert q("tiny.Q8_0.gguf") == "Q8_0"
+    assert q("Llama-3.2-1B-Instruct-Q4_K_M.gguf") == "Q4_K_M"
+    assert q("model-bf16.gguf") == "BF16"
+    assert q("model.fp16.gguf") == "F16"
+    assert q("model.Q4_0_4_4.gguf") is None
+    assert q("big-Q5_K_S-00001-of-00003.gguf") == "Q5_K_S"
+
+
+def test_gguf_repo_picks_the_asked_quant(hub: FakeHub, tiny_ggufs: dict[str, bytes]) -> None:
+    extras = {"README.md": b"# ggufs\n", "mmproj-tiny-f16.gguf": b"vision projector"}
+    hub.add_repo("org/tiny-GGUF", {**tiny_ggufs, **extras})
+    src = resolve("org/tiny-GGUF", quant="q8_0")
+    assert src.kind == "gguf" and src.path.name == "tiny.Q8_0.gguf"
+    assert src.gguf_type == "Q8_0" and src.name == "tiny" and src.n_params
+    assert src.path.read_bytes() == tiny_ggufs["tiny.Q8_0.gguf"]
+    assert len([f for f in downloads(hub) if f.startswith("cdn:")]) == 1  # not the F16 one
+    # the vision projector's "f16" does not count as the model's F16
+    assert resolve("org/tiny-GGUF", quant="F16").path.name == "tiny.F16.gguf"
+
+    with pytest.raises(UsageError) as err:
+        resolve("org/tiny-GGUF", quant="Q4_K_M")
+    assert "has no Q4_K_M GGUF file; it offers F16, Q8_0" in str(err.value)
+
+
+def test_gguf_repo_split_files_refused(hub: FakeHub) -> None:
+    hub.add_repo(
+        "org/big-GGUF",
+        {"big-Q8_0-00001-of-00002.gguf": b"GGUF1", "big-Q8_0-00002-of-00002.gguf": b"GGUF2"},
+    )
+    with pytest.raises(UnsupportedModelError, match="split into parts"):
+        resolve("org/big-GGUF", quant="Q8_0")
+    assert not [f for f in downloads(hub) if f.startswith("cdn:")]
+
+
+def test_convert_refuses_gguf_repo_before_downloading(
+    hub: FakeHub, tiny_ggufs: dict[str, bytes]
+) -> None:
+    hub.add_repo("org/tiny-GGUF", tiny_ggufs)
+    with pytest.raises(UsageError, match="nothing to convert"):
+        resolve("org/tiny-GGUF", need_checkpoint=True)
+    assert not [f for f in downloads(hub) if f.startswith("cdn:")]
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def test_gated_repo(hub: FakeHub, tiny_llama_bpe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.add_repo("meta/gated", tiny_llama_bpe, gated=True, tokens=("hf_good",))
+    with pytest.raises(SourceError) as err:  # 401: no token at all
+        resolve("meta/gated")
+    msg = str(err.value)
+    assert "gated" in msg and "accept its licence" in msg and "HF_TOKEN" in msg and "--token" in msg
+    assert f"{hub.endpoint}/meta/gated" in msg
+    with pytest.raises(SourceError, match="is gated"):  # 403: a token without access
+        resolve("meta/gated", token="hf_bad")
+    assert not [f for f in downloads(hub) if f.startswith("cdn:")], "no weights before access"
+
+    assert resolve("meta/gated", token="hf_good").kind == "checkpoint"
+    monkeypatch.setenv("HF_TOKEN", "hf_good")
+    assert resolve("meta/gated").kind == "checkpoint"
+    sent = {r.headers.get("authorization") or r.headers.get("Authorization") for r in hub.requests}
+    assert "Bearer hf_good" in sent
+
+
+def test_unknown_repo_404(hub: FakeHub) -> None:
+    with pytest.raises(SourceError) as err:
+        resolve("org/does-not-exist")
+    assert f"no model org/does-not-exist on {hub.endpoint}" in str(err.value)
+    assert "HF_TOKEN" in str(err.value)
+
+
+def test_pickle_only_repo_refused(hub: FakeHub, tiny_llama_bpe: Path) -> None:
+    hub.add_repo(
+        "org/old",
+        {
+            "config.json": (tiny_llama_bpe / "config.json").read_bytes(),
+            "pytorch_model.bin": b"\x80\x04pickle",
+            "tokenizer.json": (tiny_llama_bpe / "tokenizer.json").read_bytes(),
+        },
+    )
+    with pytest.raises(UnsupportedModelError, match="does not unpickle"):
+        resolve("org/old")
+    assert downloads(hub) == []
+
+
+def test_unsupported_architecture_refused_before_the_weights(
+    hub: FakeHub, tiny_llama_bpe: Path
+) -> None:
+    files = {p.name: p.read_bytes() for p in tiny_llama_bpe.iterdir() if p.is_file()}
+    config = json.loads(files["config.json"])
+    config["architectures"] = ["MambaForCausalLM"]
+    files["config.json"] = json.dumps(config).encode()
+    hub.add_repo("org/mamba", files)
+    with pytest.raises(UnsupportedModelError, match="MambaForCausalLM"):
+        resolve("org/mamba")
+    assert downloads(hub) == ["config.json"]
+
+
+def test_not_enough_disk(
+    hub: FakeHub, tiny_llama_bpe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add_repo("org/tiny", tiny_llama_bpe)
+    real = shutil.disk_usage
+    monkeypatch.setattr(
+        shutil,
+        "disk_usage",
+        lambda p: real(p)._replace(free=1000),  # type: ignore[attr-defined]
+    )
+    with pytest.raises(OutputError) as err:
+        resolve("org/tiny")
+    msg = str(err.value)
+    assert "not enough disk space to download org/tiny" in msg and "1 kB free" in msg
+    assert "HF_HOME" in msg
+    assert not [f for f in downloads(hub) if f.startswith("cdn:")], "refused before the weights"
+
+
+def test_interrupted_download_resumes_with_range(hub: FakeHub, tiny_llama_bpe: Path) -> None:
+    hub.add_repo("org/tiny", tiny_llama_bpe)
+    hub.drop_once.add("model.safetensors")
+    src = resolve("org/tiny")
+    weights = (tiny_llama_bpe / "model.safetensors").read_bytes()
+    assert (src.path / "model.safetensors").read_bytes() == weights
+    gets = [r for r in hub.find("GET") if r.origin == "cdn"]
+    assert len(gets) == 2, gets
+    first, second = gets
+    assert "range" not in {k.lower() for k in first.headers}
+    rng = {k.lower(): v for k, v in second.headers.items()}["range"]
+    start = int(rng.removeprefix("bytes=").split("-")[0])
+    assert 0 < start < len(weights)
+    assert not hub.drop_once  # the drop did happen
+
+
+def test_failed_download_keeps_finished_files(hub: FakeHub, tiny_llama_bpe: Path) -> None:
+    hub.add_repo("org/tiny", tiny_llama_bpe)
+    hub.fail_once.add("model.safetensors")
+    with pytest.raises(SourceError, match="answered 500"):
+        resolve("org/tiny")
+    before = len(hub.requests)
+    src = resolve("org/tiny")  # the second run fetches only what is missing
+    fetched = [r.path for r in hub.requests[before:] if r.method == "GET" and "/api/" not in r.path]
+    assert len(fetched) == 1 and fetched[0].startswith("/cdn/"), fetched
+    assert (src.path / "model.safetensors").read_bytes() == (
+        tiny_llama_bpe / "model.safetensors"
+    ).read_bytes()
+
+
+def test_offline_mode_uses_the_cache(
+    hub: FakeHub,
+    tiny_llama_bpe: Path,
+    tiny_ggufs: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub.add_repo("org/tiny", tiny_llama_bpe)
+    hub.add_repo("org/tiny-GGUF", tiny_ggufs)
+    online = resolve("org/tiny")
+    resolve("org/tiny-GGUF", quant="Q8_0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = len(hub.requests)
+    offline = resolve("org/tiny")
+    assert offline.commit == online.commit and (offline.path / "config.json").is_file()
+    assert resolve("org/tiny-GGUF", quant="q8_0").gguf_type == "Q8_0"
+    assert len(hub.requests) == before, "offline mode must not touch the network"
+    with pytest.raises(UsageError, match="offers Q8_0"):  # only the cached file is on offer
+        resolve("org/tiny-GGUF", quant="F16")
+    with pytest.raises(SourceError, match="HF_HUB_OFFLINE"):
+        resolve("org/never-downloaded")
+
+
+def test_no_network(hub: FakeHub, tiny_llama_bpe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.add_repo("org/tiny", tiny_llama_bpe)
+    resolve("org/tiny")
+    dead = "http://127.0.0.1:9"  # discard port: connection refused
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    with pytest.raises(SourceError) as err:
+        resolve("org/tiny")
+    assert f"cannot reach {dead}" in str(err.value)
+    assert "cached copy of org/tiny exists" in str(err.value) and "HF_HUB_OFFLINE=1" in str(
+        err.value
+    )
+    with pytest.raises(SourceError) as err:
+        resolve("org/other")
+    assert "not in the cache" in str(err.value)
+
+
+# ------------------------------------------------------------------------------ plan + CLI
+
+
+def test_plan_line_and_fat32_warning(tmp_path: Path, tiny_llama_bpe: Path) -> None:
+    p = plan(str(tiny_llama_bpe), "Q8_0", tmp_path / "x.run")
+    line = p.describe()
+    assert "quant Q8_0" in line and "file" in line and "RAM to run (4096-token context)" in line
+    assert p.kv_bytes_per_token and p.warnings == []
+
+    src = Source("checkpoint", tiny_llama_bpe, "big", "big", repo_id="org/big", revision="v1")
+    big = BuildPlan(src, parse_quant("F16"), tmp_path / "big.run", n_params=7_000_000_000)
+    assert big.warnings and "FAT32" in big.warnings[0]
+    assert "source org/big@v1 (checkpoint)" in big.describe()
+    assert "7.00B parameters" in big.describe()
+
+
+def test_imatrix_quant_refused_before_download(
+    hub: FakeHub, tiny_llama_bpe: Path, tmp_path: Path
+) -> None:
+    hub.add_repo("org/tiny", tiny_llama_bpe)
+    with pytest.raises(UsageError, match="importance matrix"):
+        plan("org/tiny", "IQ2_XS", tmp_path / "x.run")
+    assert hub.requests == []
+
+
+def test_cli_build_from_hub(
+    hub: FakeHub,
+    tiny_llama_bpe: Path,
+    fake_stub: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sha = hub.add_repo("org/tiny", tiny_llama_bpe)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out, err = run_cli(
+        "build", "org/tiny", "--quant", "Q8_0", cwd=out_dir, monkeypatch=monkeypatch
+    )
+    assert code == 0, err
+    produced = out_dir / "tiny.Q8_0.run"
+    assert out.strip() == str(produced)
+    assert sorted(p.name for p in out_dir.iterdir()) == [produced.name]
+    plan_line = next(line for line in err.splitlines() if "source org/tiny" in line)
+    assert sha[:10] in plan_line and "RAM" in plan_line and "quant Q8_0" in plan_line
+    assert "HTTP Request" not in err  # the HTTP client's chatter stays hidden
+    manifest = read_bundle(produced).manifest
+    assert manifest["source"] == "org/tiny" and manifest["source_commit"] == sha
+    assert manifest["quant"] == "Q8_0" and manifest["name"] == "tiny"
+
+
+def test_cli_build_gguf_repo_and_errors(
+    hub: FakeHub,
+    tiny_ggufs: dict[str, bytes],
+    fake_stub: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub.add_repo("org/tiny-GGUF", tiny_ggufs)
+    code, out, err = run_cli(
+        "build", "org/tiny-GGUF", "--quant", "q8_0", cwd=tmp_path, monkeypatch=monkeypatch
+    )
+    assert code == 0, err
+    assert Path(out.strip()).name == "tiny.Q8_0.run"
+    assert read_bundle(Path(out.strip())).manifest["gguf_size"] == len(tiny_ggufs["tiny.Q8_0.gguf"])
+
+    code, _, err = run_cli(
+        "build", "org/tiny-GGUF", "--quant", "Q4_K_M", cwd=tmp_path, monkeypatch=monkeypatch
+    )
+    assert code == 2 and "offers F16, Q8_0" in err and err.count("\n") == 1, err
+    code, _, err = run_cli("build", "org/missing", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 3 and "no model org/missing" in err and err.count("\n") == 1, err
+    code, _, err = run_cli("build", "tinylama", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 3 and "did you mean TinyLlama" in err
+
+
+def test_cli_revision_and_token_options(
+    hub: FakeHub, tiny_llama_bpe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = {p.name: p.read_bytes() for p in tiny_llama_bpe.iterdir() if p.is_file()}
+    v1 = hub.add_repo(
+        "meta/gated",
+        {**base, "generation_config.json": b'{"temperature": 0.1}'},
+        revision="v1",
+        gated=True,
+        tokens=("hf_good",),
+    )
+    hub.add_repo("meta/gated", {**base, "generation_config.json": b'{"temperature": 0.9}'})
+    out = tmp_path / "m.gguf"
+    code, _, err = run_cli(
+        "convert", "meta/gated", "-o", str(out), cwd=tmp_path, monkeypatch=monkeypatch
+    )
+    assert code == 3 and "is gated" in err and not out.exists()
+    code, stdout, err = run_cli(
+        "convert",
+        "meta/gated",
+        "-o",
+        str(out),
+        "--revision",
+        "v1",
+        "--token",
+        "hf_good",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+    )
+    assert code == 0, err
+    assert stdout.strip() == str(out) and out.stat().st_size > 0
+    storage = Path(constants.HF_HUB_CACHE) / "models--meta--gated"
+    assert (storage / "refs" / "v1").read_text() == v1
+    assert b"0.1" in (storage / "snapshots" / v1 / "generation_config.json").read_bytes()
+
+
+def test_cli_models_and_quants(
+    hub: FakeHub, tiny_llama_bpe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = run_cli("models", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0
+    line = next(row for row in out.splitlines() if row.startswith("TinyLlama "))
+    assert TINYLLAMA in line and "1.1B" in line and "~782 MB" in line
+    gemma = next(row for row in out.splitlines() if row.startswith("Gemma-2-2b-it "))
+    assert "[gated" in gemma and "google/gemma-2-2b-it" in gemma
+
+    code, out, err = run_cli("quants", "TinyLlama", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0 and "1.10B parameters" in err
+    q8 = next(line for line in out.splitlines() if "Q8_0" in line)
+    assert "~ 1.17 GB" in q8
+
+    hub.add_repo("org/tiny", tiny_llama_bpe, params=2_000_000_000)
+    code, out, err = run_cli("quants", "org/tiny", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert "~ 2.12 GB" in next(line for line in out.splitlines() if "Q8_0" in line)
+    assert not [r for r in hub.requests if "/resolve/" in r.path], "metadata only"
+
+    code, out, err = run_cli("quants", str(tiny_llama_bpe), cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0 and "counted in the safetensors headers" in err
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if are_progress_bars_disabled():
+        pytest.skip("HF_HUB_DISABLE_PROGRESS_BARS is set here")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with hub_mod._quiet_client():
+        assert are_progress_bars_disabled()
+    assert not are_progress_bars_disabled()
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with hub_mod._quiet_client():
+        assert not are_progress_bars_disabled()
