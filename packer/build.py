@@ -295,3 +295,26 @@ def execute(
         return pack(stub, gguf, p.output, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def convert_to_gguf(
+    checkpoint: Path, out: Path, outtype: str, *, progress: Progress | None = None
+) -> Path:
+    """``packer convert``: a checkpoint to one GGUF; ``q8_0`` converts, then quantizes with llama.cpp."""
+    from packer.convert import convert_checkpoint
+
+    if outtype != "q8_0":
+        convert_checkpoint(checkpoint, out, outtype=outtype, progress=progress)
+        return out
+    from packer.quantize import quantize
+
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".packer-convert-", dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write in {out.parent}: {exc.strerror}") from exc
+    try:
+        full = work / "model.gguf"
+        convert_checkpoint(checkpoint, full, outtype="auto", progress=progress)
+        return quantize(full, out, parse_quant("Q8_0"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

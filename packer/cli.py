@@ -204,10 +204,10 @@ def _shell_path(path: Path) -> str:
 )
 @click.option(
     "--outtype",
-    type=click.Choice(["auto", "f32", "f16", "bf16"], case_sensitive=False),
+    type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"], case_sensitive=False),
     default="auto",
     show_default=True,
-    help="Precision of the weights; auto keeps the checkpoint's.",
+    help="Precision of the weights; auto keeps the checkpoint's, q8_0 goes through llama.cpp's quantizer.",
 )
 @_hub_options
 def convert(
@@ -221,9 +221,9 @@ def convert(
     Examples:
       packer convert ./SmolLM2-135M-Instruct -o smollm2.gguf
       packer convert TinyLlama -o tinyllama.f16.gguf --outtype f16
+      packer convert ./SmolLM2-135M-Instruct -o smollm2.q8_0.gguf --outtype q8_0
     """
-    from packer.build import _check_writable
-    from packer.convert import convert_checkpoint
+    from packer.build import _check_writable, convert_to_gguf
     from packer.source import resolve
 
     out = output.expanduser().absolute()
@@ -231,7 +231,7 @@ def convert(
     src = resolve(source, revision=revision, token=token, need_checkpoint=True)
     if src.kind != "checkpoint":
         raise click.ClickException(f"{source} is already a GGUF file: nothing to convert")
-    convert_checkpoint(src.path, out, outtype=outtype.lower(), progress=_progress_bar("converting"))
+    convert_to_gguf(src.path, out, outtype.lower(), progress=_progress_bar("converting"))
     click.echo(str(out))
 
 

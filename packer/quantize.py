@@ -88,6 +88,9 @@ def quantize(
                 f"llama.cpp could not quantize {src.name} to {quant.name}{why} "
                 "(run with --verbose to see llama.cpp's log)"
             )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temp file, not the result
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)

@@ -137,3 +137,15 @@ def test_disk_full_leaves_nothing(tmp_path: Path, fake_stub: Path) -> None:
         assert listing(mnt) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_convert_q8_0(tiny_llama_bpe: Path, tmp_path: Path) -> None:
+    import gguf
+
+    out = tmp_path / "tiny.q8_0.gguf"
+    code, stdout, err = run_cli("convert", str(tiny_llama_bpe), "-o", str(out), "--outtype", "Q8_0")
+    assert code == 0, err
+    assert stdout.strip() == str(out)
+    assert listing(tmp_path) == [out.name], "work files left behind"
+    assert int(gguf.GGUFReader(out).fields["general.file_type"].contents()) == 7  # MOSTLY_Q8_0
+    assert out.stat().st_mode & 0o044, "the GGUF must be readable like any file the user writes"
