@@ -250,6 +250,7 @@ def execute(
         raise OutputError(f"cannot write in {p.output.parent}: {exc.strerror}") from exc
     try:
         gguf = p.source.path
+        must_quantize = p.quant is not None
         if p.source.kind == "checkpoint":
             from packer.convert import convert_checkpoint
 
@@ -257,16 +258,9 @@ def execute(
             gguf = work / "model.gguf"
             log.info("converting %s to GGUF (%s)", p.source.path.name, outtype)
             convert_checkpoint(p.source.path, gguf, outtype=outtype, progress=progress)
-            if p.quant and not p.quant.is_float:
-                gguf = quantize(
-                    gguf,
-                    work / f"model.{p.quant.name}.gguf",
-                    p.quant,
-                    threads=threads,
-                    verbose=verbose,
-                    imatrix=p.imatrix,
-                )
-        elif p.quant is not None:
+            must_quantize = p.quant is not None and not p.quant.is_float
+        if must_quantize:
+            assert p.quant is not None
             gguf = quantize(
                 gguf,
                 work / f"model.{p.quant.name}.gguf",

