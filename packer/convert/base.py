@@ -131,21 +131,27 @@ class ModelConverter(ABC):
 
     # ---- what subclasses provide -------------------------------------------------------
 
+    # set by read_hparams()
+    n_layer: int
+    n_ctx: int
+    n_vocab: int
+
     @abstractmethod
     def read_hparams(self) -> None:
-        """Read and check config.json fields (use the ``cfg_*`` helpers)."""
+        """Read and check config.json fields (use the ``cfg_*`` helpers); must set
+        ``n_layer``, ``n_ctx`` and ``n_vocab``."""
 
     @property
-    @abstractmethod
-    def block_count(self) -> int: ...
+    def block_count(self) -> int:
+        return self.n_layer
 
     @property
-    @abstractmethod
-    def context_length(self) -> int: ...
+    def context_length(self) -> int:
+        return self.n_ctx
 
     @property
-    @abstractmethod
-    def vocab_size(self) -> int: ...
+    def vocab_size(self) -> int:
+        return self.n_vocab
 
     @abstractmethod
     def tensor_specs(self) -> dict[str, TensorSpec]:

@@ -155,18 +155,6 @@ class DecoderConverter(ModelConverter):
     def read_family_hparams(self) -> None:
         """Family-specific config checks (after the common ones)."""
 
-    @property
-    def block_count(self) -> int:
-        return self.n_layer
-
-    @property
-    def context_length(self) -> int:
-        return self.n_ctx
-
-    @property
-    def vocab_size(self) -> int:
-        return self.n_vocab
-
     # ---- tensors -----------------------------------------------------------------------
 
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -56,18 +56,6 @@ class GPT2Converter(ModelConverter):
                 f"config.json n_embd {self.n_embd} is not divisible by n_head {self.n_head}"
             )
 
-    @property
-    def block_count(self) -> int:
-        return self.n_layer
-
-    @property
-    def context_length(self) -> int:
-        return self.n_ctx
-
-    @property
-    def vocab_size(self) -> int:
-        return self.n_vocab
-
     def tensor_specs(self) -> dict[str, TensorSpec]:
         d, ff, v = self.n_embd, self.n_ff, self.n_vocab
         t = "" if "wte.weight" in self.checkpoint.tensors else "transformer."
