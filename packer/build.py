@@ -142,7 +142,7 @@ def _kv_bytes_per_token(src: sources.Source) -> int | None:
         return None
 
 
-def _check_writable(output: Path) -> None:
+def check_writable(output: Path) -> None:
     folder = output.parent
     probe = folder
     while not probe.exists():
@@ -210,7 +210,7 @@ def plan(
     label = qt.name if qt else (src.gguf_type or "gguf")
     out = Path(output) if output else Path.cwd() / f"{src.name}.{label}.run"
     out = out.expanduser().absolute()
-    _check_writable(out)
+    check_writable(out)
     baked = shlex.split(args) if isinstance(args, str) else list(args or [])
     if baked:
         from runtime.cli import build_parser

@@ -223,11 +223,11 @@ def convert(
       packer convert TinyLlama -o tinyllama.f16.gguf --outtype f16
       packer convert ./SmolLM2-135M-Instruct -o smollm2.q8_0.gguf --outtype q8_0
     """
-    from packer.build import _check_writable, convert_to_gguf
+    from packer.build import check_writable, convert_to_gguf
     from packer.source import resolve
 
     out = output.expanduser().absolute()
-    _check_writable(out)
+    check_writable(out)
     src = resolve(source, revision=revision, token=token, need_checkpoint=True)
     if src.kind != "checkpoint":
         raise click.ClickException(f"{source} is already a GGUF file: nothing to convert")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import platform
@@ -47,9 +48,9 @@ def _llama_build_id() -> str:
         raise RuntimeStubError(
             "llama-cpp-python is not installed: run `make install` (it builds the portable wheel)"
         ) from exc
-    import llama_cpp
-
-    libdir = Path(llama_cpp.__file__).parent / "lib"
+    spec = importlib.util.find_spec("llama_cpp")  # locate only: importing loads libllama
+    assert spec is not None and spec.origin is not None
+    libdir = Path(spec.origin).parent / "lib"
     libs = (
         sorted(p.name + str(p.stat().st_size) for p in libdir.glob("*.so*"))
         if libdir.is_dir()

@@ -80,3 +80,16 @@ def fake_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(stub_mod, "ensure_stub", lambda flavour="cpu", **kw: stub)
     monkeypatch.setattr(stub_mod, "stub_key", lambda flavour="cpu": "test")
     return stub
+
+
+def assert_finite_logits(gguf_path: Path) -> None:
+    """llama.cpp loads the GGUF and its next-token logits on a short prompt are all finite."""
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=64, logits_all=True, verbose=False)
+    try:
+        llm.eval(llm.tokenize(b"hola mundo", add_bos=True))
+        assert np.isfinite(np.asarray(llm.scores[llm.n_tokens - 1])).all()
+    finally:
+        llm.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_cli
+from conftest import assert_finite_logits
 
 from packer.convert import convert_checkpoint
 from packer.errors import QuantizeError, UsageError
@@ -151,7 +152,6 @@ def test_imatrix_types_quantize_and_load(
     f32_gguf: Path, imatrix_file: Path, tmp_path: Path, name: str
 ) -> None:
     import gguf
-    import llama_cpp
 
     q = parse_quant(name)
     out_dir = tmp_path / "out"
@@ -163,14 +163,7 @@ def test_imatrix_types_quantize_and_load(
     assert int(reader.fields["quantize.imatrix.entries_count"].contents()) == len(
         _vectors(f32_gguf)
     )
-    llm = llama_cpp.Llama(str(out), n_ctx=64, logits_all=True, verbose=False)
-    try:
-        tokens = llm.tokenize(b"hola mundo", add_bos=True)
-        llm.eval(tokens)
-        logits = np.asarray(llm.scores[llm.n_tokens - 1])
-        assert np.isfinite(logits).all()
-    finally:
-        llm.close()
+    assert_finite_logits(out)
 
 
 def test_llama_cpp_gets_every_entry(
@@ -186,7 +179,6 @@ def test_llama_cpp_gets_every_entry(
 @pytest.mark.parametrize("fmt", ["gguf", "dat"])
 def test_wide_model_gets_real_2bit_tensors(wide_f32_gguf: Path, tmp_path: Path, fmt: str) -> None:
     import gguf
-    import llama_cpp
 
     vectors = _vectors(wide_f32_gguf, seed=3)
     writer = write_gguf_imatrix if fmt == "gguf" else write_dat_imatrix
@@ -194,12 +186,7 @@ def test_wide_model_gets_real_2bit_tensors(wide_f32_gguf: Path, tmp_path: Path, 
     out = quantize(wide_f32_gguf, tmp_path / "w.gguf", parse_quant("IQ2_XS"), imatrix=imx)
     types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
     assert "IQ2_XS" in types, types
-    llm = llama_cpp.Llama(str(out), n_ctx=64, logits_all=True, verbose=False)
-    try:
-        llm.eval(llm.tokenize(b"hola mundo", add_bos=True))
-        assert np.isfinite(np.asarray(llm.scores[llm.n_tokens - 1])).all()
-    finally:
-        llm.close()
+    assert_finite_logits(out)
 
 
 def test_imatrix_missing_a_needed_tensor(wide_f32_gguf: Path, tmp_path: Path) -> None:

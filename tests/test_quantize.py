@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import assert_finite_logits
 
 from packer.convert import convert_checkpoint
 from packer.errors import QuantizeError, UsageError
@@ -32,21 +32,13 @@ def test_quant_names_are_case_insensitive() -> None:
 )
 def test_every_type_quantizes_and_loads(f32_gguf: Path, tmp_path: Path, name: str) -> None:
     import gguf
-    import llama_cpp
 
     q = parse_quant(name)
     out = quantize(f32_gguf, tmp_path / f"tiny.{name}.gguf", q, threads=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name], "temp files left"
     reader = gguf.GGUFReader(out)
     assert int(reader.fields["general.file_type"].contents()) == q.ftype
-    llm = llama_cpp.Llama(str(out), n_ctx=64, logits_all=True, verbose=False)
-    try:
-        tokens = llm.tokenize(b"hola mundo", add_bos=True)
-        llm.eval(tokens)
-        logits = np.asarray(llm.scores[llm.n_tokens - 1])
-        assert np.isfinite(logits).all()
-    finally:
-        llm.close()
+    assert_finite_logits(out)
 
 
 @pytest.mark.parametrize("name", [q.name for q in QUANT_TYPES.values() if q.needs_imatrix])
