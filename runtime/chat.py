@@ -37,8 +37,9 @@ def chat_loop(engine: Engine, sampling: Sampling, system: str | None = None) -> 
             engine, ([{"role": "system", "content": system}] if system else []), history, sampling
         )
         answer: list[str] = []
+        pieces = engine.chat(messages, sampling)
         try:
-            for piece in engine.chat(messages, sampling):
+            for piece in pieces:
                 answer.append(piece)
                 out.write(piece)
                 out.flush()
@@ -48,6 +49,8 @@ def chat_loop(engine: Engine, sampling: Sampling, system: str | None = None) -> 
             print(f"({exc})", file=sys.stderr)
             history.pop()
             continue
+        finally:
+            pieces.close()  # an answer stopped with Ctrl-C frees its slot now
         out.write("\n")
         history.append({"role": "assistant", "content": "".join(answer)})
 

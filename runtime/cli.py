@@ -6,6 +6,8 @@ import argparse
 import shlex
 from typing import Any
 
+from runtime.backend import GPU_CHOICES, parse_gpu_layers
+
 DESCRIPTION = """\
 Run the language model inside this file: no installation, no network.
 
@@ -92,12 +94,20 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         help="CPU threads (default: all available cores)",
     )
     res.add_argument(
+        "--gpu",
+        choices=GPU_CHOICES,
+        default="auto",
+        help="where to compute: auto = a GPU if this runtime has a backend for one (Vulkan, or "
+        "CUDA in the cuda build) and finds a usable device, else the CPU (default: %(default)s)",
+    )
+    res.add_argument(
         "-ngl",
         "--gpu-layers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="layers to offload to a GPU, if the runtime has a GPU backend (default: %(default)s)",
+        type=_gpu_layers,
+        default="auto",
+        metavar="N|auto",
+        help="layers to offload to the GPU; auto = as many as fit in its free memory "
+        "(default: %(default)s)",
     )
     res.add_argument(
         "--cache-dir",
@@ -125,6 +135,56 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         "--alias", metavar="NAME", help="model name reported by the API (default: the model's name)"
     )
     srv.add_argument(
+        "--ollama-port",
+        type=int,
+        metavar="PORT",
+        help="also serve Ollama's API on PORT of the same host (Ollama's own is 11434)",
+    )
+    srv.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN call the API (repeat or comma-separate; * = any); "
+        "default: none",
+    )
+    srv.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=8.0,
+        metavar="MB",
+        help="largest request body accepted (default: %(default)s)",
+    )
+    srv.add_argument(
+        "--max-tokens",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="most tokens one request may generate, -1 = up to the context (default: %(default)s)",
+    )
+    srv.add_argument(
+        "--no-webui",
+        action="store_true",
+        help="do not serve the web chat page; / then answers like Ollama",
+    )
+    srv.add_argument(
+        "-np",
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests generated at once (slots), decoded together in one batch; each slot gets "
+        "--ctx-size / N tokens (default: 4 with --server, else 1)",
+    )
+    srv.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests that may wait for a free slot; more get HTTP 503 with Retry-After "
+        "(default: %(default)s)",
+    )
+    srv.add_argument(
         "--nobrowser",
         action="store_true",
         help="accepted for llamafile compatibility; no browser is opened",
@@ -134,6 +194,13 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     p.add_argument("--gguf", help=argparse.SUPPRESS)
     p.add_argument("--bundle", help=argparse.SUPPRESS)
     return p
+
+
+def _gpu_layers(text: str) -> int | str:
+    try:
+        return parse_gpu_layers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse(argv: list[str], baked: list[str], prog: str = "model.run") -> argparse.Namespace:

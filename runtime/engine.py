@@ -1,15 +1,16 @@
 """The inference engine: one llama.cpp model (through llama-cpp-python) shared by the CLI and server.
 
 The rest of the runtime talks to :class:`Engine` and :mod:`runtime.generate`, never to
-``llama_cpp`` directly. Generation runs under ``engine.lock`` (one at a time until a batched
-scheduler replaces that lock).
+``llama_cpp`` directly. Generation goes through ``engine.scheduler``
+(:class:`runtime.scheduler.Scheduler`): ``n_parallel`` slots sharing one llama.cpp context,
+decoded together. ``llama_cpp.Llama`` itself is kept for the model, its tokenizer, metadata and
+chat templates; its own context is made minimal, as nothing decodes with it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,15 +23,20 @@ from runtime.generate import (
     completion_tokens,
     generate,
 )
+from runtime.scheduler import Scheduler
 
 __all__ = ["Engine", "EngineOptions", "GenResult", "Sampling", "default_threads"]
 
 log = logging.getLogger("runtime.engine")
 
+LLAMA_CTX = 64  # tokens of the Llama object's own context (unused: the scheduler decodes)
+
 
 @dataclass
 class EngineOptions:
-    n_ctx: int = 4096  # 0 = the model's trained context
+    n_ctx: int = 4096  # all slots together (llama-server's -c); 0 = the model's trained one
+    n_parallel: int = 1  # slots: requests decoded at once, each with n_ctx / n_parallel tokens
+    max_queue: int = 64  # requests that may wait for a slot before QueueFull
     n_threads: int | None = None  # None = physical cores
     n_gpu_layers: int = 0
     seed: int = -1
@@ -54,19 +60,41 @@ class Engine:
         self.options = options
         self.path = Path(model_path)
         self.name = name or self.path.stem
-        self.lock = threading.Lock()
         threads = options.n_threads or default_threads()
-        log.info("loading %s (ctx %s, %d threads)", self.name, options.n_ctx or "trained", threads)
+        n_parallel = max(1, options.n_parallel)
+        log.info(
+            "loading %s (ctx %s, %d slot(s), %d threads)",
+            self.name,
+            options.n_ctx or "trained",
+            n_parallel,
+            threads,
+        )
+        from runtime.backend import load_backends
+
+        load_backends(verbose=options.verbose)  # no-op when main already chose (--gpu)
         self.llm = llama_cpp.Llama(
             model_path=str(self.path),
-            n_ctx=options.n_ctx,
+            n_ctx=LLAMA_CTX,
+            n_batch=LLAMA_CTX,
             n_threads=threads,
             n_threads_batch=threads,
             n_gpu_layers=options.n_gpu_layers,
             seed=options.seed if options.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
             verbose=options.verbose,
         )
-        self.n_ctx = self.llm.n_ctx()
+        n_ctx = options.n_ctx or int(self.llm._model.n_ctx_train())
+        try:
+            self.scheduler = Scheduler(
+                self,
+                n_ctx=n_ctx,
+                n_parallel=n_parallel,
+                n_threads=threads,
+                max_queue=options.max_queue,
+            )
+        except BaseException:
+            self.llm.close()
+            raise
+        self.n_ctx = self.scheduler.n_ctx  # per slot: what one request may use
         self.has_chat_template = "tokenizer.chat_template" in self.llm.metadata
         self.last_result: GenResult | None = None  # of the latest complete()/chat()
         self._closed = False
@@ -100,4 +128,5 @@ class Engine:
         """Free the model now. Must be called before interpreter shutdown (see runtime.main)."""
         if not self._closed:
             self._closed = True
+            self.scheduler.close()
             self.llm.close()

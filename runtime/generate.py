@@ -5,18 +5,17 @@ knows about HTTP: a prompt the model cannot take raises :class:`PromptError`, wh
 reports in its own way. Two steps:
 
 1. build the prompt tokens (:func:`completion_tokens`, :func:`chat_tokens`), outside the lock;
-2. :func:`generate` them under ``engine.lock``, yielding text pieces and filling a
+2. :func:`generate` them (the engine's scheduler), yielding text pieces and filling a
    :class:`GenResult` (token counts, why it stopped, timings).
 
-A batched scheduler can later replace :func:`generate` without changing its callers.
+Decoding itself is :mod:`runtime.scheduler` (all requests batched together); :func:`generate`
+hands a prompt to it.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,10 @@ class Sampling:
     seed: int = -1
     ignore_eos: bool = False
     stop: list[str] = field(default_factory=list)
+    # GBNF grammar (root rule "root") constraining the output; None = free text
+    grammar: str | None = None
+    # > 0: record the chosen token's log-probability and the n_probs most likely alternatives
+    n_probs: int = 0
 
 
 class PromptError(ValueError):
@@ -63,6 +66,17 @@ class PromptError(ValueError):
 
 
 @dataclass
+class TokenProb:
+    """One generated token with its log-probability (natural log, before sampling filters) and
+    the ``n_probs`` most likely alternatives, best first, as ``(token id, text, logprob)``."""
+
+    token: int
+    text: str
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+@dataclass
 class GenResult:
     """What one generation did, in llama.cpp's vocabulary (``stop_type``: eos|word|limit|abort)."""
 
@@ -75,6 +89,8 @@ class GenResult:
     truncated: bool = False
     t_prompt_ms: float = 0.0
     t_predicted_ms: float = 0.0
+    # filled when Sampling.n_probs > 0; an entry is appended before the piece holding its text
+    probs: list[TokenProb] = field(default_factory=list)
 
     @property
     def finish_reason(self) -> str:
@@ -246,30 +262,6 @@ def detokenize(engine: Engine, tokens: Sequence[int]) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _cached_prefix(llm: Any, prompt: list[int]) -> int:
-    """How many prompt tokens llama-cpp-python will reuse from the previous generation's KV
-    cache."""
-    cached = llm.input_ids[: llm.n_tokens].tolist()
-    n = 0
-    for a, b in zip(cached, prompt, strict=False):
-        if a != b:
-            break
-        n += 1
-    return min(n, len(prompt) - 1) if n else 0
-
-
-def _held_back(text: str, start: int, stops: list[str]) -> int:
-    """Length of the longest tail of ``text[start:]`` that could begin one of ``stops``."""
-    tail = len(text) - start
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, tail), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
-
-
 def generate(
     engine: Engine,
     prompt: list[int],
@@ -277,89 +269,10 @@ def generate(
     result: GenResult,
     cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
-    """Decode after ``prompt`` under the engine lock, yielding text pieces as they are final
-    (never part of a stop string, never half a UTF-8 character). ``result`` is complete once
-    the iterator is exhausted. ``cancelled`` is polled per token (client gone, server stopping).
-    Closing the iterator early stops decoding and releases the lock. Call :func:`check_context`
-    first: a prompt that fills the context generates nothing (``stop_type`` "limit")."""
-    import llama_cpp
-
-    llm = engine.llm
-    n_prompt = len(prompt)
-    result.n_prompt = n_prompt
-    room = engine.n_ctx - n_prompt
-    max_new = room if params.max_tokens < 0 else min(params.max_tokens, room)
-    stops = [s for s in params.stop if s]
-    vocab = llm._model.vocab
-    with engine.lock:
-        if cancelled is not None and cancelled():
-            result.stop_type = "abort"
-            return
-        if max_new <= 0:
-            result.stop_type = "limit"
-            result.truncated = room <= 0
-            return
-        result.n_cached = _cached_prefix(llm, prompt)
-        llm.set_seed(params.seed if params.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text = ""
-        sent = 0
-        t0 = time.perf_counter()
-        t_first: float | None = None
-        tokens = llm.generate(
-            prompt,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            typical_p=params.typical_p,
-            temp=params.temperature,
-            repeat_penalty=params.repeat_penalty,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            mirostat_mode=params.mirostat,
-            mirostat_tau=params.mirostat_tau,
-            mirostat_eta=params.mirostat_eta,
-            reset=True,
-        )
-        try:
-            for token in tokens:
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if not params.ignore_eos and llama_cpp.llama_vocab_is_eog(vocab, token):
-                    result.stop_type = "eos"
-                    break
-                result.n_predicted += 1
-                text += decoder.decode(token_piece(engine, token))
-                hit = min(
-                    ((i, s) for s in stops if (i := text.find(s, sent)) >= 0),
-                    default=None,
-                )
-                if hit is not None:
-                    pos, word = hit
-                    text = text[:pos]
-                    result.stop_type, result.stopping_word = "word", word
-                    break
-                end = len(text) - _held_back(text, sent, stops)
-                if end > sent:
-                    piece, sent = text[sent:end], end
-                    yield piece
-                if result.n_predicted >= max_new:
-                    result.stop_type = "limit"
-                    result.truncated = max_new == room
-                    break
-                if cancelled is not None and cancelled():
-                    result.stop_type = "abort"
-                    break
-            else:  # pragma: no cover - llm.generate only ends when we stop it
-                result.stop_type = "limit"
-            if result.stop_type != "word":
-                text += decoder.decode(b"", final=True)
-            if len(text) > sent:
-                yield text[sent:]
-        finally:
-            tokens.close()
-            t_end = time.perf_counter()
-            t_first = t_first or t_end
-            result.text = text
-            result.t_prompt_ms = (t_first - t0) * 1e3
-            result.t_predicted_ms = (t_end - t_first) * 1e3
+    """Generate after ``prompt`` through the engine's scheduler (continuous batching), yielding
+    text pieces as they are final (never part of a stop string, never half a UTF-8 character).
+    ``result`` is complete once the iterator is exhausted. ``cancelled`` is polled while
+    waiting (client gone, server stopping); closing the iterator early frees the slot. Raises
+    :class:`PromptError` (prompt too long, invalid grammar) or
+    :class:`runtime.scheduler.QueueFull` at once, before anything is queued."""
+    return engine.scheduler.submit(prompt, params, result, cancelled)

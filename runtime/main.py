@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -9,16 +10,22 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime import __version__
+from runtime.backend import BackendError
 from runtime.cache import CacheError, ensure_gguf, resolve_cache_dir
 from runtime.cli import parse
 from runtime.generate import PromptError
 from runtime.payload import Bundle, BundleError, read_bundle
 
+if TYPE_CHECKING:
+    from runtime.server import HttpOptions
+
 log = logging.getLogger("runtime")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SERVER_SLOTS = 4  # --server's default -np: llama-server's default slot count
 
 
 def _frozen() -> bool:
@@ -39,7 +46,11 @@ def _dev_flag(argv: list[str], name: str) -> str | None:
 
 
 def _find_bundle(argv: list[str]) -> Bundle | None:
-    if _frozen():
+    # the native launcher (build/launcher/) execs the unpacked runtime with the model.run's path
+    launched_by = os.environ.pop("PACKER_BUNDLE", None)
+    if launched_by:
+        return read_bundle(launched_by)
+    if _frozen():  # a layout-v1 model.run: the onefile stub is the model.run itself
         return read_bundle(sys.executable)
     path = _dev_flag(argv, "--bundle")
     return read_bundle(path) if path else None
@@ -67,9 +78,11 @@ def run(argv: list[str]) -> int:
         print(f"packer runtime {__version__}")
         return EXIT_OK
     if args.info:
-        if not bundle:
-            raise BundleError("--info needs a model.run (or --bundle FILE when unfrozen)")
-        print(json.dumps(manifest, indent=2, ensure_ascii=False))
+        if not bundle and not args.gguf:
+            raise BundleError("--info needs a model.run (or --bundle/--gguf FILE when unfrozen)")
+        backend_info = _backend_info(args)  # a summary on stderr; details in the JSON (--verbose)
+        info = {**manifest, "backend": backend_info} if args.verbose else manifest
+        print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
 
     if bundle:
@@ -98,12 +111,17 @@ def run(argv: list[str]) -> int:
         repeat_penalty=args.repeat_penalty,
         seed=args.seed,
     )
+    from runtime.backend import plan
+
+    _, placement = plan(args.gpu, args.gpu_layers, gguf, args.ctx_size, verbose=args.verbose)
     options = EngineOptions(
         n_ctx=args.ctx_size,
         n_threads=args.threads,
-        n_gpu_layers=args.gpu_layers,
+        n_gpu_layers=placement.n_gpu_layers,
         seed=args.seed,
         verbose=args.verbose,
+        n_parallel=args.parallel or (SERVER_SLOTS if args.server else 1),
+        max_queue=args.max_queue,
     )
     engine = Engine(gguf, options, name=name)
     try:
@@ -117,6 +135,7 @@ def run(argv: list[str]) -> int:
                 model_alias=name,
                 api_key=args.api_key,
                 sampling=sampling,
+                http=_http_options(args),
             )
             return EXIT_OK
         prompt = args.prompt
@@ -133,6 +152,43 @@ def run(argv: list[str]) -> int:
         return chat_loop(engine, sampling, system=args.system)
     finally:
         engine.close()
+
+
+def _backend_info(args: argparse.Namespace) -> dict[str, object]:
+    """What this machine would compute on (CPU variant, GPU devices), for --info. Logged as one
+    line on stderr, returned in full; a backend problem is reported, never fatal here."""
+    from runtime import backend
+
+    try:
+        backends = backend.load_backends(args.gpu, verbose=args.verbose)
+    except backend.BackendError as exc:
+        log.info("backend: %s", exc)
+        return {"error": str(exc)}
+    try:
+        placement = backend.choose(backends, args.gpu, args.gpu_layers, args.gguf, args.ctx_size)
+    except backend.BackendError as exc:
+        log.info("backend: %s", exc)
+        return {**backend.info(backends, None), "error": str(exc)}
+    log.info("backend: %s", backend.summary(backends, placement))
+    return backend.info(backends, placement)
+
+
+def _http_options(args: argparse.Namespace) -> HttpOptions:
+    """The server's --cors/--max-body-mb/--max-tokens/--no-webui/--ollama-port settings."""
+    from runtime.server import HttpOptions
+
+    cors = tuple(o.strip() for arg in args.cors for o in arg.split(",") if o.strip())
+    if args.max_body_mb <= 0:
+        raise BundleError("--max-body-mb must be above 0")
+    if args.ollama_port is not None and not 0 <= args.ollama_port <= 65535:
+        raise BundleError("--ollama-port must be a port number from 0 to 65535")
+    return HttpOptions(
+        cors=cors,
+        max_body=int(args.max_body_mb * 2**20),
+        max_tokens=args.max_tokens,
+        webui=not args.no_webui,
+        ollama_port=args.ollama_port,
+    )
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -176,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         code = run(argv)
-    except (BundleError, CacheError, PromptError) as exc:
+    except (BundleError, CacheError, PromptError, BackendError) as exc:
         print(f"{_prog()}: error: {exc}", file=sys.stderr)
         code = EXIT_ERROR
     except KeyboardInterrupt:

@@ -5,10 +5,15 @@ Endpoints (llama.cpp server / llamafile compatible, see ``/work/shared/anchors.m
 * ``GET /`` web chat; ``GET /health``; ``GET /props``; ``GET /v1/models``;
 * ``POST /completion`` (llama.cpp; LangChain's ``Llamafile``), ``POST /tokenize``,
   ``POST /detokenize``;
-* ``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI).
+* ``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI);
+* ``POST /embedding``, ``POST /v1/embeddings``, Ollama's ``/api/embed`` (:mod:`runtime.embed`);
+* Ollama's ``/api/generate``, ``/api/chat``, ``/api/tags``... (:mod:`runtime.ollama_api`), also on
+  a second listener (``--ollama-port``) that answers ``GET /`` with "Ollama is running".
 
-Streaming is Server-Sent Events made of ``data: {json}`` lines only. Requests are decoded one at
-a time under ``engine.lock`` (:func:`runtime.generate.generate`); parsing and formatting live in
+Streaming is Server-Sent Events made of ``data: {json}`` lines only (Ollama's endpoints: NDJSON,
+one object per line). Requests are decoded together by the engine's scheduler
+(:mod:`runtime.scheduler`, ``-np`` slots, continuous batching); when every slot is busy and
+``--max-queue`` requests wait, more get 503 with ``Retry-After``. Parsing and formatting live in
 :mod:`runtime.server_api`.
 """
 
@@ -27,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +40,11 @@ from urllib.parse import urlsplit
 
 from runtime import __version__
 from runtime import generate as gen
+from runtime import ollama_api as oll
 from runtime import server_api as api
+from runtime.embed import Embedder
 from runtime.generate import PromptError, Sampling
+from runtime.scheduler import QueueFull
 from runtime.server_api import ApiError
 
 if TYPE_CHECKING:
@@ -43,9 +52,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runtime.server")
 
-MAX_BODY = 64 << 20  # bytes of JSON we accept in one request
+DEFAULT_MAX_BODY = 8 << 20  # bytes of JSON we accept in one request (--max-body-mb)
 CANCEL_POLL_S = 0.2  # how often a generation checks whether its client is still there
 DRAIN_TIMEOUT_S = 15.0  # how long serve() waits for in-flight requests on shutdown
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Listener settings from the command line.
+
+    ``cors``: origins allowed to call the API from a browser page elsewhere (``*`` = any; empty:
+    no CORS headers, so browsers refuse cross-site calls); ``max_body``: request size limit in
+    bytes (413 above); ``max_tokens``: most tokens one request may ask for (> 0; also the
+    default when a request sets none); ``webui``: serve the chat page at ``/`` (else ``/``
+    answers like Ollama); ``ollama_port``: also listen there for the Ollama API."""
+
+    cors: tuple[str, ...] = ()
+    max_body: int = DEFAULT_MAX_BODY
+    max_tokens: int = -1
+    webui: bool = True
+    ollama_port: int | None = None
 
 
 class ServeError(OSError):
@@ -101,8 +127,13 @@ class PackerHTTPServer(ThreadingHTTPServer):
         model_alias: str | None,
         api_key: str | None,
         sampling: Sampling | None,
+        http: HttpOptions | None = None,
+        ollama: bool = False,
     ) -> None:
         self.address_family = family
+        self.http = http or HttpOptions()
+        self.ollama = ollama  # the --ollama-port listener: Ollama's API (and OpenAI's /v1) only
+        self.embedder = Embedder(engine)
         self.engine = engine
         self.model_name = model_alias or engine.name
         self.api_key = api_key or None
@@ -111,9 +142,40 @@ class PackerHTTPServer(ThreadingHTTPServer):
         )
         self.gate = _Gate()
         self.started = int(time.time())
+        self._card: oll.ModelCard | None = None
         super().__init__(address, Handler)
         host, port = self.server_address[:2]
         self.url = f"http://{_url_host(str(host))}:{port}"
+
+    def share_with(self, other: PackerHTTPServer) -> None:
+        """Make this listener use ``other``'s model state (shutdown gate, embeddings context)."""
+        self.gate = other.gate
+        self.embedder = other.embedder
+
+    def card(self) -> oll.ModelCard:
+        """The model as Ollama's listings describe it."""
+        if self._card is None:
+            import ctypes
+
+            import llama_cpp
+
+            llm = self.engine.llm
+            meta = dict(llm.metadata)
+            buf = ctypes.create_string_buffer(256)
+            llama_cpp.llama_model_desc(llm._model.model, buf, len(buf))
+            desc = buf.value.decode("utf-8", "replace").split()
+            self._card = oll.ModelCard(
+                name=self.model_name,
+                path=self.engine.path,
+                family=meta.get("general.architecture", "unknown"),
+                parameter_size=oll.parameter_size(int(llm._model.n_params())),
+                quantization_level=desc[-1] if desc else "unknown",
+                context_length=int(llm._model.n_ctx_train()),
+                metadata=meta,
+                chat_template=meta.get("tokenizer.chat_template", ""),
+                n_ctx=self.engine.n_ctx,
+            )
+        return self._card
 
     def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> bool:
         """Refuse new model work, stop running generations at their next token, and wait for
@@ -140,6 +202,10 @@ _GET = {
     "/v1/models": "models",
     "/models": "models",
     "/props": "props",
+    "/slots": "slots",
+    "/api/tags": "ollama_tags",
+    "/api/version": "ollama_version",
+    "/api/ps": "ollama_ps",
 }
 _POST = {
     "/completion": "completion",
@@ -151,9 +217,24 @@ _POST = {
     "/detokenize": "detokenize",
     "/embedding": "embedding",
     "/embeddings": "embedding",
-    "/v1/embeddings": "embedding",
+    "/v1/embeddings": "oai_embedding",
+    "/api/generate": "ollama_generate",
+    "/api/chat": "ollama_chat",
+    "/api/show": "ollama_show",
+    "/api/embed": "ollama_embed",
+    "/api/embeddings": "ollama_embeddings",
 }
 _PUBLIC = {"page", "favicon", "health"}  # no API key needed (the page asks for one itself)
+# what the --ollama-port listener answers: Ollama's API, and OpenAI's /v1 as Ollama does
+_ON_OLLAMA_PORT = {
+    "page",
+    "favicon",
+    "models",
+    "oai_completion",
+    "chat",
+    "oai_embedding",
+    *(n for n in (*_GET.values(), *_POST.values()) if n.startswith("ollama_")),
+}
 _OPENAI = {
     "/v1/completions",
     "/v1/chat/completions",
@@ -165,6 +246,14 @@ _OPENAI = {
 
 class ClientGone(Exception):
     pass
+
+
+class Busy(ApiError):
+    """Every slot busy and the wait queue full: 503 with a Retry-After header."""
+
+    def __init__(self, exc: QueueFull) -> None:
+        super().__init__(503, exc.message, "unavailable_error")
+        self.retry_after = exc.retry_after
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -188,11 +277,22 @@ class Handler(BaseHTTPRequestHandler):
     def _is_openai(self) -> bool:
         return self._path() in _OPENAI
 
+    def _is_ollama(self) -> bool:
+        path = urlsplit(getattr(self, "path", "") or "").path
+        return path.startswith("/api/") or (self.server.ollama and not self._is_openai())
+
     def _cors(self) -> None:
+        """CORS headers only for the origins given with --cors (none by default)."""
+        allowed = self.server.http.cors
+        if not allowed:
+            return
         headers = getattr(self, "headers", None)  # absent when the request line was garbage
         origin = headers.get("Origin") if headers is not None else None
-        self.send_header("Access-Control-Allow-Origin", origin or "*")
-        self.send_header("Vary", "Origin")
+        if "*" in allowed:
+            self.send_header("Access-Control-Allow-Origin", "*")
+        elif origin and origin in allowed:
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Vary", "Origin")
 
     def _send_bytes(
         self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
@@ -215,8 +315,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_api_error(self, err: ApiError) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        if isinstance(err, Busy):
+            headers = {"Retry-After": str(err.retry_after)}
+        body = err.ollama_body() if self._is_ollama() else err.body(self._is_openai())
         try:
-            self._send_json(err.status, err.body(self._is_openai()), headers)
+            self._send_json(err.status, body, headers)
         except OSError:
             self.close_connection = True
 
@@ -226,10 +329,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.request_version == "HTTP/0.9":  # a garbled request line: answer in HTTP/1.x anyway
             self.request_version = "HTTP/1.0"
         type_ = "not_supported_error" if code == 501 else "invalid_request_error"
+        err = ApiError(code, message or explain or "bad request", type_)
         with suppress(OSError):
-            self._send_json(
-                code, ApiError(code, message or explain or "bad request", type_).body(False)
-            )
+            self._send_json(code, err.ollama_body() if self.server.ollama else err.body(False))
 
     def _read_body(self) -> bytes:
         self._body_read = True
@@ -243,9 +345,9 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             raise ApiError(400, "bad Content-Length header") from None
-        if length < 0 or length > MAX_BODY:
+        if length < 0 or length > self.server.http.max_body:
             self.close_connection = True
-            raise ApiError(413, f"request body over {MAX_BODY} bytes", "request_too_large")
+            raise self._too_large()
         return self.rfile.read(length)
 
     def _read_chunked(self) -> bytes:
@@ -261,18 +363,28 @@ class Handler(BaseHTTPRequestHandler):
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
                 return bytes(out)
-            if len(out) + size > MAX_BODY:
+            if len(out) + size > self.server.http.max_body:
                 self.close_connection = True
-                raise ApiError(413, f"request body over {MAX_BODY} bytes", "request_too_large")
+                raise self._too_large()
             out += self.rfile.read(size)
             self.rfile.readline(1024)
+
+    def _too_large(self) -> ApiError:
+        limit = self.server.http.max_body
+        return ApiError(
+            413,
+            f"the request body is over {limit / 2**20:g} MB: send less, or start the server "
+            "with a larger --max-body-mb",
+            "request_too_large",
+        )
 
     def _json_body(self) -> dict[str, Any]:
         raw = self._read_body()
         try:
             body = json.loads(raw.decode("utf-8")) if raw.strip() else None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+            what = "UTF-8" if isinstance(exc, UnicodeDecodeError) else "JSON"
+            raise ApiError(400, f"the request body is not valid {what}: {exc}"[:300]) from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         return body
@@ -315,7 +427,8 @@ class Handler(BaseHTTPRequestHandler):
     def _start_stream(self) -> None:
         self._chunked = self.request_version != "HTTP/1.0"
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        kind = "application/x-ndjson" if self._ndjson else "text/event-stream; charset=utf-8"
+        self.send_header("Content-Type", kind)
         self.send_header("Cache-Control", "no-cache")
         self.send_header("X-Accel-Buffering", "no")
         self._cors()
@@ -338,6 +451,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _event(self, obj: Any) -> None:
         payload = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+        if self._ndjson:  # Ollama: one JSON object per line
+            self._write(f"{payload}\n".encode())
+            return
         self._write(f"data: {payload}\n\n".encode())
 
     def _stream(
@@ -401,10 +517,13 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, routes: dict[str, str], other: dict[str, str]) -> None:
         path = self._path()
         self._body_read = False
+        self._ndjson = False  # set by the Ollama handlers before streaming
         t0 = time.perf_counter()
         status = 200
         try:
             name = routes.get(path)
+            if self.server.ollama and name not in _ON_OLLAMA_PORT:
+                name = None
             if name is None:
                 if path in other:
                     raise ApiError(
@@ -423,6 +542,8 @@ class Handler(BaseHTTPRequestHandler):
                 getattr(self, f"_h_{name}")()
             except PromptError as exc:
                 raise api.prompt_error(exc) from None
+            except QueueFull as exc:
+                raise Busy(exc) from None
         except ApiError as err:
             status = err.status
             if self.command == "POST" and not self._body_read:
@@ -457,6 +578,9 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- simple endpoints -------------------------------------------------------------------
     def _h_page(self) -> None:
+        if self.server.ollama or not self.server.http.webui:
+            self._send_bytes(200, b"Ollama is running", "text/plain; charset=utf-8")
+            return
         page = templates_dir() / "chat.html"
         try:
             body = page.read_bytes()
@@ -497,11 +621,11 @@ class Handler(BaseHTTPRequestHandler):
                     "id_task": -1,
                     "n_ctx": engine.n_ctx,
                     "speculative": False,
-                    "is_processing": engine.lock.locked(),
+                    "is_processing": engine.scheduler.busy(),
                     "params": api.generation_settings(d),
                     "prompt": "",
                 },
-                "total_slots": 1,
+                "total_slots": engine.scheduler.n_parallel,
                 "model_alias": self.server.model_name,
                 "model_path": str(engine.path),
                 "chat_template": engine.llm.metadata.get("tokenizer.chat_template", ""),
@@ -509,6 +633,34 @@ class Handler(BaseHTTPRequestHandler):
                 "build_info": f"packer-runtime / llama-cpp-python {llama_cpp.__version__}",
             },
         )
+
+    def _h_slots(self) -> None:
+        """llama-server's GET /slots: one object per slot."""
+        defaults = self.server.defaults
+        out = []
+        for s in self.server.engine.scheduler.slots():
+            out.append(
+                {
+                    "id": s["id"],
+                    "id_task": -1,
+                    "n_ctx": s["n_ctx"],
+                    "speculative": False,
+                    "is_processing": s["is_processing"],
+                    "params": api.generation_settings(s["params"] or defaults),
+                    "prompt": "",
+                    "n_prompt_tokens": s["n_prompt_tokens"],
+                    "n_prompt_tokens_processed": s["n_prompt_tokens_processed"],
+                    "n_cached_tokens": s["n_cached"],
+                    "next_token": {
+                        "has_next_token": s["has_next_token"],
+                        "has_new_line": False,
+                        "n_remain": s["n_remain"],
+                        "n_decoded": s["n_decoded"],
+                        "stopping_word": "",
+                    },
+                }
+            )
+        self._send_json(200, out)
 
     def _h_tokenize(self) -> None:
         body = self._json_body()
@@ -545,9 +697,65 @@ class Handler(BaseHTTPRequestHandler):
             ids = gen.check_tokens(self.server.engine, tokens)
             self._send_json(200, {"content": gen.detokenize(self.server.engine, ids)})
 
+    # -- embeddings -------------------------------------------------------------------------
+    def _embed(self, texts: list[str], truncate: bool = False) -> tuple[list[list[float]], int]:
+        with self.server.gate.use():
+            return self.server.embedder.embed(texts, truncate=truncate)
+
     def _h_embedding(self) -> None:
-        self._json_body()
-        raise ApiError(501, "embeddings are not supported by this server", "not_supported_error")
+        """llama.cpp's /embedding: ``content`` a string -> ``{"embedding": [...]}`` (what
+        llamafile and LangChain's ``LlamafileEmbeddings`` read); a list -> one
+        ``{"index", "embedding"}`` per string."""
+        body = self._json_body()
+        key = "content" if "content" in body else "input"
+        texts, single = api.embedding_inputs(body, key)
+        vectors, _ = self._embed(texts)
+        if single:
+            self._send_json(200, {"embedding": vectors[0]})
+        else:
+            self._send_json(200, [{"index": i, "embedding": v} for i, v in enumerate(vectors)])
+
+    def _h_oai_embedding(self) -> None:
+        """OpenAI's /v1/embeddings."""
+        body = self._json_body()
+        texts, _ = api.embedding_inputs(body, "input")
+        fmt = api.encoding_format(body)
+        vectors, n_tokens = self._embed(texts)
+        out = api.openai_embeddings(self.server.model_name, vectors, n_tokens, fmt)
+        self._send_json(200, out)
+
+    def _h_ollama_embed(self) -> None:
+        t0 = time.perf_counter_ns()
+        req = oll.parse_embed(self._json_body())
+        vectors, n_tokens = (
+            self._embed(req.inputs, truncate=req.truncate) if req.inputs else ([], 0)
+        )
+        out = oll.embed_response(
+            req.model or self.server.model_name, vectors, n_tokens, t0, time.perf_counter_ns()
+        )
+        self._send_json(200, out)
+
+    def _h_ollama_embeddings(self) -> None:
+        req = oll.parse_embeddings(self._json_body())
+        if not req.inputs[0]:
+            self._send_json(200, {"embedding": []})  # as Ollama answers an empty prompt
+            return
+        vectors, _ = self._embed(req.inputs, truncate=True)
+        self._send_json(200, {"embedding": vectors[0]})
+
+    # -- Ollama: the model -------------------------------------------------------------------
+    def _h_ollama_version(self) -> None:
+        self._send_json(200, {"version": oll.OLLAMA_VERSION})
+
+    def _h_ollama_tags(self) -> None:
+        self._send_json(200, self.server.card().tags())
+
+    def _h_ollama_ps(self) -> None:
+        self._send_json(200, self.server.card().ps())
+
+    def _h_ollama_show(self) -> None:
+        self._json_body()  # any model name: this server holds one model
+        self._send_json(200, self.server.card().show())
 
     # -- generation endpoints ---------------------------------------------------------------
     def _generation(
@@ -555,6 +763,20 @@ class Handler(BaseHTTPRequestHandler):
     ) -> Iterator[str]:
         gen.check_context(self.server.engine, len(prompt))
         return gen.generate(self.server.engine, prompt, params, result, self._cancel_check())
+
+    def _capped(self, params: Sampling, field: str = "max_tokens") -> Sampling:
+        """Apply the server's --max-tokens limit: more is refused, none asked means the limit."""
+        cap = self.server.http.max_tokens
+        if cap <= 0:
+            return params
+        if params.max_tokens > cap:
+            raise ApiError(
+                400,
+                f"'{field}' is {params.max_tokens} but this server allows at most {cap} tokens "
+                "per request: ask for fewer",
+                param=field,
+            )
+        return params if params.max_tokens >= 0 else dataclasses.replace(params, max_tokens=cap)
 
     def _log_result(self, r: gen.GenResult) -> None:
         tps = r.n_predicted * 1e3 / r.t_predicted_ms if r.t_predicted_ms > 0 else 0.0
@@ -573,28 +795,34 @@ class Handler(BaseHTTPRequestHandler):
         """llama.cpp's /completion."""
         srv = self.server
         req = api.parse_completion(self._json_body(), srv.defaults)
+        params = self._capped(req.params, "n_predict")
         result = gen.GenResult()
+        probs = api.ProbsCursor(result)
+        want_probs = params.n_probs > 0
         with srv.gate.use():
             prompt = gen.completion_tokens(srv.engine, req.prompt)
-            pieces = self._generation(prompt, req.params, result)
+            pieces = self._generation(prompt, params, result)
             if not req.stream:
                 with _closing(pieces):
                     text = "".join(pieces)
                 self._log_result(result)
-                self._send_json(
-                    200,
-                    api.completion_final(
-                        result, srv.model_name, req.params, srv.engine.n_ctx, content=text
-                    ),
+                final = api.completion_final(
+                    result,
+                    srv.model_name,
+                    params,
+                    srv.engine.n_ctx,
+                    content=text,
+                    probs=probs.take() if want_probs else None,
                 )
+                self._send_json(200, final)
                 return
 
             def events(pieces: Iterator[str]) -> Iterator[Any]:
                 for piece in pieces:
-                    yield api.completion_chunk(piece)
+                    yield api.completion_chunk(piece, probs.take() if want_probs else None)
                 self._log_result(result)
                 yield api.completion_final(
-                    result, srv.model_name, req.params, srv.engine.n_ctx, content=""
+                    result, srv.model_name, params, srv.engine.n_ctx, content=""
                 )
 
             def error_event(err: ApiError) -> Any:
@@ -606,8 +834,10 @@ class Handler(BaseHTTPRequestHandler):
         """OpenAI's /v1/completions."""
         srv = self.server
         req = api.parse_openai_completion(self._json_body(), srv.defaults)
+        params = self._capped(req.params)
         result = gen.GenResult()
         ids = api.OpenAIIds("cmpl", srv.model_name)
+        probs = api.ProbsCursor(result)
         with srv.gate.use():
             prompt = gen.completion_tokens(srv.engine, req.prompt)
             echo = ""
@@ -617,20 +847,26 @@ class Handler(BaseHTTPRequestHandler):
                     if isinstance(req.prompt, str)
                     else gen.detokenize(srv.engine, prompt)
                 )
-            pieces = self._generation(prompt, req.params, result)
+            pieces = self._generation(prompt, params, result)
             if not req.stream:
                 with _closing(pieces):
                     for _ in pieces:
                         pass
                 self._log_result(result)
-                self._send_json(200, api.text_response(ids, result, echo))
+                lp = api.text_logprobs(probs.take(), req.n_top, len(echo)) if req.logprobs else None
+                self._send_json(200, api.text_response(ids, result, echo, lp))
                 return
 
             def events(pieces: Iterator[str]) -> Iterator[Any]:
+                offset = len(echo)
                 if echo:
                     yield api.text_chunk(ids, echo)
                 for piece in pieces:
-                    yield api.text_chunk(ids, piece)
+                    lp = (
+                        api.text_logprobs(probs.take(), req.n_top, offset) if req.logprobs else None
+                    )
+                    offset += len(piece)
+                    yield api.text_chunk(ids, piece, None, lp)
                 self._log_result(result)
                 yield api.text_chunk(ids, "", result.finish_reason)
                 if req.include_usage:
@@ -647,20 +883,23 @@ class Handler(BaseHTTPRequestHandler):
         ids = api.OpenAIIds("chatcmpl", srv.model_name)
         with srv.gate.use():
             prompt, stop = gen.chat_tokens(srv.engine, req.messages, req.params.stop)
-            params = dataclasses.replace(req.params, stop=stop)
+            params = dataclasses.replace(self._capped(req.params), stop=stop)
             pieces = self._generation(prompt, params, result)
+            probs = api.ProbsCursor(result)
             if not req.stream:
                 with _closing(pieces):
                     for _ in pieces:
                         pass
                 self._log_result(result)
-                self._send_json(200, api.chat_response(ids, result))
+                lp = api.chat_logprobs(probs.take(), req.n_top) if req.logprobs else None
+                self._send_json(200, api.chat_response(ids, result, lp))
                 return
 
             def events(pieces: Iterator[str]) -> Iterator[Any]:
                 yield api.chat_chunk(ids, {"role": "assistant", "content": ""})
                 for piece in pieces:
-                    yield api.chat_chunk(ids, {"content": piece})
+                    lp = api.chat_logprobs(probs.take(), req.n_top) if req.logprobs else None
+                    yield api.chat_chunk(ids, {"content": piece}, None, lp)
                 self._log_result(result)
                 yield api.chat_chunk(ids, {}, result.finish_reason)
                 if req.include_usage:
@@ -668,6 +907,108 @@ class Handler(BaseHTTPRequestHandler):
                 yield "[DONE]"
 
             self._stream(pieces, events, lambda err: err.body(True))
+
+    # -- Ollama: generation ------------------------------------------------------------------
+    def _ollama_answer(
+        self,
+        prompt: list[int],
+        params: Sampling,
+        stream: bool,
+        want_logprobs: bool,
+        n_top: int,
+        chunk: Callable[[str, list[dict[str, Any]] | None], dict[str, Any]],
+        final: Callable[[gen.GenResult, str, list[dict[str, Any]] | None, int], dict[str, Any]],
+    ) -> None:
+        """Generate and answer as Ollama does: NDJSON lines, or one object (``stream: false``)."""
+        result = gen.GenResult()
+        cursor = api.ProbsCursor(result)
+
+        def logprobs() -> list[dict[str, Any]] | None:
+            return oll.logprobs(cursor.take(), n_top) if want_logprobs else None
+
+        pieces = self._generation(prompt, params, result)
+        if not stream:
+            with _closing(pieces):
+                text = "".join(pieces)
+            self._log_result(result)
+            self._send_json(200, final(result, text, logprobs(), time.perf_counter_ns()))
+            return
+
+        def events(pieces: Iterator[str]) -> Iterator[Any]:
+            for piece in pieces:
+                yield chunk(piece, logprobs())
+            self._log_result(result)
+            yield final(result, "", logprobs(), time.perf_counter_ns())
+
+        self._ndjson = True
+        self._stream(pieces, events, lambda err: err.ollama_body())
+
+    def _h_ollama_generate(self) -> None:
+        """Ollama's /api/generate: the prompt through the chat template (``system`` too), or
+        as it is with ``raw``; ``context`` (token ids from an earlier answer) goes first."""
+        t0 = time.perf_counter_ns()
+        srv = self.server
+        req = oll.parse_generate(self._json_body(), srv.defaults)
+        model = req.model or srv.model_name
+        if not req.prompt and not req.context:
+            self._send_json(200, oll.loaded(model, chat=False))
+            return
+        engine = srv.engine
+        with srv.gate.use():
+            context = gen.check_tokens(engine, req.context, "context")
+            stop = req.params.stop
+            if req.raw:
+                prompt = (
+                    context + gen.tokenize(engine, req.prompt, add_special=False)
+                    if context
+                    else gen.completion_tokens(engine, req.prompt)
+                )
+            else:
+                system = [{"role": "system", "content": req.system}] if req.system else []
+                messages = [*system, {"role": "user", "content": req.prompt}]
+                tokens, stop = gen.chat_tokens(engine, messages, stop)
+                prompt = context + tokens
+            params = dataclasses.replace(self._capped(req.params, "num_predict"), stop=stop)
+
+            def final(
+                r: gen.GenResult, text: str, lp: list[dict[str, Any]] | None, t1: int
+            ) -> dict[str, Any]:
+                answer = gen.tokenize(engine, r.text, add_special=False, parse_special=False)
+                return oll.generate_final(
+                    model, r, t0, t1, response=text, context=prompt + answer, probs=lp
+                )
+
+            self._ollama_answer(
+                prompt,
+                params,
+                req.stream,
+                req.logprobs,
+                req.n_top,
+                lambda piece, lp: oll.generate_chunk(model, piece, lp),
+                final,
+            )
+
+    def _h_ollama_chat(self) -> None:
+        """Ollama's /api/chat."""
+        t0 = time.perf_counter_ns()
+        srv = self.server
+        req = oll.parse_chat(self._json_body(), srv.defaults)
+        model = req.model or srv.model_name
+        if not req.messages:
+            self._send_json(200, oll.loaded(model, chat=True))
+            return
+        with srv.gate.use():
+            prompt, stop = gen.chat_tokens(srv.engine, req.messages, req.params.stop)
+            params = dataclasses.replace(self._capped(req.params, "num_predict"), stop=stop)
+            self._ollama_answer(
+                prompt,
+                params,
+                req.stream,
+                req.logprobs,
+                req.n_top,
+                lambda piece, lp: oll.chat_chunk(model, piece, lp),
+                lambda r, text, lp, t1: oll.chat_final(model, r, t0, t1, content=text, probs=lp),
+            )
 
 
 class _Primed(Iterator[str]):
@@ -717,9 +1058,12 @@ def make_server(
     api_key: str | None = None,
     ready: Callable[[str], None] | None = None,
     sampling: Sampling | None = None,
+    http: HttpOptions | None = None,
+    ollama: bool = False,
 ) -> PackerHTTPServer:
     """Bind and listen (port 0 = any free port; see ``.url``) without serving yet: run
-    ``serve_forever()`` in a thread, stop with ``shutdown()`` then ``server_close()``."""
+    ``serve_forever()`` in a thread, stop with ``shutdown()`` then ``server_close()``.
+    ``ollama``: a listener for Ollama's API only (see :meth:`PackerHTTPServer.share_with`)."""
     try:
         infos = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -732,6 +1076,8 @@ def make_server(
             model_alias=model_alias,
             api_key=api_key,
             sampling=sampling,
+            http=http,
+            ollama=ollama,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE or getattr(exc, "winerror", None) == 10048:
@@ -756,15 +1102,43 @@ def serve(
     api_key: str | None = None,
     ready: Callable[[str], None] | None = None,
     sampling: Sampling | None = None,
+    http: HttpOptions | None = None,
 ) -> None:
     """Blocking. Serve until KeyboardInterrupt/SIGTERM, then return (the caller closes the
-    engine; by then no request is using it). ``sampling``: defaults for fields a request omits."""
+    engine; by then no request is using it). ``sampling``: defaults for fields a request omits;
+    ``http.ollama_port``: also serve Ollama's API there, on the same host and model."""
+    http = http or HttpOptions()
     server = make_server(
-        engine, host, port, model_alias=model_alias, api_key=api_key, sampling=sampling
+        engine, host, port, model_alias=model_alias, api_key=api_key, sampling=sampling, http=http
     )
+    ollama_server: PackerHTTPServer | None = None
+    if http.ollama_port is not None:
+        try:
+            ollama_server = make_server(
+                engine,
+                host,
+                http.ollama_port,
+                model_alias=model_alias,
+                api_key=api_key,
+                sampling=sampling,
+                http=http,
+                ollama=True,
+            )
+        except ServeError as exc:
+            server.server_close()
+            raise ServeError(str(exc).replace("--port", "--ollama-port")) from None
+        ollama_server.share_with(server)
+        threading.Thread(
+            target=ollama_server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="ollama-listener",
+            daemon=True,
+        ).start()
+        print(f"packer: Ollama API on {ollama_server.url}", file=sys.stderr, flush=True)
     where = server.url + (" (all interfaces)" if host in ("0.0.0.0", "::", "") else "")
     print(
-        f"packer: serving {server.model_name} on {where} (web chat at /)",
+        f"packer: serving {server.model_name} on {where}"
+        + (" (web chat at /)" if http.webui else ""),
         file=sys.stderr,
         flush=True,
     )
@@ -777,6 +1151,9 @@ def serve(
         log.info("interrupted: shutting down")
     finally:
         restore()
+        if ollama_server is not None:
+            ollama_server.shutdown()
+            ollama_server.server_close()
         server.server_close()
         if not server.drain():
             log.warning("requests still running after %.0f s; closing anyway", DRAIN_TIMEOUT_S)

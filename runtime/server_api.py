@@ -4,22 +4,28 @@ Two dialects, both checked against their public references:
 
 * llama.cpp's server (``tools/server/README.md``): ``/completion``, ``/tokenize``, ``/props``...,
   errors as ``{"error": {"code": 400, "message", "type"}}``;
-* OpenAI's API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, errors as
-  ``{"error": {"message", "type", "param", "code"}}``.
+* OpenAI's API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
+  ``/v1/embeddings``, errors as ``{"error": {"message", "type", "param", "code"}}``.
 
-Nothing here touches the model; see :mod:`runtime.generate` for that.
+(Ollama's dialect lives in :mod:`runtime.ollama_api`; its errors are ``{"error": "..."}``.)
+Constrained output (``grammar``, ``json_schema``, ``response_format``) becomes a GBNF grammar in
+:attr:`Sampling.grammar` via llama-cpp-python's JSON-schema converter; token log-probabilities
+come from :attr:`GenResult.probs`. Nothing here touches the model; see :mod:`runtime.generate`.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+import struct
 import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.generate import GenResult, PromptError, Sampling
+    from runtime.generate import GenResult, PromptError, Sampling, TokenProb
 
 
 class ApiError(Exception):
@@ -56,6 +62,10 @@ class ApiError(Exception):
         err.update(self.extra)
         return {"error": err}
 
+    def ollama_body(self) -> dict[str, Any]:
+        """Ollama's error shape: ``{"error": "message"}``."""
+        return {"error": self.message}
+
 
 # -- sampling settings ----------------------------------------------------------------------
 
@@ -79,6 +89,8 @@ def generation_settings(s: Sampling) -> dict[str, Any]:
         "ignore_eos": s.ignore_eos,
         "stop": list(s.stop),
         "max_tokens": s.max_tokens,
+        "n_probs": s.n_probs,
+        "grammar": s.grammar or "",
     }
 
 
@@ -99,7 +111,7 @@ def prompt_error(exc: PromptError) -> ApiError:
 # -- typed field access ---------------------------------------------------------------------
 
 
-def _bad(key: str, what: str, value: Any) -> ApiError:
+def bad_value(key: str, what: str, value: Any) -> ApiError:
     return ApiError(400, f"'{key}' must be {what}, got {value!r}"[:300], param=key)
 
 
@@ -108,7 +120,7 @@ def get_number(body: dict[str, Any], key: str, default: float) -> float:
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _bad(key, "a number", v)
+        raise bad_value(key, "a number", v)
     return float(v)
 
 
@@ -124,9 +136,9 @@ def get_int(
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _bad(key, "an integer", v)
+        raise bad_value(key, "an integer", v)
     if bounds is not None and not bounds[0] <= v <= bounds[1]:
-        raise _bad(key, f"an integer from {bounds[0]} to {bounds[1]}", v)
+        raise bad_value(key, f"an integer from {bounds[0]} to {bounds[1]}", v)
     return v
 
 
@@ -135,7 +147,7 @@ def get_bool(body: dict[str, Any], key: str, default: bool) -> bool:
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise _bad(key, "true or false", v)
+        raise bad_value(key, "true or false", v)
     return v
 
 
@@ -146,28 +158,111 @@ def get_stop(body: dict[str, Any], default: list[str]) -> list[str]:
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise _bad("stop", "a string or a list of strings", v)
+        raise bad_value("stop", "a string or a list of strings", v)
     return [s for s in v if s]
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
     """Constraints the client relies on but this server does not apply: say so, don't ignore."""
-    if body.get("grammar"):
-        raise ApiError(400, "'grammar' is not supported by this server", param="grammar")
-    if body.get("json_schema"):
-        raise ApiError(400, "'json_schema' is not supported by this server", param="json_schema")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type", "text") == "text"):
-        raise ApiError(
-            400,
-            "'response_format' other than text is not supported by this server",
-            param="response_format",
-        )
     if body.get("tools") or body.get("functions"):
         raise ApiError(400, "tool/function calling is not supported by this server", param="tools")
     n = get_int(body, "n", 1)
     if n != 1:
         raise ApiError(400, "only 'n': 1 is supported", param="n")
+
+
+# -- constrained output ---------------------------------------------------------------------
+
+
+def schema_grammar(schema: Any, param: str) -> str:
+    """A JSON schema as a GBNF grammar (root rule "root"), or a 400 naming ``param``. Only local
+    ``$ref``s (``#/...``) are followed: the converter would fetch remote ones over the network."""
+    if not isinstance(schema, dict):
+        raise bad_value(param, "a JSON schema object", schema)
+    text = json.dumps(schema)
+    if any(isinstance(ref, str) and not ref.startswith("#") for ref in _find_refs(schema)):
+        raise ApiError(400, f"'{param}': only local '$ref's (#/...) are supported", param=param)
+    from llama_cpp import llama_grammar
+
+    try:
+        grammar = str(llama_grammar.json_schema_to_gbnf(text))
+    except RecursionError:
+        raise ApiError(
+            400, f"'{param}': the JSON schema is nested too deeply", param=param
+        ) from None
+    except Exception as exc:  # the converter asserts or trips over malformed schemas
+        raise ApiError(
+            400, f"'{param}' is not a JSON schema this server can follow: {exc}"[:300], param=param
+        ) from None
+    # the converter lets raw control characters into strings, which JSON forbids (json.loads
+    # refuses them): keep them out, as llama.cpp's own converter does
+    return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
+
+
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+def _find_refs(node: Any, depth: int = 0) -> list[Any]:
+    if depth > 64:
+        raise ApiError(400, "the JSON schema is nested too deeply")
+    if isinstance(node, dict):
+        refs = [node["$ref"]] if "$ref" in node else []
+        for v in node.values():
+            refs += _find_refs(v, depth + 1)
+        return refs
+    if isinstance(node, list):
+        return [r for v in node for r in _find_refs(v, depth + 1)]
+    return []
+
+
+def json_object_grammar() -> str:
+    """Any JSON object (OpenAI's ``json_object``, Ollama's ``format: "json"``), with bounded
+    whitespace so a small model cannot pad forever."""
+    return schema_grammar({"type": "object"}, "response_format")
+
+
+def _grammar_field(body: dict[str, Any]) -> str | None:
+    g = body.get("grammar")
+    if g is None or g == "":
+        return None
+    if not isinstance(g, str):
+        raise bad_value("grammar", "a GBNF grammar (a string)", g)
+    return g
+
+
+def llama_grammar_of(body: dict[str, Any]) -> str | None:
+    """llama.cpp's ``grammar`` (GBNF) or ``json_schema`` (an object) fields."""
+    schema = body.get("json_schema")
+    if schema is not None and schema != {}:
+        if _grammar_field(body) is not None:
+            raise ApiError(400, "give either 'grammar' or 'json_schema', not both", param="grammar")
+        return schema_grammar(schema, "json_schema")
+    return _grammar_field(body)
+
+
+def response_format_grammar(body: dict[str, Any]) -> str | None:
+    """OpenAI's ``response_format``: text, ``json_object``, or ``json_schema`` with a schema."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return llama_grammar_of(body)  # llama.cpp's own fields work on /v1 too
+    if not isinstance(fmt, dict):
+        raise bad_value("response_format", "an object with a 'type'", fmt)
+    kind = fmt.get("type", "text")
+    if kind == "text":
+        return llama_grammar_of(body)
+    if kind == "json_object":
+        schema = fmt.get("schema")  # llama.cpp also takes a schema here
+        return schema_grammar(schema, "response_format") if schema else json_object_grammar()
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            raise bad_value("response_format.json_schema", "an object with a 'schema'", spec)
+        schema = spec.get("schema")
+        if schema is None:
+            return json_object_grammar()
+        return schema_grammar(schema, "response_format")
+    raise bad_value("response_format.type", "'text', 'json_object' or 'json_schema'", kind)
 
 
 def _seed(seed: int) -> int:
@@ -180,10 +275,10 @@ def _sampling(body: dict[str, Any], defaults: Sampling, max_tokens: int) -> Samp
     temperature = get_number(body, "temperature", defaults.temperature)
     top_p = get_number(body, "top_p", defaults.top_p)
     if not 0.0 <= top_p <= 1.0:
-        raise _bad("top_p", "between 0 and 1", top_p)
+        raise bad_value("top_p", "between 0 and 1", top_p)
     mirostat = get_int(body, "mirostat", defaults.mirostat)
     if mirostat not in (0, 1, 2):
-        raise _bad("mirostat", "0, 1 or 2", mirostat)
+        raise bad_value("mirostat", "0, 1 or 2", mirostat)
     return replace(
         defaults,
         max_tokens=max_tokens,
@@ -214,6 +309,8 @@ class CompletionRequest:
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
+    logprobs: bool = False  # report log-probabilities (OpenAI); n_top alternatives per token
+    n_top: int = 0
 
 
 @dataclass
@@ -222,6 +319,8 @@ class ChatRequest:
     params: Sampling
     stream: bool = False
     include_usage: bool = False
+    logprobs: bool = False
+    n_top: int = 0
 
 
 def _prompt(body: dict[str, Any], key: str = "prompt") -> str | list[int | str]:
@@ -240,7 +339,10 @@ def _prompt(body: dict[str, Any], key: str = "prompt") -> str | list[int | str]:
         return list(p)
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], list):
         return _prompt({key: p[0]}, key)  # OpenAI's [[ids]]
-    raise _bad(key, "a string or a list of token ids", p)
+    raise bad_value(key, "a string or a list of token ids", p)
+
+
+MAX_N_PROBS = 20  # alternatives per token we report, at most (OpenAI's top_logprobs limit)
 
 
 def parse_completion(body: dict[str, Any], defaults: Sampling) -> CompletionRequest:
@@ -248,18 +350,20 @@ def parse_completion(body: dict[str, Any], defaults: Sampling) -> CompletionRequ
     ``penalize_nl``, ``repeat_last_n``, ``cache_prompt``...) are accepted and ignored."""
     _refuse_unsupported(body)
     n_predict = get_int(body, "n_predict", get_int(body, "max_tokens", defaults.max_tokens))
+    params = _sampling(body, defaults, max(n_predict, -1))
+    n_probs = get_int(body, "n_probs", 0, bounds=(0, MAX_N_PROBS))
     return CompletionRequest(
         prompt=_prompt(body),
-        params=_sampling(body, defaults, max(n_predict, -1)),
+        params=replace(params, grammar=llama_grammar_of(body), n_probs=n_probs),
         stream=get_bool(body, "stream", False),
     )
 
 
 def _max_tokens_openai(body: dict[str, Any], defaults: Sampling) -> int:
     mt = get_int(body, "max_completion_tokens", get_int(body, "max_tokens", defaults.max_tokens))
-    if mt == 0:
-        raise ApiError(400, "'max_tokens' must be at least 1", param="max_tokens")
-    return max(mt, -1)  # a negative value (some clients send -1): no limit
+    if mt == 0 or mt < -1:
+        raise ApiError(400, f"'max_tokens' must be at least 1, got {mt}", param="max_tokens")
+    return mt  # -1 (some clients send it): no limit
 
 
 def _stream_options(body: dict[str, Any]) -> bool:
@@ -267,19 +371,28 @@ def _stream_options(body: dict[str, Any]) -> bool:
     if opts is None:
         return False
     if not isinstance(opts, dict):
-        raise _bad("stream_options", "an object", opts)
+        raise bad_value("stream_options", "an object", opts)
     return get_bool(opts, "include_usage", False)
 
 
 def parse_openai_completion(body: dict[str, Any], defaults: Sampling) -> CompletionRequest:
     """OpenAI's ``POST /v1/completions`` (legacy completions)."""
     _refuse_unsupported(body)
+    params = _sampling(body, defaults, _max_tokens_openai(body, defaults))
+    # legacy completions: ``logprobs`` is how many alternatives to list per token (0-5)
+    raw = body.get("logprobs")
+    want = raw is not None and raw is not False
+    n_top = get_int(body, "logprobs", 0, bounds=(0, 5)) if want and raw is not True else 0
     return CompletionRequest(
         prompt=_prompt(body),
-        params=_sampling(body, defaults, _max_tokens_openai(body, defaults)),
+        params=replace(
+            params, grammar=response_format_grammar(body), n_probs=max(n_top, 1) if want else 0
+        ),
         stream=get_bool(body, "stream", False),
         include_usage=_stream_options(body),
         echo=get_bool(body, "echo", False),
+        logprobs=want,
+        n_top=n_top,
     )
 
 
@@ -310,7 +423,7 @@ def _message_text(content: Any, i: int) -> str:
                     param="messages",
                 )
         return "\n".join(texts)
-    raise _bad(f"messages[{i}].content", "a string or a list of text parts", content)
+    raise bad_value(f"messages[{i}].content", "a string or a list of text parts", content)
 
 
 def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
@@ -318,42 +431,133 @@ def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
     _refuse_unsupported(body)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
-        raise _bad("messages", "a non-empty list of {role, content} objects", msgs)
+        raise bad_value("messages", "a non-empty list of {role, content} objects", msgs)
     messages: list[dict[str, Any]] = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
-            raise _bad(f"messages[{i}]", "an object with 'role' and 'content'", m)
+            raise bad_value(f"messages[{i}]", "an object with 'role' and 'content'", m)
         role = m.get("role")
         if role not in _ROLES:
-            raise _bad(f"messages[{i}].role", f"one of {sorted(_ROLES)}", role)
+            raise bad_value(f"messages[{i}].role", f"one of {sorted(_ROLES)}", role)
         messages.append(
             {
                 "role": "system" if role == "developer" else role,
                 "content": _message_text(m.get("content"), i),
             }
         )
+    logprobs = get_bool(body, "logprobs", False)
+    n_top = get_int(body, "top_logprobs", 0, bounds=(0, MAX_N_PROBS))
+    if n_top and not logprobs:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    params = _sampling(body, defaults, _max_tokens_openai(body, defaults))
     return ChatRequest(
         messages=messages,
-        params=_sampling(body, defaults, _max_tokens_openai(body, defaults)),
+        params=replace(
+            params,
+            grammar=response_format_grammar(body),
+            n_probs=max(n_top, 1) if logprobs else 0,
+        ),
         stream=get_bool(body, "stream", False),
         include_usage=_stream_options(body),
+        logprobs=logprobs,
+        n_top=n_top,
     )
+
+
+# -- log-probabilities ----------------------------------------------------------------------
+
+
+class ProbsCursor:
+    """Hands out the :class:`TokenProb` entries of a running generation not handed out yet
+    (each entry is recorded before the piece holding its text is yielded)."""
+
+    def __init__(self, result: GenResult) -> None:
+        self._result = result
+        self._seen = 0
+
+    def take(self) -> list[TokenProb]:
+        out = self._result.probs[self._seen :]
+        self._seen += len(out)
+        return out
+
+
+def _utf8(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def llama_probs(probs: list[TokenProb]) -> list[dict[str, Any]]:
+    """llama.cpp's ``completion_probabilities``."""
+    return [
+        {
+            "id": p.token,
+            "token": p.text,
+            "bytes": _utf8(p.text),
+            "logprob": p.logprob,
+            "top_logprobs": [
+                {"id": i, "token": t, "bytes": _utf8(t), "logprob": lp} for i, t, lp in p.top
+            ],
+        }
+        for p in probs
+    ]
+
+
+def chat_logprobs(probs: list[TokenProb], n_top: int) -> dict[str, Any]:
+    """OpenAI chat's ``choices[].logprobs``."""
+    return {
+        "content": [
+            {
+                "token": p.text,
+                "logprob": p.logprob,
+                "bytes": _utf8(p.text),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": _utf8(t)} for _, t, lp in p.top[:n_top]
+                ],
+            }
+            for p in probs
+        ],
+        "refusal": None,
+    }
+
+
+def text_logprobs(probs: list[TokenProb], n_top: int, offset: int) -> dict[str, Any]:
+    """OpenAI legacy completions' ``choices[].logprobs``; ``offset``: characters before these
+    tokens' text in the answer."""
+    offsets = []
+    for p in probs:
+        offsets.append(offset)
+        offset += len(p.text)
+    return {
+        "tokens": [p.text for p in probs],
+        "token_logprobs": [p.logprob for p in probs],
+        "top_logprobs": [{t: lp for _, t, lp in p.top[:n_top]} for p in probs],
+        "text_offset": offsets,
+    }
 
 
 # -- responses: llama.cpp -------------------------------------------------------------------
 
 
-def completion_chunk(piece: str) -> dict[str, Any]:
+def completion_chunk(piece: str, probs: list[TokenProb] | None = None) -> dict[str, Any]:
     """One streamed ``/completion`` event."""
-    return {"content": piece, "tokens": [], "stop": False, "id_slot": 0}
+    out: dict[str, Any] = {"content": piece, "tokens": [], "stop": False, "id_slot": 0}
+    if probs is not None:
+        out["completion_probabilities"] = llama_probs(probs)
+    return out
 
 
 def completion_final(
-    r: GenResult, model: str, params: Sampling, n_ctx: int, *, content: str
+    r: GenResult,
+    model: str,
+    params: Sampling,
+    n_ctx: int,
+    *,
+    content: str,
+    probs: list[TokenProb] | None = None,
 ) -> dict[str, Any]:
     """The non-streamed ``/completion`` answer, or (``content=""``) the last streamed event."""
     settings = generation_settings(params) | {"n_ctx": n_ctx, "model": model}
-    return {
+    extra = {} if probs is None else {"completion_probabilities": llama_probs(probs)}
+    return extra | {
         "content": content,
         "tokens": [],
         "id_slot": 0,
@@ -397,13 +601,15 @@ class OpenAIIds:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
 
-def chat_response(ids: OpenAIIds, r: GenResult) -> dict[str, Any]:
+def chat_response(
+    ids: OpenAIIds, r: GenResult, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return ids.head("chat.completion") | {
         "choices": [
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": r.text},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": r.finish_reason,
             }
         ],
@@ -414,10 +620,14 @@ def chat_response(ids: OpenAIIds, r: GenResult) -> dict[str, Any]:
 
 
 def chat_chunk(
-    ids: OpenAIIds, delta: dict[str, Any], finish_reason: str | None = None
+    ids: OpenAIIds,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     return ids.head("chat.completion.chunk") | {
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [choice],
         "system_fingerprint": None,
     }
 
@@ -427,13 +637,15 @@ def usage_chunk(ids: OpenAIIds, obj: str, r: GenResult) -> dict[str, Any]:
     return ids.head(obj) | {"choices": [], "usage": usage(r), "timings": r.timings()}
 
 
-def text_response(ids: OpenAIIds, r: GenResult, prefix: str = "") -> dict[str, Any]:
+def text_response(
+    ids: OpenAIIds, r: GenResult, prefix: str = "", logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return ids.head("text_completion") | {
         "choices": [
             {
                 "text": prefix + r.text,
                 "index": 0,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": r.finish_reason,
             }
         ],
@@ -443,9 +655,15 @@ def text_response(ids: OpenAIIds, r: GenResult, prefix: str = "") -> dict[str, A
     }
 
 
-def text_chunk(ids: OpenAIIds, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+def text_chunk(
+    ids: OpenAIIds,
+    text: str,
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
     return ids.head("text_completion") | {
-        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [choice],
         "system_fingerprint": None,
     }
 
@@ -456,4 +674,49 @@ def models_list(model: str, created: int, meta: dict[str, Any]) -> dict[str, Any
         "data": [
             {"id": model, "object": "model", "created": created, "owned_by": "packer", "meta": meta}
         ],
+    }
+
+
+# -- embeddings -----------------------------------------------------------------------------
+
+
+def embedding_inputs(body: dict[str, Any], key: str) -> tuple[list[str], bool]:
+    """The texts of an embeddings request (a string or a list of strings) and whether a single
+    string was given. Token-id inputs are refused."""
+    v = body.get(key)
+    if isinstance(v, str):
+        return [v], True
+    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+        return list(v), False
+    raise bad_value(key, "a string or a non-empty list of strings", v)
+
+
+def encoding_format(body: dict[str, Any]) -> str:
+    """OpenAI's ``encoding_format``: "float" (a list) or "base64" (little-endian float32 bytes;
+    the ``openai`` package asks for it by default and decodes it itself)."""
+    fmt = body.get("encoding_format")
+    if fmt is None:
+        return "float"
+    if fmt not in ("float", "base64"):
+        raise bad_value("encoding_format", "'float' or 'base64'", fmt)
+    return str(fmt)
+
+
+def _encode(vec: list[float], fmt: str) -> list[float] | str:
+    if fmt == "float":
+        return vec
+    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode("ascii")
+
+
+def openai_embeddings(
+    model: str, vectors: list[list[float]], n_tokens: int, fmt: str = "float"
+) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode(v, fmt)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
     }

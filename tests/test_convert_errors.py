@@ -345,33 +345,33 @@ def test_unwritable_output_simulated(
 def test_disk_full_leaves_nothing(
     tiny_llama_bpe: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gguf
+    import packer.convert.api as api
 
-    real_write = gguf.GGUFWriter.write_tensor_data
+    real_write = api.write_tensor
     calls = {"n": 0}
 
-    def write_then_fail(self: gguf.GGUFWriter, tensor: np.ndarray, *a: object, **k: object) -> None:
+    def write_then_fail(*a: object, **k: object) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(self, tensor, *a, **k)
+        real_write(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", write_then_fail)
+    monkeypatch.setattr(api, "write_tensor", write_then_fail)
     expect_failure(tiny_llama_bpe, out_dir, OutputError, "disk full", "model.gguf")
 
 
 def test_failure_keeps_previous_output(
     tiny_llama_bpe: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gguf
+    import packer.convert.api as api
 
     previous = out_dir / "model.gguf"
     previous.write_bytes(b"previous model")
 
-    def fail(self: gguf.GGUFWriter, *a: object, **k: object) -> None:
+    def fail(*a: object, **k: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", fail)
+    monkeypatch.setattr(api, "write_tensor", fail)
     with pytest.raises(OutputError):
         convert_checkpoint(tiny_llama_bpe, previous)
     assert [p.name for p in out_dir.iterdir()] == ["model.gguf"]

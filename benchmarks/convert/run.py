@@ -15,10 +15,10 @@ For each input and each of ``--repeat`` rounds, both sides run as child processe
 the fsync of their output (packer convert fsyncs the GGUF itself). The order alternates
 round by round and the source is read once beforehand, so both sides find it in the page
 cache; before every measured step the script runs ``sync`` (untimed) and waits a second, so
-writeback left over from earlier steps does not land on either side. Each child's own peak RSS comes from ``os.wait4``. Figures are medians.
+writeback left over from earlier steps does not land on either side. Each child's own peak RSS comes from ``os.wait4``. packer's bytecode is compiled once beforehand, as in an installed packer, so no run pays for compiling it. Figures are medians.
 
 Usage: ``.venv/bin/python benchmarks/convert/run.py [--size-b 1.0] [--quick] [--repeat 2]
-[--workdir DIR] [--demo DIR] [--json FILE] [--keep]``
+[--workdir DIR] [--demo DIR] [--synthetic DIR] [--json FILE] [--keep]``
 """
 
 from __future__ import annotations
@@ -244,6 +244,25 @@ def measure(cmd: list[str]) -> tuple[float, float]:
     return wall, int(proc.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
 
 
+# Compiles the packer package that ``python -m packer`` will import (same cwd) to bytecode.
+COMPILE = """
+import compileall, os, packer
+compileall.compile_dir(os.path.dirname(packer.__file__), quiet=1)
+print(os.path.dirname(packer.__file__))
+"""
+
+
+def cache_bytecode() -> None:
+    """Make sure packer's bytecode is cached, as in an installed packer (pip compiles it).
+
+    Without this, an environment with PYTHONDONTWRITEBYTECODE=1 (or a read-only checkout)
+    makes every ``packer convert`` compile its ~25 modules again, about 0.1 s of CPU that
+    is no part of conversion. (py_compile writes the files even with that variable set.)
+    """
+    proc = subprocess.run([PYTHON, "-c", COMPILE], capture_output=True, text=True, check=True)
+    log(f"bytecode cached for {proc.stdout.strip()}")
+
+
 def run_convert(src: Path, out: Path) -> tuple[float, float]:
     return measure([PYTHON, "-m", "packer", "convert", str(src), "-o", str(out)])
 
@@ -352,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="rounds per input (median)")
     parser.add_argument("--workdir", type=Path, help="parent of the temp work folder")
     parser.add_argument("--demo", type=Path, help="existing demo checkpoint folder")
+    parser.add_argument(
+        "--synthetic", type=Path, help="existing synthetic checkpoint folder (from --keep)"
+    )
     parser.add_argument("--json", type=Path, help="write all samples and settings here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
@@ -359,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parent = (args.workdir or REPO.parent).resolve()
     work = Path(tempfile.mkdtemp(prefix="packer-bench-convert-", dir=parent))
     log(f"work folder {work} (all inputs and outputs on this disk)")
+    cache_bytecode()
     try:
         if args.demo:
             demo = args.demo.resolve()
@@ -371,13 +394,20 @@ def main(argv: list[str] | None = None) -> int:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-        synth = work / f"synthetic-llama-{size_b:g}B"
-        start = time.perf_counter()
-        shape = make_synthetic(synth, size_b, demo)
-        log(
-            f"wrote {synth.name}: {shape['n_params'] / 1e9:.3f} B params, {shape['layers']}"
-            f" layers, {shape['shards']} shards in {time.perf_counter() - start:.1f} s"
-        )
+        if args.synthetic:
+            synth = args.synthetic.resolve()
+            config = json.loads((synth / "config.json").read_text(encoding="utf-8"))
+            shape = {"reused": str(synth), "layers": config["num_hidden_layers"]}
+            size_b = round(folder_bytes(synth) / 2e9, 1)  # BF16: 2 bytes per parameter
+            log(f"using {synth} ({size_b:g}B parameters)")
+        else:
+            synth = work / f"synthetic-llama-{size_b:g}B"
+            start = time.perf_counter()
+            shape = make_synthetic(synth, size_b, demo)
+            log(
+                f"wrote {synth.name}: {shape['n_params'] / 1e9:.3f} B params, {shape['layers']}"
+                f" layers, {shape['shards']} shards in {time.perf_counter() - start:.1f} s"
+            )
         rows = [
             bench_input("SmolLM2-135M BF16", demo, work, args.repeat),
             bench_input(f"synthetic llama {size_b:g}B BF16", synth, work, args.repeat),

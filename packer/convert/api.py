@@ -11,9 +11,21 @@ from typing import Any
 
 import gguf
 
-from packer.convert.base import OUTTYPES, ModelConverter, converter_for, numpy_dtype
+from packer.convert.base import (
+    OUTTYPES,
+    ModelConverter,
+    PlannedTensor,
+    converter_for,
+    numpy_dtype,
+)
+from packer.convert.gguf_file import DataWriter, header_bytes
 from packer.convert.output import atomic_output, check_output_path
-from packer.convert.vocab import detect_tokenizer, has_chat_template, read_json
+from packer.convert.vocab import (
+    clear_json_cache,
+    detect_tokenizer,
+    has_chat_template,
+    read_json,
+)
 from packer.errors import ConversionError, SourceError, UnsupportedModelError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -78,7 +90,24 @@ def _open(src: Path) -> tuple[ModelConverter, CheckpointInfo]:
 
 def inspect_checkpoint(src: Path) -> CheckpointInfo:
     """Validate a checkpoint folder cheaply (config.json, tensor headers, tokenizer kind)."""
-    return _open(src)[1]
+    try:
+        return _open(src)[1]
+    finally:
+        clear_json_cache()
+
+
+def write_tensor(data: DataWriter, t: PlannedTensor) -> None:
+    """Append one planned tensor: copied as is from the checkpoint, or loaded and encoded."""
+    if t.source is not None:
+        data.copy_file(t.source.file, t.source.offset, t.nbytes, t.source.name)
+        return
+    array = t.load()
+    if array.shape != t.shape or array.nbytes != t.nbytes:
+        raise ConversionError(
+            f"tensor {t.name} came out with shape {list(array.shape)}, expected "
+            f"{list(t.shape)}; this is a packer bug, please report it"
+        )
+    data.write_padded(array)
 
 
 def convert_checkpoint(
@@ -95,9 +124,12 @@ def convert_checkpoint(
     if outtype not in OUTTYPES:
         raise UsageError(f"unknown outtype {outtype!r}; use one of {', '.join(OUTTYPES)}")
     out = Path(out)
-    converter, info = _open(src)
-    check_output_path(out)
-    vocab = converter.load_vocab()
+    try:
+        converter, info = _open(src)
+        check_output_path(out)
+        vocab = converter.load_vocab()
+    finally:
+        clear_json_cache()  # tokenizer.json was parsed once for all steps; free it
     planned = converter.plan(outtype)
     total = sum(t.nbytes for t in planned)
     logger.info(
@@ -109,40 +141,31 @@ def convert_checkpoint(
         out,
     )
 
+    writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[converter.gguf_arch])
+    converter.add_metadata(writer, info.model_name, planned, vocab)
+    for t in planned:
+        writer.add_tensor_info(
+            t.name,
+            t.shape,
+            numpy_dtype(t.qtype),
+            t.nbytes,
+            raw_dtype=t.qtype if t.qtype == gguf.GGMLQuantizationType.BF16 else None,
+        )
+    header = header_bytes(writer)
     with atomic_output(out) as tmp:
-        writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[converter.gguf_arch])
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
-            converter.add_metadata(writer, info.model_name, planned, vocab)
-            for t in planned:
-                writer.add_tensor_info(
-                    t.name,
-                    t.shape,
-                    numpy_dtype(t.qtype),
-                    t.nbytes,
-                    raw_dtype=t.qtype if t.qtype == gguf.GGMLQuantizationType.BF16 else None,
-                )
-            writer.write_header_to_file(tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
+            data = DataWriter(fd, writer.data_alignment)
+            data.write_padded(header)
             done = 0
             if progress is not None:
                 progress(0, total)
             for t in planned:
-                data = t.load()
-                if data.shape != t.shape or data.nbytes != t.nbytes:
-                    raise ConversionError(
-                        f"tensor {t.name} came out with shape {list(data.shape)}, expected "
-                        f"{list(t.shape)}; this is a packer bug, please report it"
-                    )
-                writer.write_tensor_data(data)
+                write_tensor(data, t)
                 done += t.nbytes
-                del data
                 if progress is not None:
                     progress(done, total)
-            assert writer.fout is not None
-            for f in writer.fout:
-                f.flush()
-                os.fsync(f.fileno())
+            os.fsync(fd)
         finally:
-            writer.close()
+            os.close(fd)
     return info

@@ -51,6 +51,12 @@ _FILE_TYPE = {
     gguf.GGMLQuantizationType.F16: gguf.LlamaFileType.MOSTLY_F16,
     gguf.GGMLQuantizationType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
 }
+# stored dtypes whose bytes are the GGUF type's bytes as they are (both little endian)
+_SAME_BYTES = {
+    "F32": gguf.GGMLQuantizationType.F32,
+    "F16": gguf.GGMLQuantizationType.F16,
+    "BF16": gguf.GGMLQuantizationType.BF16,
+}
 _NUMPY_TYPE: dict[gguf.GGMLQuantizationType, np.dtype[Any]] = {
     gguf.GGMLQuantizationType.F32: np.dtype(np.float32),
     gguf.GGMLQuantizationType.F16: np.dtype(np.float16),
@@ -80,6 +86,8 @@ class PlannedTensor:
     shape: tuple[int, ...]
     qtype: gguf.GGMLQuantizationType
     load: Callable[[], np.ndarray]
+    # set when the checkpoint's bytes are written unchanged: they are copied file to file
+    source: TensorInfo | None = None
 
     @property
     def nbytes(self) -> int:
@@ -166,6 +174,13 @@ class ModelConverter(ABC):
         writing; returns (data, its dtype). The result must have :meth:`gguf_shape`.
         Arithmetic rewrites should work on ``to_float32(data, dtype)`` and return "F32"."""
         return data, dtype
+
+    def keeps_data(self, hf_name: str) -> bool:
+        """Whether :meth:`transform` returns this tensor's data unchanged (then its bytes
+        can be copied straight from the checkpoint). A subclass that overrides
+        :meth:`transform` must override this too: by default it is true only for converters
+        that do not override :meth:`transform`."""
+        return type(self).transform is ModelConverter.transform
 
     def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Numpy-order shape of the written tensor (differs when :meth:`transform` transposes)."""
@@ -309,8 +324,21 @@ class ModelConverter(ABC):
             name = self.gguf_name(info.name)
             shape = self.gguf_shape(info.name, info.shape)
             qtype = self.output_type(name, shape, info.dtype, outtype)
-            planned.append(PlannedTensor(name, shape, qtype, self._loader(info, qtype)))
+            source = info if self.copies_as_is(info, shape, qtype) else None
+            planned.append(PlannedTensor(name, shape, qtype, self._loader(info, qtype), source))
         return planned
+
+    def copies_as_is(
+        self, info: TensorInfo, shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType
+    ) -> bool:
+        """Whether the written tensor is exactly the checkpoint's bytes (same type and
+        shape, no rewrite): then it is copied file to file instead of through numpy."""
+        return (
+            _SAME_BYTES.get(info.dtype) == qtype
+            and shape == info.shape
+            and info.nbytes == math.prod(shape) * _NUMPY_TYPE[qtype].itemsize
+            and self.keeps_data(info.name)
+        )
 
     def _loader(
         self, info: TensorInfo, qtype: gguf.GGMLQuantizationType

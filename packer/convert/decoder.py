@@ -218,6 +218,15 @@ class DecoderConverter(ModelConverter):
             return to_float32(data, dtype) + np.float32(1.0), "F32"
         return data, dtype
 
+    def keeps_data(self, hf_name: str) -> bool:
+        if type(self).transform is not DecoderConverter.transform:
+            return False  # a family rewrites more: take the safe path
+        if self.permute_rotary and (
+            ".self_attn.q_proj." in hf_name or ".self_attn.k_proj." in hf_name
+        ):
+            return False
+        return not (self.norm_plus_one and hf_name.endswith("norm.weight"))
+
     def extra_tensors(self) -> list[PlannedTensor]:
         if self.rope["rope_type"] != "llama3":
             return []

@@ -89,6 +89,9 @@ class GPT2Converter(ModelConverter):
             return np.ascontiguousarray(data.T), dtype
         return data, dtype
 
+    def keeps_data(self, hf_name: str) -> bool:
+        return not hf_name.endswith(_CONV1D)
+
     def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape[::-1] if hf_name.endswith(_CONV1D) else shape
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +54,38 @@ class TokenizerSpec:
     file: Path
 
 
+# Parsed JSON files by (path, inode, size, mtime): tokenizer.json (megabytes) is needed by
+# several steps of one conversion. Kept small; cleared by clear_json_cache().
+_JSON_CACHE: dict[tuple[str, int, int, int], Any] = {}
+_JSON_CACHE_SIZE = 8
+
+
 def read_json(path: Path) -> Any:
-    """Parse a JSON file of the checkpoint; ConversionError naming the file if it is broken."""
+    """Parse a JSON file of the checkpoint; ConversionError naming the file if it is broken.
+
+    The result is shared by later calls for the same unchanged file: do not modify it.
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        stat = os.stat(path)
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key in _JSON_CACHE:
+            return _JSON_CACHE[key]
+        with open(path, "rb") as f:
+            raw = f.read()
+        value = json.loads(raw.decode("utf-8"))
     except OSError as err:
         raise SourceError(f"cannot read {path}: {err.strerror or err}; check the file") from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConversionError(f"{path} is not valid JSON ({err}); re-download it") from err
+    if len(_JSON_CACHE) >= _JSON_CACHE_SIZE:
+        del _JSON_CACHE[next(iter(_JSON_CACHE))]
+    _JSON_CACHE[key] = value
+    return value
+
+
+def clear_json_cache() -> None:
+    """Forget the parsed JSON files (frees tokenizer.json's memory)."""
+    _JSON_CACHE.clear()
 
 
 def _is_byte_level_bpe(tokenizer_json: dict[str, Any]) -> bool:
@@ -153,11 +180,12 @@ def _bpe_tokens(path: Path) -> dict[int, tuple[str, int]]:
     vocab = tokenizer_json["model"].get("vocab")
     if not isinstance(vocab, dict):
         raise ConversionError(f"{path}: model.vocab is missing; re-download the tokenizer")
-    entries: dict[int, tuple[str, int]] = {}
-    for text, token_id in vocab.items():
-        if not isinstance(token_id, int) or token_id < 0:
-            raise ConversionError(f"{path}: token {text!r} has invalid id {token_id!r}")
-        entries[token_id] = (text, gguf.TokenType.NORMAL)
+    if vocab and not (set(map(type, vocab.values())) == {int} and min(vocab.values()) >= 0):
+        for text, token_id in vocab.items():
+            if not isinstance(token_id, int) or token_id < 0:
+                raise ConversionError(f"{path}: token {text!r} has invalid id {token_id!r}")
+    normal = int(gguf.TokenType.NORMAL)
+    entries = dict(zip(vocab.values(), zip(vocab.keys(), repeat(normal)), strict=True))
     for added in tokenizer_json.get("added_tokens") or []:
         if not isinstance(added, dict):
             raise ConversionError(f"{path}: added token {added!r} is not an object")
@@ -165,8 +193,77 @@ def _bpe_tokens(path: Path) -> dict[int, tuple[str, int]]:
         if not isinstance(token_id, int) or token_id < 0 or not isinstance(content, str):
             raise ConversionError(f"{path}: added token {added!r} has no valid id/content")
         kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
-        entries[token_id] = (content, kind)
+        entries[token_id] = (content, int(kind))
     return entries
+
+
+def _bpe_merges(path: Path) -> list[str] | None:
+    """tokenizer.json's merges as GGUF wants them ("a b", a space inside a part written as
+    U+0120), or None where gguf's SpecialVocab must look itself (no merges in tokenizer.json,
+    or a format it may reject). Same result as SpecialVocab's, without its per-character
+    loop over every merge."""
+    model = read_json(path).get("model")
+    merges = model.get("merges") if isinstance(model, dict) else None
+    if not isinstance(merges, list) or not merges:
+        return None
+    first = merges[0]
+    if isinstance(first, str):
+        return merges
+    if not (isinstance(first, list) and len(first) == 2 and isinstance(first[0], str)):
+        return None
+    try:
+        joined = list(map(" ".join, merges))
+        # each joined pair has len(pair) - 1 spaces, unless a part has spaces of its own
+        if sum(map(str.count, joined, repeat(" "))) != sum(map(len, merges)) - len(merges):
+            spaced = [i for i, t in enumerate(joined) if t.count(" ") != len(merges[i]) - 1]
+            logger.warning("%s: spaces in merges, written as %r", path, "\u0120")
+            for i in spaced:
+                joined[i] = " ".join(part.replace(" ", "\u0120") for part in merges[i])
+    except (TypeError, AttributeError):
+        return None  # malformed: gguf's SpecialVocab reports it
+    return joined
+
+
+def _special_vocab(src: Path, load_merges: bool, n_vocab: int) -> gguf.SpecialVocab:
+    """gguf's SpecialVocab (special tokens, add_* flags, chat template) for ``src``.
+
+    SpecialVocab parses tokenizer.json again (about 50 ms for a 49k-token vocabulary) but,
+    without merges to load, uses none of its vocabulary or merges. So it reads a temporary
+    folder instead: links to the checkpoint's files, and a tokenizer.json without those two
+    (written from the copy parsed already, in about a millisecond).
+    """
+    tj_path = src / TOKENIZER_JSON
+    tokenizer_json = read_json(tj_path) if not load_merges and tj_path.is_file() else None
+    model = tokenizer_json.get("model") if isinstance(tokenizer_json, dict) else None
+    if not isinstance(tokenizer_json, dict) or not isinstance(model, dict):
+        return gguf.SpecialVocab(src, load_merges=load_merges, n_vocab=n_vocab)
+    slim = {k: v for k, v in model.items() if k not in ("vocab", "merges")}
+    try:
+        tmp = tempfile.mkdtemp(prefix="packer-vocab-")
+    except OSError:  # no temporary folder: let it read the original
+        return gguf.SpecialVocab(src, load_merges=False, n_vocab=n_vocab)
+    try:
+        for entry in os.listdir(src):
+            if entry != TOKENIZER_JSON:
+                os.symlink(os.path.abspath(src / entry), os.path.join(tmp, entry))
+        with open(os.path.join(tmp, TOKENIZER_JSON), "w", encoding="utf-8") as f:
+            json.dump({**tokenizer_json, "model": slim}, f)
+    except OSError:  # no symlinks here: let it read the original
+        return gguf.SpecialVocab(src, load_merges=False, n_vocab=n_vocab)
+    else:
+        return gguf.SpecialVocab(tmp, load_merges=False, n_vocab=n_vocab)
+    finally:
+        _remove_links(tmp)
+
+
+def _remove_links(folder: str) -> None:
+    """Remove a folder of links and plain files (never following the links)."""
+    try:
+        for entry in os.listdir(folder):
+            os.unlink(os.path.join(folder, entry))
+        os.rmdir(folder)
+    except OSError as err:  # pragma: no cover - nothing more we can do
+        logger.debug("could not remove temporary folder %s: %s", folder, err)
 
 
 def _added_tokens_from_configs(src: Path) -> dict[int, tuple[str, bool]]:
@@ -278,20 +375,30 @@ def load_vocab(src: Path, n_vocab: int) -> Vocab:
         )
     if n_tokens < n_vocab:
         logger.info("padding the vocabulary from %d to %d tokens", n_tokens, n_vocab)
-    tokens: list[str] = []
-    types: list[int] = []
-    scores: list[float] | None = [] if scores_by_id is not None else None
-    for token_id in range(n_vocab):
-        text, kind = entries.get(token_id, (f"[PAD{token_id}]", gguf.TokenType.UNUSED))
-        tokens.append(text)
-        types.append(int(kind))
-        if scores is not None and scores_by_id is not None:
-            scores.append(scores_by_id.get(token_id, _ADDED_TOKEN_SCORE))
+    tokens = [""] * n_vocab
+    types = [int(gguf.TokenType.UNUSED)] * n_vocab
+    filled = 0
+    for token_id, (text, kind) in entries.items():
+        if token_id >= 0:
+            tokens[token_id] = text
+            types[token_id] = int(kind)
+            filled += 1
+    if filled < n_vocab:
+        for token_id in range(n_vocab):
+            if token_id not in entries:
+                tokens[token_id] = f"[PAD{token_id}]"
+    scores: list[float] | None = None
+    if scores_by_id is not None:
+        scores = [scores_by_id.get(token_id, _ADDED_TOKEN_SCORE) for token_id in range(n_vocab)]
 
+    merges = _bpe_merges(spec.file) if spec.model == MODEL_BPE else None
     try:
-        special = gguf.SpecialVocab(src, load_merges=spec.model == MODEL_BPE, n_vocab=n_vocab)
+        special = _special_vocab(src, spec.model == MODEL_BPE and merges is None, n_vocab)
     except (ValueError, KeyError, TypeError) as err:
         raise ConversionError(f"cannot read the special tokens of {src}: {err}") from err
+    if merges is not None:
+        special.merges = merges
+        special.load_merges = True
     if spec.model == MODEL_BPE and not special.merges:
         raise ConversionError(f"{spec.file} has no BPE merges; re-download the tokenizer")
 
@@ -309,15 +416,12 @@ def _complete_special_tokens(
     if (src / TOKENIZER_CONFIG).is_file():
         loaded = read_json(src / TOKENIZER_CONFIG)
         config = loaded if isinstance(loaded, dict) else {}
-    text_to_id: dict[str, int] = {}
-    for token_id, text in enumerate(tokens):
-        text_to_id.setdefault(text, token_id)
     for typ in _SPECIAL_TYPES:
         if typ in special.special_token_ids:
             continue
         text = _special_token_text(config.get(f"{typ}_token"))
-        if text is not None and text in text_to_id:
-            special.special_token_ids[typ] = text_to_id[text]
+        if text is not None and text in tokens:
+            special.special_token_ids[typ] = tokens.index(text)  # the first with that text
         elif processor is not None:
             token_id = int(getattr(processor, f"{typ}_id")())
             if 0 <= token_id < len(tokens):

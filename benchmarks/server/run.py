@@ -1,0 +1,305 @@
+"""Server throughput of a model.run: one stream vs llama-cpp-python, and many streams at once.
+
+    .venv/bin/python benchmarks/server/run.py                    # builds model.run from SmolLM2
+    .venv/bin/python benchmarks/server/run.py --model-run m.run  # an existing model.run
+    .venv/bin/python benchmarks/server/run.py --unfrozen         # python -m runtime --gguf (dev)
+    .venv/bin/python benchmarks/server/run.py --quick            # smoke run
+
+Figures (see README.md next to this file):
+
+* single stream: ``POST /completion`` streaming, generation tokens/s as the server's own
+  ``timings`` report them, against llama-cpp-python generating in this process with the same
+  GGUF, threads and sampling (target >= 0.95x);
+* aggregate: C clients (1, 4, 8) each stream one request of N tokens at the same moment; total
+  tokens / wall time from the first request sent to the last token received; the ratio to one
+  client is the gain of continuous batching (target: 4 clients >= 1.4x one);
+* time to first token (request sent -> first text event) p50/p95 under that load.
+
+Runs are interleaved (one client, four, eight, the peer, then again) so background load hits
+every figure alike; the load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PROMPTS = [
+    "Once upon a time, in a small village at the edge of a great forest, there lived",
+    "The history of the printing press begins in",
+    "Here is a recipe for a simple tomato soup:",
+    "The three most important ideas in physics are",
+    "Dear diary, today I finally",
+    "In the year 2150, the first city on Mars",
+    "A short guide to planting trees:",
+    "The old lighthouse keeper looked at the sea and",
+]
+
+
+def _load_base() -> Any:
+    """benchmarks/run.py (the one-shot benchmark), for its model.run and peer helpers."""
+    spec = importlib.util.spec_from_file_location("bench_base", ROOT / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_base"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+base = _load_base()
+log = base.log
+BenchError = base.BenchError
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], env: dict[str, str]) -> Iterator[str]:
+    """Start a server command (its --port is added here); yield its URL once healthy."""
+    port = base.free_port()
+    cmd = [*cmd, "--host", "127.0.0.1", "--port", str(port)]
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, start_new_session=True
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            t0 = time.perf_counter()
+            while True:
+                if proc.poll() is not None:
+                    err.seek(0)
+                    tail = " | ".join(err.read().decode("utf-8", "replace").splitlines()[-3:])
+                    raise BenchError(f"the server exited with {proc.returncode}: {tail}")
+                if time.perf_counter() - t0 > base.SERVER_START_TIMEOUT_S:
+                    raise BenchError("the server did not become healthy")
+                with contextlib.suppress(OSError, ValueError):
+                    base._http(url + "/health", timeout=2.0)
+                    break
+                time.sleep(0.1)
+            log(f"server healthy after {time.perf_counter() - t0:.1f} s on port {port}")
+            yield url
+        finally:
+            base._kill_group(proc)
+
+
+def stream_one(url: str, prompt: str, n: int) -> dict[str, float]:
+    """One streaming /completion of exactly ``n`` tokens: time to first text, end time, and
+    the server's own timings."""
+    body = {
+        "prompt": prompt,
+        "n_predict": n,
+        "ignore_eos": True,
+        "stream": True,
+        "seed": base.SEED,
+        **base.SAMPLING,
+    }
+    req = urllib.request.Request(
+        url + "/completion",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    t0 = time.perf_counter()
+    t_first = None
+    final: dict[str, Any] = {}
+    with urllib.request.urlopen(req, timeout=base.REQUEST_TIMEOUT_S) as resp:
+        for raw in resp:
+            line = raw.strip()
+            if not line.startswith(b"data: "):
+                continue
+            ev = json.loads(line[6:])
+            if t_first is None and ev.get("content"):
+                t_first = time.perf_counter()
+            if ev.get("stop"):
+                final = ev
+    t_end = time.perf_counter()
+    timings = final.get("timings") or {}
+    return {
+        "t0": t0,
+        "ttft_s": (t_first or t_end) - t0,
+        "t_end": t_end,
+        "n": float(final.get("tokens_predicted") or timings.get("predicted_n") or 0),
+        "server_tok_s": float(timings.get("predicted_per_second") or 0.0),
+    }
+
+
+def concurrent(url: str, clients: int, n: int) -> dict[str, Any]:
+    results: list[dict[str, float] | BaseException] = [None] * clients  # type: ignore[list-item]
+    start = threading.Barrier(clients)
+
+    def client(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = stream_one(url, PROMPTS[i % len(PROMPTS)], n)
+        except BaseException as exc:  # reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise BenchError(f"{len(errors)} of {clients} clients failed: {errors[0]}")
+    ok: list[dict[str, float]] = results  # type: ignore[assignment]
+    wall = max(r["t_end"] for r in ok) - min(r["t0"] for r in ok)
+    tokens = sum(r["n"] for r in ok)
+    return {
+        "tok_s": tokens / wall,
+        "tokens": tokens,
+        "wall_s": wall,
+        "ttft_s": [r["ttft_s"] for r in ok],
+        "server_tok_s": [r["server_tok_s"] for r in ok],
+    }
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model-run", type=Path, help="an existing model.run (default: build one)")
+    p.add_argument("--gguf", type=Path, help="the GGUF for the peer (default: found for you)")
+    p.add_argument(
+        "--unfrozen",
+        action="store_true",
+        help="run `python -m runtime --gguf` from this checkout instead of a model.run",
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--parallel", type=int, default=4, help="-np of the server (default: 4)")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per request (default: 128)")
+    p.add_argument("--clients", default="4,8", help="concurrent clients to measure (default: 4,8)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="32 tokens, 1 repeat")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    env = base.model_env(work / "cache")
+    if args.unfrozen:
+        gguf = args.gguf or base.default_gguf()
+        cmd = [sys.executable, "-m", "runtime", "--gguf", str(gguf)]
+        env["PYTHONPATH"] = str(ROOT)
+    else:
+        model_run = args.model_run
+        if model_run is None:
+            model_run = work / "model.run"
+            base.build_model_run(args.gguf or base.default_gguf(), model_run)
+        model_run = model_run.resolve()
+        cmd = [str(model_run)]
+        gguf = args.gguf or base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
+    cmd += ["--server", "-t", str(args.threads), "-c", str(base.N_CTX), "-np", str(args.parallel)]
+    cmd += base.sampling_flags()
+    n = 32 if args.quick else args.tokens
+    repeat = 1 if args.quick else args.repeat
+    levels = [1] + [int(c) for c in args.clients.split(",") if c.strip()]
+    facts = base.machine_facts()
+    agg: dict[int, list[float]] = {c: [] for c in levels}
+    ttft: dict[int, list[float]] = {c: [] for c in levels}
+    single, peer_tok_s = [], []
+    peer = base.Peer(gguf, args.threads)
+    try:
+        with server(cmd, env) as url:
+            concurrent(url, 1, 4)  # warm-up
+            for i in range(repeat):
+                for c in levels:
+                    log(f"round {i + 1}/{repeat}: {c} concurrent client(s), {n} tokens each")
+                    r = concurrent(url, c, n)
+                    agg[c].append(r["tok_s"])
+                    ttft[c].extend(r["ttft_s"])
+                    if c == 1:
+                        single.append(r["server_tok_s"][0])
+                log(f"round {i + 1}/{repeat}: llama-cpp-python in-process")
+                peer_tok_s.append(peer.generate(PROMPTS[0], n)["predicted_per_second"])
+    finally:
+        peer.close()
+    med = {c: statistics.median(v) for c, v in agg.items()}
+    single_med = statistics.median(single)
+    peer_med = statistics.median(peer_tok_s)
+    return {
+        "machine": facts,
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "settings": {
+            "threads": args.threads,
+            "parallel": args.parallel,
+            "tokens": n,
+            "repeat": repeat,
+            "n_ctx": base.N_CTX,
+            "unfrozen": args.unfrozen,
+        },
+        "single_stream": {
+            "server_tok_s": single_med,
+            "peer_tok_s": peer_med,
+            "ratio": single_med / peer_med if peer_med else None,
+            "samples": {"server": single, "peer": peer_tok_s},
+        },
+        "aggregate": {
+            str(c): {
+                "tok_s": med[c],
+                "ratio_vs_one": med[c] / med[1] if med[1] else None,
+                "ttft_p50_s": _pct(ttft[c], 0.5),
+                "ttft_p95_s": _pct(ttft[c], 0.95),
+                "samples": agg[c],
+            }
+            for c in levels
+        },
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    s = r["single_stream"]
+    m = r["machine"]
+    print(
+        f"\nserver benchmark: {r['settings']['threads']} threads, -np {r['settings']['parallel']},"
+        f" {r['settings']['tokens']} tokens/request, median of {r['settings']['repeat']}"
+    )
+    print(f"load average: start {m['loadavg_start']}, end {r['loadavg_end']}")
+    verdict = "ok" if s["ratio"] and s["ratio"] >= 0.95 else "below target"
+    print(
+        f"single stream: server {s['server_tok_s']:.1f} tok/s, llama-cpp-python "
+        f"{s['peer_tok_s']:.1f} tok/s, ratio {s['ratio']:.2f}x (target >= 0.95x: {verdict})"
+    )
+    print(f"{'clients':>8} {'aggregate tok/s':>16} {'vs one':>8} {'TTFT p50':>9} {'TTFT p95':>9}")
+    for c, a in r["aggregate"].items():
+        print(
+            f"{c:>8} {a['tok_s']:>16.1f} {a['ratio_vs_one']:>7.2f}x"
+            f" {a['ttft_p50_s']:>8.2f}s {a['ttft_p95_s']:>8.2f}s"
+        )
+    four = r["aggregate"].get("4")
+    if four:
+        ok = "ok" if four["ratio_vs_one"] >= 1.4 else "below target"
+        print(f"4 clients vs one: {four['ratio_vs_one']:.2f}x (target >= 1.4x: {ok})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="packer-bench-server-") as tmp:
+            result = bench(args, Path(tmp))
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    print_report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

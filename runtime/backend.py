@@ -1,0 +1,370 @@
+"""Which ggml backends the runtime computes with: the CPU variant, and a GPU if there is one.
+
+The llama-cpp-python wheel (build/llama-wheel.sh) is built with ``GGML_BACKEND_DL``: every
+backend is its own library in ``llama_cpp/lib`` (frozen: ``_internal/llama_cpp/lib``), one
+``libggml-cpu-VARIANT.so`` per x86-64 instruction-set level plus ``libggml-vulkan.so`` (and
+``libggml-cuda.so`` in the cuda flavour). Nothing is registered when ``llama_cpp`` is imported;
+``Llama()`` then calls ``llama_backend_init()``, whose ``ggml_backend_load_all()`` only searches
+the executable's folder (python's, or the frozen stub's) and the working directory: neither
+holds the libraries. So :func:`load_backends` loads them from the right folder first, through
+ggml's own registry (``ggml_backend_load``), before any model is created:
+
+* GPU backends, preferred in the order CUDA, Vulkan. One that cannot be loaded (no
+  ``libvulkan.so.1``, no driver) or finds no device is noted, not fatal: the CPU remains.
+  Only the wanted GPU backend is loaded, so two backends never split one GPU between them.
+  (ggml's Vulkan backend ignores CPU "devices" such as Mesa's lavapipe unless
+  ``GGML_VK_VISIBLE_DEVICES`` names them.)
+* The CPU: every ``libggml-cpu-*.so`` is scored with its own ``ggml_backend_score()`` (0 = this
+  CPU lacks an instruction the variant needs, higher = more features used), as ggml does, and
+  the best one is registered.
+
+A wheel built without ``GGML_BACKEND_DL`` (backends linked in) is reported as such and works.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.gpu_layers import auto_gpu_layers, read_layout
+
+__all__ = [
+    "GPU_CHOICES",
+    "BackendError",
+    "Backends",
+    "Device",
+    "Placement",
+    "choose",
+    "load_backends",
+    "parse_gpu_layers",
+]
+
+log = logging.getLogger("runtime.backend")
+
+GPU_CHOICES = ("auto", "cpu", "vulkan", "cuda")
+GPU_PREFERENCE = ("cuda", "vulkan")  # --gpu auto tries these in order
+REGISTRY_NAMES = {"cuda": "CUDA", "vulkan": "Vulkan"}  # our flag -> ggml's backend name
+DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")  # enum ggml_backend_dev_type
+CPU_PREFIX = "libggml-cpu-"
+
+
+class BackendError(Exception):
+    """The requested backend cannot be used (one line for the user)."""
+
+
+@dataclass(frozen=True)
+class Device:
+    backend: str  # ggml's backend name: "CPU", "Vulkan", "CUDA"
+    name: str  # "CPU", "Vulkan0", "CUDA0"
+    description: str
+    kind: str  # "cpu", "gpu", "igpu", "accel"
+    free: int  # bytes
+    total: int
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind in ("gpu", "igpu")
+
+
+@dataclass
+class Backends:
+    """What was loaded, and what could not be."""
+
+    lib_dir: str | None  # where the backend libraries were loaded from
+    dynamic: bool  # False: a wheel with the backends linked in (no GGML_BACKEND_DL)
+    cpu_variant: str | None  # "haswell", ...; None when not dynamic
+    cpu_scores: dict[str, int] = field(default_factory=dict)  # variant -> score (0 = unusable)
+    devices: list[Device] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)  # gpu backend -> why it is unusable
+
+    def gpus(self, backend: str | None = None) -> list[Device]:
+        wanted = REGISTRY_NAMES.get(backend or "", backend)
+        return [d for d in self.devices if d.is_gpu and (wanted is None or d.backend == wanted)]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model runs, and why."""
+
+    backend: str  # "cpu", "vulkan", "cuda"
+    device: Device | None
+    n_gpu_layers: int
+    reason: str
+
+    def describe(self) -> str:
+        where = f"{self.device.name} ({self.device.description})" if self.device else "the CPU"
+        return f"{where}, {self.n_gpu_layers} layers offloaded: {self.reason}"
+
+
+# -- flags -------------------------------------------------------------------------------------
+def parse_gpu_layers(text: str) -> int | str:
+    """``-ngl``: a layer count or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of layers or 'auto', not {text!r}") from None
+    if n < 0:
+        raise ValueError(f"the number of layers must be 0 or more, not {n}")
+    return n
+
+
+# -- loading -----------------------------------------------------------------------------------
+_loaded: Backends | None = None
+
+
+def load_backends(gpu: str = "auto", verbose: bool = False) -> Backends:
+    """Register the backends for ``--gpu gpu`` in ggml (once per process; later calls return
+    the first result). Raises :class:`BackendError` when no CPU backend can be loaded."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    if gpu not in GPU_CHOICES:
+        raise BackendError(f"--gpu must be one of {', '.join(GPU_CHOICES)}, not {gpu!r}")
+    import llama_cpp  # noqa: F401  (installs llama-cpp-python's log callback)
+    import llama_cpp.llama_cpp as llama_lib
+
+    # before the first ggml message: llama-cpp-python prints all of them until Llama() sets this
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    api = _Ggml(llama_lib._lib)  # dlsym on libllama also finds libggml's symbols (its dependency)
+    if api.reg_count() > 0:  # backends linked in: nothing to load
+        result = Backends(lib_dir=None, dynamic=False, cpu_variant=None)
+        for name in GPU_PREFERENCE:
+            result.problems[name] = f"this runtime has no {REGISTRY_NAMES[name]} backend"
+    else:
+        lib_dir = _library_dir(Path(llama_lib.__file__).parent)
+        result = Backends(lib_dir=str(lib_dir), dynamic=True, cpu_variant=None)
+        wanted = () if gpu == "cpu" else GPU_PREFERENCE if gpu == "auto" else (gpu,)
+        for name in wanted:
+            problem = _load_gpu(api, lib_dir, name)
+            if problem is None and gpu == "auto":
+                break  # one GPU backend only: two would split the same GPU between them
+            if problem is not None:
+                result.problems[name] = problem
+        result.cpu_variant, result.cpu_scores = _load_cpu(api, lib_dir)
+    result.devices = api.devices()
+    _loaded = result
+    return result
+
+
+def _library_dir(package_lib: Path) -> Path:
+    """The folder holding libggml-*.so: llama_cpp/lib, unfrozen and frozen alike."""
+    candidates = [package_lib / "lib"]
+    meipass = getattr(sys, "_MEIPASS", None)
+    if meipass:
+        candidates += [Path(meipass) / "llama_cpp" / "lib", Path(meipass)]
+    for folder in candidates:
+        if any(folder.glob("libggml-cpu*.so")):
+            return folder
+    raise BackendError(
+        f"no CPU backend (libggml-cpu-*.so) in {candidates[0]}: this runtime is incomplete, "
+        "rebuild it with build/llama-wheel.sh"
+    )
+
+
+def _load_gpu(api: _Ggml, lib_dir: Path, name: str) -> str | None:
+    """Load one GPU backend; None when it has a usable device, else why it is unusable."""
+    label = REGISTRY_NAMES[name]
+    path = lib_dir / f"libggml-{name}.so"
+    if not path.is_file():
+        return f"this runtime has no {label} backend"
+    try:  # dlopen it ourselves first: ggml would print the loader's error, we want it as text
+        ctypes.CDLL(str(path))
+    except OSError as exc:
+        return f"cannot load {path.name}: {_loader_error(exc)}"
+    reg = api.load(path)
+    if not reg:
+        return f"{path.name} did not initialise"
+    if not any(d.backend == label and d.is_gpu for d in api.devices()):
+        return f"no {label} device found"
+    return None
+
+
+def _load_cpu(api: _Ggml, lib_dir: Path) -> tuple[str | None, dict[str, int]]:
+    """Score every CPU variant on this CPU and register the best one."""
+    import _ctypes
+
+    scores: dict[str, int] = {}
+    for path in sorted(lib_dir.glob(CPU_PREFIX + "*.so")):
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            log.debug("cannot load %s: %s", path.name, _loader_error(exc))
+            continue
+        try:
+            score = lib.ggml_backend_score
+            score.restype = ctypes.c_int
+            scores[path.name[len(CPU_PREFIX) : -len(".so")]] = int(score())
+        except AttributeError:
+            pass
+        finally:  # only the chosen variant may stay mapped
+            _ctypes.dlclose(lib._handle)
+    usable = {k: v for k, v in scores.items() if v > 0}
+    variant = max(usable, key=lambda k: usable[k]) if usable else None
+    path = lib_dir / (f"{CPU_PREFIX}{variant}.so" if variant else "libggml-cpu.so")
+    if not api.load(path):
+        raise BackendError(
+            f"cannot load the CPU backend from {lib_dir}: no variant supports this CPU "
+            f"(scores: {scores or 'none found'})"
+        )
+    return variant, scores
+
+
+def _loader_error(exc: OSError) -> str:
+    """dlopen's message without the library path it starts with."""
+    text = str(exc)
+    return text.split(": ", 1)[1] if text.startswith("/") and ": " in text else text
+
+
+class _Ggml:
+    """The few ggml registry functions used here (ggml-backend.h)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        p, s, c = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
+        sig = {
+            "ggml_backend_load": (p, [c]),
+            "ggml_backend_reg_count": (s, []),
+            "ggml_backend_reg_name": (c, [p]),
+            "ggml_backend_dev_count": (s, []),
+            "ggml_backend_dev_get": (p, [s]),
+            "ggml_backend_dev_name": (c, [p]),
+            "ggml_backend_dev_description": (c, [p]),
+            "ggml_backend_dev_type": (ctypes.c_int, [p]),
+            "ggml_backend_dev_backend_reg": (p, [p]),
+            "ggml_backend_dev_memory": (None, [p, ctypes.POINTER(s), ctypes.POINTER(s)]),
+        }
+        self.fn: dict[str, Any] = {}
+        for name, (restype, argtypes) in sig.items():
+            f = getattr(lib, name)
+            f.restype, f.argtypes = restype, argtypes
+            self.fn[name] = f
+
+    def load(self, path: Path) -> int | None:
+        return self.fn["ggml_backend_load"](str(path).encode())  # type: ignore[no-any-return]
+
+    def reg_count(self) -> int:
+        return int(self.fn["ggml_backend_reg_count"]())
+
+    def devices(self) -> list[Device]:
+        f = self.fn
+        out = []
+        for i in range(f["ggml_backend_dev_count"]()):
+            dev = f["ggml_backend_dev_get"](i)
+            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            f["ggml_backend_dev_memory"](dev, ctypes.byref(free), ctypes.byref(total))
+            kind = f["ggml_backend_dev_type"](dev)
+            out.append(
+                Device(
+                    backend=_text(
+                        f["ggml_backend_reg_name"](f["ggml_backend_dev_backend_reg"](dev))
+                    ),
+                    name=_text(f["ggml_backend_dev_name"](dev)),
+                    description=_text(f["ggml_backend_dev_description"](dev)),
+                    kind=DEVICE_KINDS[kind] if 0 <= kind < len(DEVICE_KINDS) else str(kind),
+                    free=int(free.value),
+                    total=int(total.value),
+                )
+            )
+        return out
+
+
+def _text(raw: bytes | None) -> str:
+    return raw.decode("utf-8", "replace").strip() if raw else ""
+
+
+# -- the decision ------------------------------------------------------------------------------
+def choose(
+    backends: Backends,
+    gpu: str,
+    gpu_layers: int | str,
+    model_path: str | Path | None,
+    n_ctx: int,
+) -> Placement:
+    """Decide CPU or GPU and the layer count for ``--gpu gpu -ngl gpu_layers``. Raises
+    :class:`BackendError` when an explicitly requested GPU backend has no usable device."""
+    if gpu == "cpu":
+        return Placement("cpu", None, 0, "--gpu cpu")
+    candidates = backends.gpus(None if gpu == "auto" else gpu)
+    if not candidates:
+        if gpu != "auto":
+            why = backends.problems.get(gpu, f"no {REGISTRY_NAMES[gpu]} device found")
+            raise BackendError(f"--gpu {gpu}: {why}; use --gpu auto or --gpu cpu")
+        why = "; ".join(f"{REGISTRY_NAMES[k]}: {v}" for k, v in _present(backends).items())
+        return Placement("cpu", None, 0, f"no usable GPU ({why or 'this runtime has none'})")
+    device = candidates[0]
+    backend = next(k for k, v in REGISTRY_NAMES.items() if v == device.backend)
+    free = f"{device.free / 2**30:.1f} GiB free"
+    if gpu_layers != "auto":
+        return Placement(backend, device, int(gpu_layers), f"-ngl {gpu_layers}, {free}")
+    if model_path is None:
+        return Placement(backend, device, 0, "-ngl auto: decided when the model is loaded")
+    layout = read_layout(model_path)
+    n = auto_gpu_layers(layout, device.free, n_ctx)
+    fits = "all fit" if n > layout.n_layer else f"{n} of {layout.n_layer} layers fit"
+    return Placement(backend, device, n, f"-ngl auto: {fits} in {free}")
+
+
+def plan(
+    gpu: str,
+    gpu_layers: int | str,
+    model_path: str | Path | None,
+    n_ctx: int,
+    verbose: bool = False,
+) -> tuple[Backends, Placement]:
+    """Load the backends, decide, and log the decision (details with --verbose; a one-line
+    notice when ``--gpu auto`` falls back to the CPU although a GPU backend exists)."""
+    backends = load_backends(gpu, verbose=verbose)
+    placement = choose(backends, gpu, gpu_layers, model_path, n_ctx)
+    if backends.dynamic:
+        scores = ", ".join(f"{k} {v}" for k, v in sorted(backends.cpu_scores.items()))
+        log.debug("CPU backend: %s variant (scores: %s)", backends.cpu_variant or "base", scores)
+    else:
+        log.debug("CPU backend: built in (a wheel without GGML_BACKEND_DL)")
+    for dev in backends.gpus():
+        log.debug("GPU: %s (%s), %.1f GiB free", dev.name, dev.description, dev.free / 2**30)
+    for name, why in backends.problems.items():
+        log.debug("%s backend: %s", REGISTRY_NAMES[name], why)
+    log.debug("%s", summary(backends, placement))
+    if gpu == "auto" and placement.backend == "cpu" and _present(backends):
+        log.warning("%s; running on the CPU", placement.reason)
+    return backends, placement
+
+
+def _present(backends: Backends) -> dict[str, str]:
+    """The GPU backends this runtime has but cannot use here, and why."""
+    return {k: v for k, v in backends.problems.items() if not v.startswith("this runtime has no")}
+
+
+def summary(backends: Backends, placement: Placement) -> str:
+    """One line: the CPU variant, the GPUs (or why none), and the decision."""
+    if backends.dynamic:
+        usable = sum(1 for v in backends.cpu_scores.values() if v > 0)
+        cpu = f"CPU {backends.cpu_variant or 'base'} variant (best of {usable} usable here)"
+    else:
+        cpu = "CPU built in"
+    gpus = ", ".join(f"{d.name} ({d.description})" for d in backends.gpus()) or "none"
+    return f"{cpu}; GPU: {gpus}; running on {placement.describe()}"
+
+
+def info(backends: Backends, placement: Placement | None) -> dict[str, Any]:
+    """The ``backend`` section of ``--info``."""
+    out: dict[str, Any] = {
+        "library_dir": backends.lib_dir,
+        "cpu_variant": backends.cpu_variant if backends.dynamic else "built-in",
+        "cpu_variant_scores": backends.cpu_scores,
+        "devices": [asdict(d) for d in backends.devices],
+        "unusable_gpu_backends": backends.problems,
+    }
+    if placement is not None:
+        out["chosen"] = {
+            "backend": placement.backend,
+            "device": placement.device.name if placement.device else "CPU",
+            "n_gpu_layers": placement.n_gpu_layers,
+            "why": placement.reason,
+        }
+    return out

@@ -1,0 +1,132 @@
+"""Sentence embeddings from the loaded model, for ``/embedding``, ``/v1/embeddings`` and Ollama's
+``/api/embed`` and ``/api/embeddings``.
+
+A second llama.cpp context is made lazily on the model already in memory
+(``engine.llm._model``; the weights are shared, only a KV cache is added), with embeddings on
+and mean pooling over the input's tokens. It has its own lock, so embedding never waits for a
+generation, nor a generation for it.
+
+What llama-server does, for comparison: with ``--embeddings`` it pools as the model says (mean
+for most embedding models; a chat model like ours declares none, and we choose mean) and, for
+pooled embeddings, normalises each vector to unit Euclidean length (``embd_normalize`` 2, its
+default) on ``/embedding`` and ``/v1/embeddings``. Ollama's ``/api/embed`` also returns unit
+vectors. We do the same everywhere: every vector returned here has length 1 (a vector of
+zeros stays zeros), so a dot product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from runtime.generate import PromptError
+
+if TYPE_CHECKING:
+    from runtime.engine import Engine
+
+log = logging.getLogger("runtime.embed")
+
+
+class Embedder:
+    """Embeds texts with ``engine``'s model; the context is created on first use."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lock = threading.Lock()
+        self._ctx: Any = None
+        self._batch: Any = None
+        self.n_ctx = 0
+
+    @property
+    def n_embd(self) -> int:
+        return int(self.engine.llm._model.n_embd())
+
+    def _context(self) -> Any:
+        if self._ctx is None:
+            import llama_cpp
+            from llama_cpp import _internals
+
+            from runtime.engine import default_threads
+
+            engine = self.engine
+            threads = engine.options.n_threads or default_threads()
+            params = llama_cpp.llama_context_default_params()
+            # one input at a time, all of it in one batch: pooling needs the whole sequence
+            params.n_ctx = params.n_batch = params.n_ubatch = engine.n_ctx
+            params.n_seq_max = 1
+            params.n_threads = params.n_threads_batch = threads
+            params.embeddings = True
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            model = engine.llm._model
+            with _quiet(engine.options.verbose):  # llama.cpp warns that we override pooling
+                self._ctx = _internals.LlamaContext(model=model, params=params, verbose=False)
+            self._batch = _internals.LlamaBatch(
+                n_tokens=engine.n_ctx, embd=0, n_seq_max=1, verbose=False
+            )
+            self.n_ctx = engine.n_ctx
+            log.info("embeddings: context of %d tokens, mean pooling", self.n_ctx)
+        return self._ctx
+
+    def tokens(self, text: str, *, truncate: bool = False) -> list[int]:
+        """``text`` as the model's tokens (BOS/EOS as the model asks), checked against the
+        context: a longer input is cut (``truncate``) or refused with a :class:`PromptError`."""
+        llm = self.engine.llm
+        tokens = list(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+        if not tokens:
+            raise PromptError("the input to embed is empty")
+        n_ctx = self.engine.n_ctx
+        if len(tokens) > n_ctx:
+            if not truncate:
+                raise PromptError(
+                    f"the input is {len(tokens)} tokens but the context is {n_ctx} tokens: "
+                    "shorten the input or use a larger context size",
+                    n_prompt=len(tokens),
+                    n_ctx=n_ctx,
+                )
+            tokens = tokens[:n_ctx]
+        return tokens
+
+    def embed(self, texts: list[str], *, truncate: bool = False) -> tuple[list[list[float]], int]:
+        """Unit-length mean-pooled embeddings of ``texts`` and the number of tokens read."""
+        token_lists = [self.tokens(t, truncate=truncate) for t in texts]
+        vectors = []
+        with self.lock:
+            ctx = self._context()
+            for tokens in token_lists:
+                vectors.append(self._embed_tokens(ctx, tokens))
+        return vectors, sum(len(t) for t in token_lists)
+
+    def _embed_tokens(self, ctx: Any, tokens: list[int]) -> list[float]:
+        ctx.kv_cache_clear()
+        batch = self._batch
+        batch.reset()
+        batch.add_sequence(tokens, 0, True)
+        ctx.decode(batch)
+        ptr = ctx.get_embeddings_seq(0)
+        if not ptr:
+            raise RuntimeError("llama.cpp returned no pooled embedding")
+        vec = [float(ptr[i]) for i in range(self.n_embd)]
+        return normalize(vec)
+
+
+@contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Silence llama.cpp's log (routed through llama-cpp-python's logger) unless ``verbose``."""
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def normalize(vec: list[float]) -> list[float]:
+    """``vec`` scaled to unit Euclidean length (zeros stay zeros)."""
+    norm = math.sqrt(sum(x * x for x in vec))
+    return [x / norm for x in vec] if norm > 0 else vec

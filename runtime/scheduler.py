@@ -1,0 +1,559 @@
+"""Continuous batching: N requests decoded together, one ``llama_decode`` per step.
+
+One llama.cpp context holds ``n_parallel`` sequences ("slots"), each with ``n_ctx / n_parallel``
+tokens of KV cache (llama-server's semantics for ``-c`` and ``-np``). One decode thread runs the
+loop; per step it
+
+1. hands queued requests (FIFO) to idle slots, each to the idle slot whose cached tokens share
+   the longest prefix with its prompt, so only the rest of the prompt is decoded;
+2. puts into ONE ``llama_batch`` the last sampled token of every generating slot and then as
+   many prompt tokens of the slots still reading their prompt as the batch has room for;
+3. calls ``llama_decode`` once and samples the next token of every slot that has logits, with
+   that request's own sampler chain (penalties, grammar, top-k/typical/top-p/min-p/temp/dist or
+   mirostat, as llama-cpp-python's ``Llama.generate`` builds it).
+
+Text handling per slot is :class:`runtime.textstream.TextStream` (UTF-8 safe, stop strings held
+back). Each request's pieces reach its caller through a queue; the caller's iterator polls the
+optional ``cancelled`` callback while it waits, and closing the iterator frees the slot at the
+next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
+from runtime.textstream import TextStream
+
+if TYPE_CHECKING:
+    from runtime.engine import Engine
+
+__all__ = ["QueueFull", "Scheduler", "SchedulerStats"]
+
+log = logging.getLogger("runtime.scheduler")
+
+PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size, so results match Llama.generate
+N_BATCH = 512  # tokens per llama_decode: every generating slot's token plus prompt chunks
+POLL_S = 0.1  # how often a waiting caller checks its ``cancelled`` callback
+_DONE = object()
+
+
+class QueueFull(Exception):
+    """Every slot is busy and ``max_queue`` requests already wait; ``retry_after`` is a guess in
+    seconds of when to try again."""
+
+    def __init__(self, waiting: int, max_queue: int, retry_after: int) -> None:
+        super().__init__(
+            f"the server is busy: {waiting} requests are already waiting for a slot "
+            f"(--max-queue {max_queue}); retry in {retry_after} s"
+        )
+        self.message = str(self)
+        self.retry_after = retry_after
+
+
+@dataclass
+class SchedulerStats:
+    """Counters (for tests and debugging): how many steps decoded how many sequences at once."""
+
+    steps: int = 0
+    max_seqs_in_step: int = 0
+    multi_seq_steps: int = 0  # steps whose batch held tokens of two or more sequences
+    prompt_tokens: int = 0  # prompt tokens decoded (cache hits excluded)
+    cached_tokens: int = 0  # prompt tokens reused from a slot's cache
+    cache_hits: int = 0  # requests that reused at least one cached token
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt: list[int]
+    params: Sampling
+    result: GenResult
+    sampler: Any  # llama_sampler_p (a chain), freed by the decode thread
+    max_new: int
+    room: int
+    cancelled: Callable[[], bool] | None
+    out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    stop_flag: bool = False  # set by the caller's side: client gone / iterator closed
+    t_submit: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False)
+class _Slot:
+    id: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV is in this sequence
+    req: _Request | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not decoded yet
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    text: TextStream | None = None
+    t_start: float = 0.0
+    t_first: float | None = None
+    last_used: int = 0
+    params: Sampling | None = None  # of the latest request (for /slots)
+
+
+class Scheduler:
+    """Owns the generation context of ``engine``'s model and its decode thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        n_ctx: int,
+        n_parallel: int = 1,
+        n_threads: int,
+        max_queue: int = 64,
+    ) -> None:
+        import llama_cpp
+
+        self._ll = llama_cpp
+        self.engine = engine
+        self.n_parallel = max(1, n_parallel)
+        self.max_queue = max(0, max_queue)
+        model = engine.llm._model
+        self._vocab = model.vocab
+        self.n_vocab = int(model.n_vocab())
+        params = llama_cpp.llama_context_params.from_buffer_copy(engine.llm.context_params)
+        params.n_ctx = n_ctx
+        params.n_seq_max = self.n_parallel
+        params.n_batch = params.n_ubatch = N_BATCH
+        params.n_threads = params.n_threads_batch = n_threads
+        params.kv_unified = False  # each slot its own KV stream of n_ctx / n_parallel cells
+        params.embeddings = False
+        self._ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if not self._ctx:
+            raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self.n_ctx_total = int(llama_cpp.llama_n_ctx(self._ctx))
+        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self._ctx))  # per slot
+        self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
+        self._slots = [_Slot(i) for i in range(self.n_parallel)]
+        self._queue: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._use = itertools.count(1)
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+        self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
+        self._avg_s = 5.0  # running mean of request durations, for Retry-After
+        self.stats = SchedulerStats()
+        self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+        self._thread.start()
+
+    # -- callers' side ------------------------------------------------------------------
+    def submit(
+        self,
+        prompt: list[int],
+        params: Sampling,
+        result: GenResult,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[str]:
+        """Queue a generation after ``prompt``; returns an iterator of text pieces (final: never
+        part of a stop string, never half a UTF-8 character). ``result`` is complete once the
+        iterator is exhausted. Raises :class:`PromptError` (too long, bad grammar) or
+        :class:`QueueFull` here, before anything is queued."""
+        check_context(self.engine, len(prompt))
+        room = self.n_ctx - len(prompt)
+        max_new = room if params.max_tokens < 0 else min(params.max_tokens, room)
+        result.n_prompt = len(prompt)
+        sampler = self._make_sampler(params)
+        req = _Request(list(prompt), params, result, sampler, max_new, room, cancelled)
+        with self._cond:
+            try:
+                if self._closing:
+                    raise RuntimeError("the model is closing")
+                idle = sum(s.req is None for s in self._slots)
+                waiting = len(self._queue) - idle
+                if waiting >= self.max_queue:
+                    retry = self._avg_s * (waiting + 1) / self.n_parallel
+                    raise QueueFull(
+                        max(waiting, 0), self.max_queue, max(1, min(60, math.ceil(retry)))
+                    )
+            except BaseException:
+                self._ll.llama_sampler_free(sampler)
+                raise
+            self._queue.append(req)
+            self._cond.notify()
+        return self._consume(req)
+
+    def _consume(self, req: _Request) -> Iterator[str]:
+        done = False
+        try:
+            while True:
+                if not req.stop_flag and req.cancelled is not None and req.cancelled():
+                    self._stop(req)
+                try:
+                    item = req.out.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    done = True
+                    return
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                yield item
+        finally:
+            if not done:
+                self._stop(req)
+
+    def _stop(self, req: _Request) -> None:
+        with self._cond:
+            req.stop_flag = True
+            self._cond.notify()
+
+    # -- introspection ------------------------------------------------------------------
+    def busy(self) -> bool:
+        with self._cond:
+            return any(s.req is not None for s in self._slots)
+
+    def slots(self) -> list[dict[str, Any]]:
+        """One dict per slot: id, n_ctx, is_processing, params (Sampling or None), counters."""
+        with self._cond:
+            out = []
+            for s in self._slots:
+                r = s.req
+                out.append(
+                    {
+                        "id": s.id,
+                        "n_ctx": self.n_ctx,
+                        "is_processing": r is not None,
+                        "params": r.params if r else s.params,
+                        "n_prompt_tokens": r.result.n_prompt if r else 0,
+                        "n_prompt_tokens_processed": (len(r.prompt) - len(s.pending)) if r else 0,
+                        "n_cached": len(s.cache),
+                        "n_decoded": r.result.n_predicted if r else 0,
+                        "n_remain": (r.max_new - r.result.n_predicted) if r else 0,
+                        "has_next_token": r is not None,
+                    }
+                )
+            return out
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def close(self) -> None:
+        """Stop every request (stop type "abort"), end the decode thread, free the context."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        ll = self._ll
+        ll.llama_batch_free(self._batch)
+        ll.llama_free(self._ctx)
+        self._ctx = None
+
+    # -- samplers -----------------------------------------------------------------------
+    def _make_sampler(self, p: Sampling) -> Any:
+        ll = self._ll
+        seed = p.seed if p.seed >= 0 else ll.LLAMA_DEFAULT_SEED  # the default seed = random
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+
+        def add(s: Any) -> None:
+            ll.llama_sampler_chain_add(chain, s)
+
+        add(
+            ll.llama_sampler_init_penalties(
+                self.n_vocab,
+                PENALTY_LAST_N,
+                p.repeat_penalty,
+                p.frequency_penalty,
+                p.presence_penalty,
+            )
+        )
+        if p.grammar is not None:
+            grammar = ll.llama_sampler_init_grammar(self._vocab, p.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                ll.llama_sampler_free(chain)
+                raise PromptError(
+                    "invalid grammar: llama.cpp cannot parse it as GBNF with a 'root' rule"
+                )
+            add(grammar)
+        if p.temperature < 0:
+            add(ll.llama_sampler_init_dist(seed))
+        elif p.temperature == 0:
+            add(ll.llama_sampler_init_greedy())
+        elif p.mirostat == 1:
+            add(ll.llama_sampler_init_temp(p.temperature))
+            add(
+                ll.llama_sampler_init_mirostat(
+                    self.n_vocab, seed, p.mirostat_tau, p.mirostat_eta, 100
+                )
+            )
+        elif p.mirostat == 2:
+            add(ll.llama_sampler_init_temp(p.temperature))
+            add(ll.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta))
+        else:
+            add(ll.llama_sampler_init_top_k(p.top_k))
+            add(ll.llama_sampler_init_typical(p.typical_p, 1))
+            add(ll.llama_sampler_init_top_p(p.top_p, 1))
+            add(ll.llama_sampler_init_min_p(p.min_p, 1))
+            add(ll.llama_sampler_init_temp(p.temperature))
+            add(ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (cached; the vocabulary does not change)."""
+        raw = self._pieces.get(token)
+        if raw is None:
+            from runtime.generate import token_piece
+
+            raw = self._pieces[token] = token_piece(self.engine, token)
+        return raw
+
+    # -- the decode thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._queue and not self._any_active():
+                    self._cond.wait()
+                if self._closing:
+                    break
+                self._admit()
+                self._flush()
+            try:
+                self._step()
+            except Exception as exc:  # a bug or llama.cpp failing: fail the requests, keep going
+                log.exception("decode step failed")
+                for slot in self._slots:
+                    if slot.req is not None:
+                        self._fail(slot, exc)
+            self._flush()
+        with self._cond:
+            for slot in self._slots:
+                if slot.req is not None:
+                    self._finish(slot, "abort")
+            while self._queue:
+                self._abort_queued(self._queue.popleft())
+        self._flush()
+
+    def _any_active(self) -> bool:
+        return any(s.req is not None for s in self._slots)
+
+    def _admit(self) -> None:
+        """Under the lock: drop stopped requests, then hand queued ones to idle slots."""
+        for slot in self._slots:
+            if slot.req is not None and slot.req.stop_flag:
+                self._finish(slot, "abort")
+        if any(r.stop_flag for r in self._queue):
+            for r in self._queue:
+                if r.stop_flag:
+                    self._abort_queued(r)
+            self._queue = deque(r for r in self._queue if not r.stop_flag)
+        while self._queue:
+            idle = [s for s in self._slots if s.req is None]
+            if not idle:
+                break
+            req = self._queue.popleft()
+            best = max(idle, key=lambda s: (_common_prefix(s.cache, req.prompt), -s.last_used))
+            self._assign(best, req)
+
+    def _assign(self, slot: _Slot, req: _Request) -> None:
+        prompt = req.prompt
+        n_keep = min(_common_prefix(slot.cache, prompt), len(prompt) - 1)
+        if n_keep < len(slot.cache):
+            if not self._ll.llama_memory_seq_rm(self._mem, slot.id, n_keep, -1):
+                self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+                n_keep = 0
+            del slot.cache[n_keep:]
+        req.result.n_cached = n_keep
+        if n_keep:
+            self.stats.cache_hits += 1
+            self.stats.cached_tokens += n_keep
+        slot.req = req
+        slot.params = req.params
+        slot.pending = prompt[n_keep:]
+        slot.next_token = None
+        slot.text = TextStream(req.params.stop)
+        slot.t_start = time.perf_counter()
+        slot.t_first = None
+        slot.last_used = next(self._use)
+        if req.max_new <= 0:  # no room to generate (only with a prompt filling the context)
+            self._finish(slot, "limit")
+
+    def _step(self) -> None:
+        ll = self._ll
+        batch = self._batch
+        tok, pos, nseq, seq, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        n = 0
+        outputs: list[tuple[_Slot, int]] = []
+        seqs = 0
+        for slot in self._slots:
+            if slot.req is not None and slot.next_token is not None:
+                tok[n] = slot.next_token
+                pos[n] = len(slot.cache)
+                nseq[n] = 1
+                seq[n][0] = slot.id
+                logits[n] = 1
+                slot.cache.append(slot.next_token)
+                slot.next_token = None
+                outputs.append((slot, n))
+                n += 1
+                seqs += 1
+        ingesting = sorted(
+            (s for s in self._slots if s.req is not None and s.pending), key=lambda s: s.last_used
+        )
+        for slot in ingesting:
+            room = N_BATCH - n
+            if room <= 0:
+                break
+            chunk = slot.pending[:room]
+            del slot.pending[:room]
+            start = len(slot.cache)
+            for i, t in enumerate(chunk):
+                tok[n] = t
+                pos[n] = start + i
+                nseq[n] = 1
+                seq[n][0] = slot.id
+                logits[n] = 0
+                n += 1
+            slot.cache.extend(chunk)
+            self.stats.prompt_tokens += len(chunk)
+            seqs += 1
+            if not slot.pending:
+                logits[n - 1] = 1
+                outputs.append((slot, n - 1))
+        if n == 0:
+            return
+        batch.n_tokens = n
+        self.stats.steps += 1
+        self.stats.max_seqs_in_step = max(self.stats.max_seqs_in_step, seqs)
+        if seqs > 1:
+            self.stats.multi_seq_steps += 1
+        rc = ll.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed (code {rc})")
+        with self._cond:
+            for slot, idx in outputs:
+                if slot.req is not None:
+                    self._sample(slot, idx)
+
+    def _sample(self, slot: _Slot, idx: int) -> None:
+        ll = self._ll
+        req = slot.req
+        assert req is not None and slot.text is not None
+        result = req.result
+        token = ll.llama_sampler_sample(req.sampler, self._ctx, idx)
+        now = time.perf_counter()
+        if slot.t_first is None:
+            slot.t_first = now
+        if not req.params.ignore_eos and self._is_eog(token):
+            self._finish(slot, "eos")
+            return
+        result.n_predicted += 1
+        if req.params.n_probs > 0:
+            result.probs.append(self._token_prob(idx, token, req.params.n_probs))
+        piece = slot.text.add(self.piece(token))
+        if piece:
+            self._emit(req, piece)
+        if slot.text.stopped:
+            self._finish(slot, "word")
+        elif result.n_predicted >= req.max_new:
+            self._finish(slot, "limit")
+        else:
+            slot.next_token = token
+
+    def _emit(self, req: _Request, item: Any) -> None:
+        """Queue ``item`` for ``req``'s caller; delivered by :meth:`_flush` at the end of the
+        step, so that the callers' threads wake while llama_decode runs, not between the
+        sampling calls (fewer GIL hand-overs in the decode thread)."""
+        self._outbox.append((req.out, item))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for out, item in outbox:
+            out.put(item)
+
+    def _is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(self._ll.llama_vocab_is_eog(self._vocab, token))
+        return eog
+
+    def _token_prob(self, idx: int, token: int, n: int) -> TokenProb:
+        import numpy as np
+
+        ptr = self._ll.llama_get_logits_ith(self._ctx, idx)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        top_logit = float(logits.max())
+        lse = top_logit + math.log(float(np.exp(logits - top_logit).sum()))
+        n = min(n, self.n_vocab)
+        best = np.argpartition(-logits, n - 1)[:n]
+        best = best[np.argsort(-logits[best], kind="stable")]
+        top = [(int(t), self._text(int(t)), float(logits[t] - lse)) for t in best]
+        return TokenProb(token, self._text(token), float(logits[token] - lse), top)
+
+    def _text(self, token: int) -> str:
+        return self.piece(token).decode("utf-8", errors="replace")
+
+    def _finish(self, slot: _Slot, stop_type: str) -> None:
+        """End the slot's request (under the lock): flush its text, fill its result, free its
+        sampler; the slot keeps its cache for the next request."""
+        req = slot.req
+        assert req is not None and slot.text is not None
+        result = req.result
+        tail = slot.text.finish()
+        if tail:
+            self._emit(req, tail)
+        now = time.perf_counter()
+        t_first = slot.t_first or now
+        result.text = slot.text.text
+        result.stop_type = stop_type
+        result.stopping_word = slot.text.stopping_word
+        if stop_type == "limit":
+            result.truncated = req.max_new == req.room
+        result.t_prompt_ms = (t_first - slot.t_start) * 1e3
+        result.t_predicted_ms = (now - t_first) * 1e3
+        self._avg_s = 0.8 * self._avg_s + 0.2 * (now - req.t_submit)
+        self._ll.llama_sampler_free(req.sampler)
+        req.sampler = None
+        if slot.pending:  # stopped while reading its prompt: that part of the cache is unknown
+            slot.pending = []
+        slot.req = None
+        slot.next_token = None
+        slot.text = None
+        self._emit(req, _DONE)
+
+    def _fail(self, slot: _Slot, exc: Exception) -> None:
+        with self._cond:
+            req = slot.req
+            assert req is not None
+            self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+            slot.cache.clear()
+            self._ll.llama_sampler_free(req.sampler)
+            slot.req = None
+            slot.next_token = None
+            slot.pending = []
+            self._emit(req, RuntimeError(f"generation failed: {exc}"))
+
+    def _abort_queued(self, req: _Request) -> None:
+        req.result.stop_type = "abort"
+        self._ll.llama_sampler_free(req.sampler)
+        self._emit(req, _DONE)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

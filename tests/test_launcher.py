@@ -1,0 +1,426 @@
+"""The native launcher (build/launcher/launcher.c): unpack the runtime once, safely, then exec it.
+
+The fast tests pack a stand-in runtime (a shell script in a small tree) behind the real launcher,
+compiled here with build/launcher.sh. The slow ones check the real stub (glibc baseline, size).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from packer.archive import read_archive
+from packer.pack import pack
+from packer.stub import assemble_stub
+from runtime.payload import read_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+# The stand-in runtime prints what the launcher gave it: the bundle, argv[0], its args, its folder.
+FAKE_RUNTIME = """#!/bin/sh
+echo "bundle=$PACKER_BUNDLE"
+echo "dir=$(cd "$(dirname "$0")" && pwd -P)"
+echo "args=$*"
+cat "$(dirname "$0")/data/hello.txt"
+"""
+
+
+def _needs_gcc() -> None:
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the launcher")
+
+
+@pytest.fixture(scope="session")
+def launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _needs_gcc()
+    out = tmp_path_factory.mktemp("launcher") / "launcher"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "build" / "launcher.sh"), str(out)], capture_output=True, text=True
+    )
+    if proc.returncode != 0 and "libzstd-dev" in proc.stderr:
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def fake_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = tmp_path_factory.mktemp("tree") / "packer-runtime"
+    (tree / "data" / "sub").mkdir(parents=True)
+    exe = tree / "packer-runtime"
+    exe.write_text(FAKE_RUNTIME)
+    exe.chmod(0o755)
+    (tree / "data" / "hello.txt").write_text("hello from the runtime\n")
+    (tree / "data" / "sub" / "big.bin").write_bytes(os.urandom(300_000))
+    (tree / "data" / "zeros.bin").write_bytes(bytes(3_000_000))  # tiny input, many output blocks
+    (tree / "data" / "copy.txt").write_text("hello from the runtime\n")  # deduplicated
+    (tree / "data" / "link.txt").symlink_to("hello.txt")
+    return tree
+
+
+@pytest.fixture()
+def model_run(launcher: Path, fake_tree: Path, tmp_path: Path) -> Path:
+    stub = tmp_path / "stub"
+    assemble_stub(launcher, fake_tree, stub)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 100)
+    out = tmp_path / "dist" / "model.run"
+    pack(stub, gguf, out, {"name": "tiny"})
+    return out
+
+
+@pytest.fixture()
+def elsewhere(tmp_path: Path) -> Path:
+    d = tmp_path / "elsewhere"
+    d.mkdir()
+    return d
+
+
+def run(
+    exe: Path, *args: str, env: dict[str, str], cwd: Path, timeout: int = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(exe), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def runtime_dir(cache: Path, exe: Path) -> Path:
+    return cache / "runtime" / read_bundle(exe).runtime_key
+
+
+def test_archive_roundtrip_dedups_copies(fake_tree: Path, tmp_path: Path, launcher: Path) -> None:
+    stub = tmp_path / "stub"
+    key = assemble_stub(launcher, fake_tree, stub)
+    data = stub.read_bytes()
+    n = launcher.stat().st_size
+    assert data[:n] == launcher.read_bytes()
+    entries = read_archive(data[n:-64])
+    assert entries["packer-runtime"][0] == "f" and entries["packer-runtime"][1] == 0o755
+    assert entries["data/sub"][0] == "d"
+    assert entries["data/link.txt"] == ("l", 0o777, b"hello.txt")
+    kinds = {entries["data/copy.txt"][0], entries["data/hello.txt"][0]}
+    assert kinds == {"f", "l"}, "an identical file is stored once, the copy as a symlink"
+    assert len(key) == 32 and re.fullmatch(r"[0-9a-f]+", key)
+
+
+def test_unpacks_once_and_execs_runtime(model_run: Path, tmp_path: Path, elsewhere: Path) -> None:
+    home = tmp_path / "home"
+    p = run(model_run, "-p", "hi there", env={"HOME": str(home)}, cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    target = runtime_dir(home / ".cache" / "packer", model_run)
+    lines = p.stdout.splitlines()
+    assert lines[0] == f"bundle={model_run}"
+    assert lines[1] == f"dir={target.resolve()}"
+    assert lines[2] == "args=-p hi there"
+    assert lines[3] == "hello from the runtime"
+    assert (target / "data" / "link.txt").read_text() == "hello from the runtime\n"
+    assert (target / "data" / "copy.txt").read_text() == "hello from the runtime\n"
+    assert (target / "data" / "zeros.bin").read_bytes() == bytes(3_000_000)
+    before = {p: p.lstat().st_mtime_ns for p in target.rglob("*")}
+    inode = target.stat().st_ino
+    p = run(model_run, "x", env={"HOME": str(home)}, cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    assert target.stat().st_ino == inode, "the second start must not unpack again"
+    assert {p: p.lstat().st_mtime_ns for p in target.rglob("*")} == before
+    assert sorted(x.name for x in target.parent.iterdir()) == sorted(
+        [target.name, target.name + ".lock"]
+    ), "no temp folders left"
+
+
+def test_cache_dir_flag_and_env(model_run: Path, tmp_path: Path, elsewhere: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    for args, env, cache in [
+        (["--cache-dir", str(tmp_path / "c1")], {}, tmp_path / "c1"),
+        (
+            [f"--cache-dir={tmp_path / 'c2'}"],
+            {"PACKER_CACHE": str(tmp_path / "no")},
+            tmp_path / "c2",
+        ),
+        ([], {"PACKER_CACHE": str(tmp_path / "c3")}, tmp_path / "c3"),
+        ([], {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, tmp_path / "xdg" / "packer"),
+        ([], {"HOME": str(blocked), "TMPDIR": str(tmp_path)}, tmp_path / f"packer-{os.getuid()}"),
+    ]:
+        p = run(model_run, *args, env=env, cwd=elsewhere)
+        assert p.returncode == 0, (args, env, p.stderr)
+        assert (runtime_dir(cache, model_run) / ".packer-complete").is_file(), (args, env)
+    assert not (tmp_path / "no").exists()
+
+
+def test_no_home_uses_the_passwd_entry(model_run: Path, tmp_path: Path, elsewhere: Path) -> None:
+    import pwd
+
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    if not os.access(home, os.W_OK):
+        pytest.skip(f"the passwd home {home} is not writable")
+    target = runtime_dir(home / ".cache" / "packer", model_run)
+    try:
+        p = run(model_run, env={}, cwd=elsewhere)  # env -i: no HOME, as runtime/cache.py's pwd
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.splitlines()[1] == f"dir={target.resolve()}"
+    finally:  # the stand-in runtime must not stay in the real user cache
+        shutil.rmtree(target, ignore_errors=True)
+        target.with_name(target.name + ".lock").unlink(missing_ok=True)
+
+
+def test_concurrent_first_starts(model_run: Path, tmp_path: Path, elsewhere: Path) -> None:
+    cache = tmp_path / "shared"
+    cmd = ["env", "-i", f"PACKER_CACHE={cache}", str(model_run), "go"]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    assert len({out for out, _ in results}) == 1, results
+    target = runtime_dir(cache, model_run)
+    assert sorted(x.name for x in (cache / "runtime").iterdir()) == [
+        target.name,
+        target.name + ".lock",
+    ]
+
+
+@pytest.mark.parametrize(
+    "damage", ["no-marker", "missing-file", "short-file", "stray-temp", "not-executable"]
+)
+def test_damaged_runtime_dir_is_replaced(
+    model_run: Path, tmp_path: Path, elsewhere: Path, damage: str
+) -> None:
+    cache = tmp_path / "cache"
+    env = {"PACKER_CACHE": str(cache)}
+    assert run(model_run, env=env, cwd=elsewhere).returncode == 0
+    target = runtime_dir(cache, model_run)
+    if damage == "no-marker":  # as if the unpack had been interrupted before its last write
+        (target / ".packer-complete").unlink()
+        (target / "packer-runtime").write_text("#!/bin/sh\necho half-unpacked\n")
+    elif damage == "missing-file":  # e.g. a temp cleaner removed old files
+        (target / "data" / "hello.txt").unlink()
+    elif damage == "not-executable":  # the marker still matches: exec fails, then re-unpack
+        (target / "packer-runtime").chmod(0o644)
+    elif damage == "short-file":
+        (target / "data" / "sub" / "big.bin").write_bytes(b"x")
+    else:  # a crashed unpacker's temp folder next to a good runtime
+        stray = cache / "runtime" / f".tmp-{target.name}-abcdef"
+        stray.mkdir()
+        (target / ".packer-complete").unlink()
+    p = run(model_run, env=env, cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    assert "hello from the runtime" in p.stdout and "half-unpacked" not in p.stdout
+    assert (target / "data" / "sub" / "big.bin").stat().st_size == 300_000
+    assert sorted(x.name for x in target.parent.iterdir()) == [
+        target.name,
+        target.name + ".lock",
+    ]
+
+
+def test_no_writable_cache_is_one_clear_line(
+    model_run: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    for args, env in [
+        ([], {"PACKER_CACHE": str(blocked)}),
+        (["--cache-dir", str(blocked / "sub")], {"HOME": str(tmp_path / "home")}),
+    ]:
+        p = run(model_run, *args, env=env, cwd=elsewhere)
+        assert p.returncode == 1
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1, p.stderr
+        assert lines[0].startswith("model.run: error: no writable cache folder"), lines
+        assert "PACKER_CACHE" in lines[0] and "--cache-dir" in lines[0]
+
+
+def test_truncated_and_corrupted_files(model_run: Path, tmp_path: Path, elsewhere: Path) -> None:
+    data = model_run.read_bytes()
+    env = {"PACKER_CACHE": str(tmp_path / "cache")}
+    b = read_bundle(model_run)
+    trunc = tmp_path / "trunc.run"
+    trunc.write_bytes(data[: b.payload_offset + b.payload_size // 2])  # a copy cut short
+    trunc.chmod(0o755)
+    p = run(trunc, env=env, cwd=elsewhere)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        "trunc.run: error: trunc.run has no model attached (its end is missing or damaged): "
+        "the file is truncated or corrupted; copy it again"
+    ]
+    tiny = tmp_path / "tiny.run"
+    tiny.write_bytes(data[:10])
+    tiny.chmod(0o755)
+    p = run(tiny, env=env, cwd=elsewhere)
+    assert p.returncode != 0  # the kernel may refuse a 10-byte "ELF" before the launcher runs
+
+    bad = bytearray(data)
+    mid = b.runtime_offset + b.runtime_size // 2
+    bad[mid : mid + 32] = bytes(x ^ 0xFF for x in bad[mid : mid + 32])
+    corrupt = tmp_path / "corrupt.run"
+    corrupt.write_bytes(bytes(bad))
+    corrupt.chmod(0o755)
+    p = run(corrupt, env=env, cwd=elsewhere)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        "corrupt.run: error: corrupt.run is corrupted (cannot unpack its runtime): copy the file again"
+    ]
+    assert [x.name for x in (tmp_path / "cache" / "runtime").iterdir()] == [f"{b.runtime_key}.lock"]
+
+
+def test_stub_without_runtime(tmp_path: Path, launcher: Path, elsewhere: Path) -> None:
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF" * 10)
+    out = tmp_path / "bare.run"
+    pack(launcher, gguf, out, {"name": "x"})  # a launcher without a runtime archive behind it
+    p = run(out, env={"PACKER_CACHE": str(tmp_path / "c")}, cwd=elsewhere)
+    assert p.returncode == 1 and "no runtime attached" in p.stderr
+
+
+def _mount_read_only(src: Path, dst: Path) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    dst.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(dst)], capture_output=True).returncode:
+        return False
+    ro = ["mount", "-o", "remount,ro,bind", str(dst)]
+    if subprocess.run(ro, capture_output=True).returncode:
+        subprocess.run(["umount", str(dst)], capture_output=True)
+        return False
+    return True
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A folder mounted read-only (root only); yields (writable source, read-only view)."""
+    src, ro = tmp_path / "media-src", tmp_path / "media"
+    src.mkdir()
+    if not _mount_read_only(src, ro):
+        pytest.skip("needs root and mount --bind (a read-only bind mount)")
+    try:
+        yield src, ro
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_runs_from_read_only_media(
+    model_run: Path, read_only_dir: tuple[Path, Path], tmp_path: Path, elsewhere: Path
+) -> None:
+    src, ro = read_only_dir
+    shutil.copy2(model_run, src / "model.run")
+    exe = ro / "model.run"
+    with pytest.raises(OSError):
+        (ro / "probe").write_text("x")
+    home = tmp_path / "home"
+    p = run(exe, "-p", "hi", env={"HOME": str(home)}, cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == f"bundle={exe}"
+    assert (runtime_dir(home / ".cache" / "packer", exe) / ".packer-complete").is_file()
+    assert sorted(x.name for x in src.iterdir()) == ["model.run"]
+
+
+# ---- the real stub (slow: PyInstaller builds it once, then it is cached) --------------------
+
+
+GLIBC_LINE = re.compile(r"^- \*\*glibc (\d+)\.(\d+)\*\* or newer", re.M)
+
+
+def documented_glibc() -> tuple[int, int]:
+    m = GLIBC_LINE.search(README.read_text())
+    assert m, "README.md must state the oldest glibc in its 'Runs on' section"
+    return int(m.group(1)), int(m.group(2))
+
+
+def glibc_needed(path: Path) -> tuple[int, int] | None:
+    """The newest GLIBC_x.y version that ``path`` needs (readelf's version-needs section)."""
+    proc = subprocess.run(["readelf", "-V", "-W", str(path)], capture_output=True, text=True)
+    found = [
+        (int(a), int(b))
+        for a, b in re.findall(r"Name: GLIBC_(\d+)\.(\d+)(?:\.\d+)?\s", proc.stdout)
+    ]
+    return max(found) if found else None
+
+
+@pytest.fixture(scope="session")
+def real_runtime(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(stub, the unpacked runtime tree) of the real cached stub."""
+    _needs_gcc()
+    from packer.stub import ensure_stub
+    from runtime.payload import read_stub_footer
+
+    stub = ensure_stub()
+    info = read_stub_footer(stub)
+    assert info is not None
+    data = stub.read_bytes()
+    tree = tmp_path_factory.mktemp("real-runtime")
+    for rel, (kind, mode, content) in read_archive(
+        data[info.launcher_size : info.launcher_size + info.archive_size]
+    ).items():
+        p = tree / rel
+        if kind == "d":
+            p.mkdir(parents=True, exist_ok=True)
+        elif kind == "l":
+            p.symlink_to(content.decode())
+        else:
+            p.write_bytes(content)
+            p.chmod(mode)
+    launcher = tree.parent / "launcher"
+    launcher.write_bytes(data[: info.launcher_size])
+    return launcher, tree
+
+
+@pytest.mark.slow
+def test_glibc_baseline(real_runtime: tuple[Path, Path]) -> None:
+    if not shutil.which("readelf"):
+        pytest.skip("readelf (binutils) is needed")
+    launcher, tree = real_runtime
+    limit = documented_glibc()
+    assert glibc_needed(launcher) is None, "the launcher must be static (no glibc versions)"
+    too_new = {}
+    elves = 0
+    for p in sorted(tree.rglob("*")):
+        if p.is_symlink() or not p.is_file() or p.read_bytes()[:4] != b"\x7fELF":
+            continue
+        elves += 1
+        need = glibc_needed(p)
+        if need and need > limit:
+            too_new[str(p.relative_to(tree))] = f"{need[0]}.{need[1]}"
+    assert elves > 10
+    assert not too_new, f"need a newer glibc than README's {limit}: {too_new}"
+
+
+@pytest.mark.slow
+def test_runtime_bundles_backends_not_the_vulkan_loader(real_runtime: tuple[Path, Path]) -> None:
+    import llama_cpp
+
+    _, tree = real_runtime
+    libdir = Path(llama_cpp.__file__).parent / "lib"
+    bundled = {p.name for p in (tree / "_internal" / "llama_cpp" / "lib").iterdir()}
+    assert {p.name for p in libdir.glob("*.so*")} <= bundled
+    assert not [p for p in tree.rglob("libvulkan.so*")], "the system's Vulkan loader must be used"
+
+
+def test_runtime_that_cannot_start_is_one_line(
+    launcher: Path, fake_tree: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(fake_tree, tree, symlinks=True)
+    (tree / "packer-runtime").chmod(0o644)  # unpacked as it is archived: not executable
+    stub = tmp_path / "stub"
+    assemble_stub(launcher, tree, stub)
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF" * 10)
+    out = tmp_path / "broken.run"
+    pack(stub, gguf, out, {"name": "x"})
+    p = run(out, env={"PACKER_CACHE": str(tmp_path / "c")}, cwd=elsewhere)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("broken.run: error: cannot start the runtime")
+    assert "run again" in lines[0]

@@ -1,0 +1,244 @@
+"""runtime.scheduler: continuous batching on the real small model (SmolLM2-135M-Instruct Q4_1).
+
+Several requests share one llama.cpp context (4 slots) and are decoded together; these tests
+check that batching changes nothing in the output, that it really batches, and the slot
+bookkeeping around it (prefix cache, cancellation, queue limit, grammar, log-probabilities).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from conftest import smollm_gguf_path
+
+from runtime import generate as gen
+from runtime.engine import Engine, EngineOptions, Sampling
+from runtime.scheduler import QueueFull
+from runtime.server import make_server
+
+SLOTS = 4
+PROMPTS = [
+    "Once upon a time",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "My favourite colour is",
+]
+GREEDY = {"temperature": 0.0, "max_tokens": 20, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    eng = Engine(smollm_gguf_path(), EngineOptions(n_ctx=2048, n_threads=2, n_parallel=SLOTS))
+    yield eng
+    eng.close()
+
+
+def _run(engine: Engine, prompt: str | list[int], params: Sampling) -> gen.GenResult:
+    result = gen.GenResult()
+    tokens = gen.completion_tokens(engine, prompt) if isinstance(prompt, str) else prompt
+    text = "".join(gen.generate(engine, tokens, params, result))
+    assert text == result.text
+    return result
+
+
+def _idle_within(engine: Engine, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while engine.scheduler.busy() or engine.scheduler.queued:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _long_running(engine: Engine, n: int) -> list[tuple[Iterator[str], gen.GenResult]]:
+    """``n`` generations that would run for minutes, each started (first piece received)."""
+    out = []
+    for i in range(n):
+        result = gen.GenResult()
+        prompt = gen.completion_tokens(engine, f"Story number {i}:")
+        params = Sampling(max_tokens=100_000, ignore_eos=True, seed=i)
+        out.append((gen.generate(engine, prompt, params, result), result))
+    return out
+
+
+def test_slot_context_is_a_share_of_the_total(engine: Engine) -> None:
+    assert engine.scheduler.n_parallel == SLOTS
+    assert engine.n_ctx == engine.scheduler.n_ctx_total // SLOTS == 512
+    with pytest.raises(gen.PromptError) as exc:
+        _run(engine, "hello " * 600, Sampling(max_tokens=4))
+    assert exc.value.n_ctx == 512 and exc.value.n_prompt is not None and exc.value.n_prompt > 512
+
+
+def test_concurrent_greedy_equals_alone_and_is_batched(engine: Engine) -> None:
+    alone = [_run(engine, p, Sampling(**GREEDY)).text for p in PROMPTS]
+    assert all(alone) and len(set(alone)) == len(alone)
+
+    stats = engine.scheduler.stats
+    multi_before = stats.multi_seq_steps
+    together: dict[int, str] = {}
+    start = threading.Barrier(len(PROMPTS))
+
+    def go(i: int) -> None:
+        start.wait()
+        together[i] = _run(engine, PROMPTS[i], Sampling(**GREEDY)).text
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert [together.get(i) for i in range(len(PROMPTS))] == alone
+    # the steps really put several sequences into one llama_decode
+    assert stats.max_seqs_in_step >= 2
+    assert stats.multi_seq_steps - multi_before >= GREEDY["max_tokens"] // 2
+
+
+def test_prefix_cache(engine: Engine) -> None:
+    base = gen.completion_tokens(engine, "A long shared system prompt about the solar system. ")
+    first = _run(engine, base, Sampling(max_tokens=3, temperature=0.0))
+    assert first.n_cached < len(base)
+    hits = engine.scheduler.stats.cache_hits
+
+    # the same prompt again: all but the last token come from the slot's cache
+    again = _run(engine, base, Sampling(max_tokens=3, temperature=0.0))
+    assert again.n_cached == len(base) - 1
+    assert again.text == first.text
+    assert again.timings()["prompt_n"] == 1
+
+    # a longer prompt starting with it: only the new part is decoded
+    longer = base + gen.tokenize(engine, "Tell me about Mars.", add_special=False)
+    more = _run(engine, longer, Sampling(max_tokens=3, temperature=0.0))
+    assert more.n_cached == len(base)
+    assert engine.scheduler.stats.cache_hits == hits + 2
+
+
+def test_closing_the_iterator_frees_the_slot(engine: Engine) -> None:
+    assert _idle_within(engine, 30)
+    pieces, result = _long_running(engine, 1)[0]
+    next(pieces)
+    assert engine.scheduler.busy()
+    pieces.close()  # what the server does when the client is gone
+    assert _idle_within(engine, 10), "the slot was not freed"
+    assert result.stop_type == "abort"
+
+
+def test_cancel_callback_frees_the_slot(engine: Engine) -> None:
+    assert _idle_within(engine, 30)
+    gone = threading.Event()
+    result = gen.GenResult()
+    prompt = gen.completion_tokens(engine, "Write a very long story.")
+    params = Sampling(max_tokens=100_000, ignore_eos=True)
+    pieces = gen.generate(engine, prompt, params, result, cancelled=gone.is_set)
+    for n, _ in enumerate(pieces, 1):
+        if n == 3:
+            gone.set()
+    assert result.stop_type == "abort" and 3 <= result.n_predicted < 1000
+    assert _idle_within(engine, 10)
+
+
+def test_queue_full(engine: Engine) -> None:
+    assert _idle_within(engine, 30)
+    sched = engine.scheduler
+    old = sched.max_queue
+    sched.max_queue = 1
+    running = _long_running(engine, SLOTS)
+    try:
+        for pieces, _ in running:
+            next(pieces)  # all four slots generating
+        waited = gen.GenResult()
+        hi = gen.completion_tokens(engine, "Hi")
+        waiting = gen.generate(engine, hi, Sampling(max_tokens=2, ignore_eos=True), waited)
+        assert sched.queued == 1
+        with pytest.raises(QueueFull) as exc:
+            gen.generate(
+                engine, gen.completion_tokens(engine, "Hi"), Sampling(max_tokens=2), gen.GenResult()
+            )
+        assert exc.value.retry_after >= 1 and "--max-queue 1" in str(exc.value)
+
+        srv = make_server(engine, "127.0.0.1", 0)
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+        try:
+            r = requests.post(srv.url + "/completion", json={"prompt": "Hi"}, timeout=30)
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+            assert r.json()["error"]["code"] == 503 and "busy" in r.json()["error"]["message"]
+            r = requests.post(
+                srv.url + "/v1/chat/completions",
+                json={"model": "x", "messages": [{"role": "user", "content": "Hi"}]},
+                timeout=30,
+            )
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+            err = r.json()["error"]
+            assert err["type"] == "unavailable_error" and "busy" in err["message"]
+
+            slots = requests.get(srv.url + "/slots", timeout=30).json()
+            assert [s["id"] for s in slots] == list(range(SLOTS))
+            assert all(s["is_processing"] and s["n_ctx"] == engine.n_ctx for s in slots)
+            assert all(s["next_token"]["n_decoded"] >= 1 for s in slots)
+            assert all(s["params"]["n_predict"] == 100_000 for s in slots)
+            props = requests.get(srv.url + "/props", timeout=30).json()
+            assert props["total_slots"] == SLOTS
+            assert props["default_generation_settings"]["is_processing"] is True
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        # the queued request runs once a slot is free
+        running[0][0].close()
+        assert "".join(waiting) == waited.text and waited.n_predicted == 2
+    finally:
+        sched.max_queue = old
+        for pieces, _ in running:
+            pieces.close()
+    assert _idle_within(engine, 10)
+
+
+def test_grammar_constrains_the_output(engine: Engine) -> None:
+    params = Sampling(grammar='root ::= [0-9]+ " apples"', max_tokens=12, seed=3)
+    r = _run(engine, "How many apples are on the table? Answer:", params)
+    digits, _, rest = r.text.partition(" ")
+    assert digits.isdigit(), r.text
+    assert rest in ("apples", "apples"[: len(rest)]), r.text
+
+
+def test_invalid_grammar_is_a_prompt_error(engine: Engine) -> None:
+    prompt = gen.completion_tokens(engine, "Hi")
+    for bad in ("root ::= [0-9", "root ::= undefined-rule", 'start ::= "a"'):
+        with pytest.raises(gen.PromptError, match="invalid grammar"):
+            gen.generate(engine, prompt, Sampling(grammar=bad), gen.GenResult())
+    assert _run(engine, "Hi", Sampling(max_tokens=2, ignore_eos=True)).n_predicted == 2
+
+
+def test_logprobs(engine: Engine) -> None:
+    params = Sampling(temperature=0.0, repeat_penalty=1.0, n_probs=5, max_tokens=8)
+    result = gen.GenResult()
+    seen: list[int] = []
+    pieces = gen.generate(engine, gen.completion_tokens(engine, "The sky is"), params, result)
+    for piece in pieces:
+        assert piece
+        seen.append(len(result.probs))  # an entry comes before the text it holds
+    assert seen and seen[0] >= 1
+    assert len(result.probs) == result.n_predicted
+    for p in result.probs:
+        assert len(p.top) == 5
+        lps = [lp for _, _, lp in p.top]
+        assert lps == sorted(lps, reverse=True)
+        assert all(lp <= 0 for lp in lps) and p.logprob <= 0
+        assert sum(math.exp(lp) for lp in lps) <= 1 + 1e-6
+        # greedy without penalties: the chosen token is the most likely one
+        assert p.top[0][0] == p.token and p.top[0][2] == pytest.approx(p.logprob)
+        assert p.text == p.top[0][1]
+    assert "".join(p.text for p in result.probs).startswith(result.text)
+
+
+def test_seeds_per_request(engine: Engine) -> None:
+    def sample(seed: int) -> str:
+        s = Sampling(temperature=1.0, max_tokens=16, seed=seed, ignore_eos=True)
+        return _run(engine, "Once upon a time", s).text
+
+    assert sample(7) == sample(7)
+    assert len({sample(-1) for _ in range(3)}) > 1
