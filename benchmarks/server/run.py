@@ -203,7 +203,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             base.build_model_run(args.gguf or base.default_gguf(), model_run)
         model_run = model_run.resolve()
         cmd = [str(model_run)]
-        gguf = args.gguf or base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
+        if args.gguf:
+            gguf = args.gguf
+        else:  # the peer loads the GGUF the model.run unpacks on its first start
+            base.run_timed([str(model_run), "-p", "Hi", "-n", "1"], env, timeout=300)
+            gguf = base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
     cmd += ["--server", "-t", str(args.threads), "-c", str(base.N_CTX), "-np", str(args.parallel)]
     cmd += base.sampling_flags()
     n = 32 if args.quick else args.tokens
