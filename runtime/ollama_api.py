@@ -29,9 +29,8 @@ from runtime.server_api import (
     bad_value,
     get_bool,
     get_int,
-    get_number,
-    get_stop,
     json_object_grammar,
+    sampling_fields,
     schema_grammar,
 )
 
@@ -127,31 +126,8 @@ def options(body: dict[str, Any], defaults: Sampling) -> Sampling:
     num_predict = get_int(opts, "num_predict", defaults.max_tokens)
     if num_predict < -2:
         raise bad_value("num_predict", "-1 (no limit) or a number of tokens", num_predict)
-    top_p = get_number(opts, "top_p", defaults.top_p)
-    if not 0.0 <= top_p <= 1.0:
-        raise bad_value("top_p", "between 0 and 1", top_p)
-    mirostat = get_int(opts, "mirostat", defaults.mirostat)
-    if mirostat not in (0, 1, 2):
-        raise bad_value("mirostat", "0, 1 or 2", mirostat)
-    seed = get_int(opts, "seed", defaults.seed, bounds=None)
-    return replace(
-        defaults,
-        max_tokens=max(num_predict, -1),
-        temperature=max(get_number(opts, "temperature", defaults.temperature), 0.0),
-        top_k=get_int(opts, "top_k", defaults.top_k),
-        top_p=top_p,
-        min_p=get_number(opts, "min_p", defaults.min_p),
-        typical_p=get_number(opts, "typical_p", defaults.typical_p),
-        repeat_penalty=get_number(opts, "repeat_penalty", defaults.repeat_penalty),
-        presence_penalty=get_number(opts, "presence_penalty", defaults.presence_penalty),
-        frequency_penalty=get_number(opts, "frequency_penalty", defaults.frequency_penalty),
-        mirostat=mirostat,
-        mirostat_tau=get_number(opts, "mirostat_tau", defaults.mirostat_tau),
-        mirostat_eta=get_number(opts, "mirostat_eta", defaults.mirostat_eta),
-        seed=-1 if seed < 0 else seed % 0xFFFFFFFF,
-        stop=get_stop(opts, defaults.stop),
-        grammar=format_grammar(body.get("format")),
-    )
+    params = sampling_fields(opts, defaults, max(num_predict, -1))
+    return replace(params, grammar=format_grammar(body.get("format")))
 
 
 def _logprobs(body: dict[str, Any]) -> tuple[bool, int]:

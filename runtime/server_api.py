@@ -270,32 +270,33 @@ def _seed(seed: int) -> int:
     return -1 if seed < 0 else seed % 0xFFFFFFFF
 
 
-def _sampling(body: dict[str, Any], defaults: Sampling, max_tokens: int) -> Sampling:
-    """The sampling fields both dialects share (llama.cpp also takes its own in /v1 requests)."""
-    temperature = get_number(body, "temperature", defaults.temperature)
-    top_p = get_number(body, "top_p", defaults.top_p)
+def sampling_fields(src: dict[str, Any], defaults: Sampling, max_tokens: int) -> Sampling:
+    """The sampling fields every dialect names alike (llama.cpp's request body, OpenAI's, which
+    may carry llama.cpp's too, and Ollama's ``options``), validated, on top of ``defaults``."""
+    temperature = get_number(src, "temperature", defaults.temperature)
+    top_p = get_number(src, "top_p", defaults.top_p)
     if not 0.0 <= top_p <= 1.0:
         raise bad_value("top_p", "between 0 and 1", top_p)
-    mirostat = get_int(body, "mirostat", defaults.mirostat)
+    mirostat = get_int(src, "mirostat", defaults.mirostat)
     if mirostat not in (0, 1, 2):
         raise bad_value("mirostat", "0, 1 or 2", mirostat)
     return replace(
         defaults,
         max_tokens=max_tokens,
         temperature=max(temperature, 0.0),
-        top_k=get_int(body, "top_k", defaults.top_k),
+        top_k=get_int(src, "top_k", defaults.top_k),
         top_p=top_p,
-        min_p=get_number(body, "min_p", defaults.min_p),
-        typical_p=get_number(body, "typical_p", defaults.typical_p),
-        repeat_penalty=get_number(body, "repeat_penalty", defaults.repeat_penalty),
-        presence_penalty=get_number(body, "presence_penalty", defaults.presence_penalty),
-        frequency_penalty=get_number(body, "frequency_penalty", defaults.frequency_penalty),
+        min_p=get_number(src, "min_p", defaults.min_p),
+        typical_p=get_number(src, "typical_p", defaults.typical_p),
+        repeat_penalty=get_number(src, "repeat_penalty", defaults.repeat_penalty),
+        presence_penalty=get_number(src, "presence_penalty", defaults.presence_penalty),
+        frequency_penalty=get_number(src, "frequency_penalty", defaults.frequency_penalty),
         mirostat=mirostat,
-        mirostat_tau=get_number(body, "mirostat_tau", defaults.mirostat_tau),
-        mirostat_eta=get_number(body, "mirostat_eta", defaults.mirostat_eta),
-        seed=_seed(get_int(body, "seed", defaults.seed, bounds=None)),
-        ignore_eos=get_bool(body, "ignore_eos", defaults.ignore_eos),
-        stop=get_stop(body, defaults.stop),
+        mirostat_tau=get_number(src, "mirostat_tau", defaults.mirostat_tau),
+        mirostat_eta=get_number(src, "mirostat_eta", defaults.mirostat_eta),
+        seed=_seed(get_int(src, "seed", defaults.seed, bounds=None)),
+        ignore_eos=get_bool(src, "ignore_eos", defaults.ignore_eos),
+        stop=get_stop(src, defaults.stop),
     )
 
 
@@ -350,7 +351,7 @@ def parse_completion(body: dict[str, Any], defaults: Sampling) -> CompletionRequ
     ``penalize_nl``, ``repeat_last_n``, ``cache_prompt``...) are accepted and ignored."""
     _refuse_unsupported(body)
     n_predict = get_int(body, "n_predict", get_int(body, "max_tokens", defaults.max_tokens))
-    params = _sampling(body, defaults, max(n_predict, -1))
+    params = sampling_fields(body, defaults, max(n_predict, -1))
     n_probs = get_int(body, "n_probs", 0, bounds=(0, MAX_N_PROBS))
     return CompletionRequest(
         prompt=_prompt(body),
@@ -378,7 +379,7 @@ def _stream_options(body: dict[str, Any]) -> bool:
 def parse_openai_completion(body: dict[str, Any], defaults: Sampling) -> CompletionRequest:
     """OpenAI's ``POST /v1/completions`` (legacy completions)."""
     _refuse_unsupported(body)
-    params = _sampling(body, defaults, _max_tokens_openai(body, defaults))
+    params = sampling_fields(body, defaults, _max_tokens_openai(body, defaults))
     # legacy completions: ``logprobs`` is how many alternatives to list per token (0-5)
     raw = body.get("logprobs")
     want = raw is not None and raw is not False
@@ -449,7 +450,7 @@ def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
     n_top = get_int(body, "top_logprobs", 0, bounds=(0, MAX_N_PROBS))
     if n_top and not logprobs:
         raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-    params = _sampling(body, defaults, _max_tokens_openai(body, defaults))
+    params = sampling_fields(body, defaults, _max_tokens_openai(body, defaults))
     return ChatRequest(
         messages=messages,
         params=replace(
