@@ -383,44 +383,47 @@ def _http(url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) ->
 
 
 @contextlib.contextmanager
-def running_server(
-    model_run: Path, env: dict[str, str], threads: int, tmp: Path
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Start ``model.run --server``; yield its URL and what its PyInstaller bootloader unpacked
-    into ``tmp`` (its TMPDIR) for this start; stop it (and its child) on the way out."""
+def start_server(
+    cmd: list[str], env: dict[str, str], what: str = "model.run --server"
+) -> Iterator[str]:
+    """Start a server command (``--host``/``--port`` are added here); yield its URL once
+    ``/health`` answers 200; stop it (and its children) on the way out."""
     port = free_port()
-    cmd = [str(model_run), "--server", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["-t", str(threads), "-c", str(N_CTX)]
+    cmd = [*cmd, "--host", "127.0.0.1", "--port", str(port)]
     with tempfile.TemporaryFile() as err:
-        tmp.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            env=env | {"TMPDIR": str(tmp)},
-            start_new_session=True,
+            cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, start_new_session=True
         )
-        base = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
         try:
             t0 = time.perf_counter()
             while True:
                 if proc.poll() is not None:
                     err.seek(0)
                     tail = " | ".join(err.read().decode("utf-8", "replace").splitlines()[-3:])
-                    raise BenchError(f"model.run --server exited with {proc.returncode}: {tail}")
+                    raise BenchError(f"{what} exited with {proc.returncode}: {tail}")
                 if time.perf_counter() - t0 > SERVER_START_TIMEOUT_S:
-                    raise BenchError(
-                        f"model.run --server not healthy after {SERVER_START_TIMEOUT_S:.0f} s"
-                    )
+                    raise BenchError(f"{what} not healthy after {SERVER_START_TIMEOUT_S:.0f} s")
                 with contextlib.suppress(OSError, ValueError):
-                    _http(base + "/health", timeout=2.0)
+                    _http(url + "/health", timeout=2.0)
                     break  # 200 (urllib raises HTTPError, an OSError, on 503 while loading)
                 time.sleep(0.1)
             log(f"server healthy after {time.perf_counter() - t0:.1f} s on port {port}")
-            yield base, _unpacked(tmp)
+            yield url
         finally:
             _kill_group(proc)
+
+
+@contextlib.contextmanager
+def running_server(
+    model_run: Path, env: dict[str, str], threads: int, tmp: Path
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Start ``model.run --server``; yield its URL and what a PyInstaller onefile bootloader
+    would have unpacked into ``tmp`` (its TMPDIR) for this start (nothing, with the launcher)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cmd = [str(model_run), "--server", "-t", str(threads), "-c", str(N_CTX)]
+    with start_server(cmd, env | {"TMPDIR": str(tmp)}) as url:
+        yield url, _unpacked(tmp)
 
 
 def _unpacked(tmp: Path) -> dict[str, Any]:

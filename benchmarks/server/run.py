@@ -22,18 +22,15 @@ every figure alike; the load average is printed with the results.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,35 +61,6 @@ def _load_base() -> Any:
 base = _load_base()
 log = base.log
 BenchError = base.BenchError
-
-
-@contextlib.contextmanager
-def server(cmd: list[str], env: dict[str, str]) -> Iterator[str]:
-    """Start a server command (its --port is added here); yield its URL once healthy."""
-    port = base.free_port()
-    cmd = [*cmd, "--host", "127.0.0.1", "--port", str(port)]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, start_new_session=True
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            t0 = time.perf_counter()
-            while True:
-                if proc.poll() is not None:
-                    err.seek(0)
-                    tail = " | ".join(err.read().decode("utf-8", "replace").splitlines()[-3:])
-                    raise BenchError(f"the server exited with {proc.returncode}: {tail}")
-                if time.perf_counter() - t0 > base.SERVER_START_TIMEOUT_S:
-                    raise BenchError("the server did not become healthy")
-                with contextlib.suppress(OSError, ValueError):
-                    base._http(url + "/health", timeout=2.0)
-                    break
-                time.sleep(0.1)
-            log(f"server healthy after {time.perf_counter() - t0:.1f} s on port {port}")
-            yield url
-        finally:
-            base._kill_group(proc)
 
 
 def stream_one(url: str, prompt: str, n: int) -> dict[str, float]:
@@ -219,7 +187,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     single, peer_tok_s = [], []
     peer = base.Peer(gguf, args.threads)
     try:
-        with server(cmd, env) as url:
+        with base.start_server(cmd, env, "the server") as url:
             concurrent(url, 1, 4)  # warm-up
             for i in range(repeat):
                 for c in levels:
