@@ -202,7 +202,7 @@ def _dl_build_lib() -> Path | None:
 needs_dl_build = pytest.mark.skipif(
     _dl_build_lib() is None,
     reason="llama-cpp-python here is not the GGML_BACKEND_DL build of build/llama-wheel.sh; "
-    "run these with its venv: /work/gpuvenv/bin/pytest tests/test_backend.py",
+    "install it with `make install` (or build/llama-wheel.sh PYTHON)",
 )
 
 
@@ -254,6 +254,19 @@ def test_info_reports_variant_and_devices() -> None:
         "why": "--gpu cpu",
     }
     assert f"CPU {info['cpu_variant']} variant" in proc.stderr  # the one-line summary
+
+
+@needs_dl_build
+@pytest.mark.parametrize("gpu", ["cuda", "vulkan"])
+def test_unusable_gpu_asked_for_is_one_line(gpu: str) -> None:
+    """--gpu NAME that cannot be used here (no CUDA in this flavour; lavapipe is hidden from
+    ggml unless GGML_VK_VISIBLE_DEVICES names it): one line on stderr, exit 1, no answer."""
+    env = {k: v for k, v in os.environ.items() if k != "GGML_VK_VISIBLE_DEVICES"}
+    proc = _run("--gpu", gpu, "-p", PROMPTS[0], env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"error: --gpu {gpu}: " in lines[0], proc.stderr
 
 
 @needs_dl_build
