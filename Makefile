@@ -54,8 +54,11 @@ format: install-test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: install-test
-	$(PY) benchmarks/run.py
+# every benchmark: model.run vs llama-cpp-python, the server (on the demo model), conversion
+bench: demo install-test
+	$(PY) benchmarks/run.py --model-run $(DEMO_RUN)
+	$(PY) benchmarks/server/run.py --model-run $(DEMO_RUN)
+	$(PY) benchmarks/convert/run.py --demo $(DEMO_CKPT)
 
 clean:
 	rm -rf demo *.run .pytest_cache

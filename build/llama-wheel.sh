@@ -12,10 +12,11 @@
 # Python tag: pip's own wheel cache ignores CMAKE_ARGS, so a wheel compiled with other flags
 # (say -march=native) could otherwise be silently reused, and that one crashes on older CPUs.
 #
-# Usage: build/llama-wheel.sh [--flavour cpu|cuda] [--build-only] [PYTHON]
+# Usage: build/llama-wheel.sh [--flavour cpu|cuda] [--build-only | --print-cache] [PYTHON]
 #          PYTHON        the interpreter to build for and install into (default: python3)
 #          --flavour     cpu (default): CPU variants + Vulkan; cuda: the same plus GGML_CUDA
 #          --build-only  build and cache the wheel, install nothing; prints the cache folder
+#          --print-cache print the cache folder of this flavour's wheel and stop (builds nothing)
 # Env:   PACKER_WHEEL_FLAVOUR        same as --flavour
 #        PACKER_WHEEL_CACHE          cache folder (default ~/.cache/packer/wheels)
 #        LLAMA_CPP_VERSION           llama-cpp-python version (default pinned below)
@@ -38,12 +39,14 @@ set -euo pipefail
 
 FLAVOUR=${PACKER_WHEEL_FLAVOUR:-cpu}
 BUILD_ONLY=0
+PRINT_CACHE=0
 PY=python3
 while (($#)); do
     case $1 in
         --flavour) FLAVOUR=${2:?--flavour needs cpu or cuda}; shift 2 ;;
         --flavour=*) FLAVOUR=${1#*=}; shift ;;
         --build-only) BUILD_ONLY=1; shift ;;
+        --print-cache) PRINT_CACHE=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "llama-wheel.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
         *) PY=$1; shift ;;
@@ -72,6 +75,10 @@ EXPECTED=(libllama.so libggml.so libggml-base.so libggml-vulkan.so
 PYTAG=$("$PY" -c 'import sys,platform; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')
 KEY=$(printf '%s\n%s\n%s\n' "$VERSION" "$CMAKE_FLAGS" "$PYTAG" | sha256sum | cut -c1-16)
 CACHE=${PACKER_WHEEL_CACHE:-$HOME/.cache/packer/wheels}/llama-cpp-python-$VERSION-$FLAVOUR-$KEY
+if ((PRINT_CACHE)); then # where this flavour's wheel is (or will be) cached; builds nothing
+    echo "$CACHE"
+    exit 0
+fi
 
 check_build_deps() {
     local missing=()

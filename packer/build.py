@@ -166,6 +166,9 @@ def plan(
     revision: str | None = None,
     imatrix: str | os.PathLike[str] | None = None,
 ) -> BuildPlan:
+    from packer.stub import require_flavour
+
+    require_flavour(flavour)  # before any download: a cuda runtime must be built first
     qt = parse_quant(quant) if quant and quant.lower() != "keep" else None
     imx_path: Path | None = None
     imx_data = None

@@ -14,6 +14,7 @@ import click
 
 from packer import __version__
 from packer.errors import PackerError
+from packer.stub import FLAVOUR_HELP, FLAVOURS
 
 log = logging.getLogger("packer")
 
@@ -105,7 +106,12 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     help='model.run flags baked in as defaults, e.g. --args "--temp 0.3 -c 8192".',
 )
 @click.option(
-    "--runtime", "flavour", default="cpu", show_default=True, help="Runtime stub flavour."
+    "--runtime",
+    "flavour",
+    type=click.Choice(FLAVOURS),
+    default="cpu",
+    show_default=True,
+    help="Runtime flavour: " + FLAVOUR_HELP + ".",
 )
 @click.option(
     "-t", "--threads", type=int, default=0, help="Threads for quantizing (default: all cores)."
@@ -151,6 +157,7 @@ def build(
       packer build model.BF16.gguf --quant Q8_0 -o model.run
       packer build ./my-model --args "--temp 0.2 --system 'Responde en español.'"
       packer build ./my-model --quant IQ2_XS --imatrix imatrix.gguf
+      packer build ./my-model --runtime cuda   # after: packer runtime build --flavour cuda
 
     \b
     The 1-2 bit types (IQ1_*, IQ2_XXS/XS/S, Q2_K_S) need an importance matrix: make one with
@@ -311,7 +318,13 @@ def runtime() -> None:
 
 
 @runtime.command("build")
-@click.option("--flavour", default="cpu", show_default=True, help="Runtime flavour to build.")
+@click.option(
+    "--flavour",
+    type=click.Choice(FLAVOURS),
+    default="cpu",
+    show_default=True,
+    help="Runtime flavour to build: " + FLAVOUR_HELP + ".",
+)
 @click.option("--force", is_flag=True, help="Rebuild even if a cached stub exists.")
 @click.pass_context
 def runtime_build(ctx: click.Context, flavour: str, force: bool) -> None:
@@ -321,10 +334,12 @@ def runtime_build(ctx: click.Context, flavour: str, force: bool) -> None:
     Examples:
       packer runtime build
       packer runtime build --force
+      packer runtime build --flavour cuda   # compiles llama.cpp with CUDA first (long)
     """
     from packer.stub import ensure_stub
 
-    click.echo(str(ensure_stub(flavour, rebuild=force, verbose=ctx.obj["verbose"])))
+    stub = ensure_stub(flavour, rebuild=force, verbose=ctx.obj["verbose"], build_llama=True)
+    click.echo(str(stub))
 
 
 def main() -> None:

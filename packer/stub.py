@@ -4,6 +4,15 @@ Built once: ``build/launcher.sh`` compiles the static native launcher, PyInstall
 ``runtime/`` + llama-cpp-python as a onedir tree, :mod:`packer.archive` packs that tree into one
 zstd stream. Stubs are cached per key (runtime and launcher sources, spec, llama-cpp-python
 build, PyInstaller, Python, platform, flavour); ``packer build`` reuses a cached stub.
+
+Flavours differ only in the llama-cpp-python build they freeze:
+
+* ``cpu`` (default): the llama-cpp-python of this Python (``make install`` builds it with
+  ``build/llama-wheel.sh``): every CPU variant plus Vulkan.
+* ``cuda``: the same plus ``GGML_CUDA``. ``packer runtime build --flavour cuda`` compiles that
+  wheel with ``build/llama-wheel.sh --flavour cuda`` (needs the CUDA toolkit; long) and installs
+  it into its own folder next to the wheel cache (``<wheel cache>.site``), so this Python's own
+  llama-cpp-python is not replaced. ``packer build --runtime cuda`` only uses what that made.
 """
 
 from __future__ import annotations
@@ -30,7 +39,12 @@ SPEC = ROOT / "templates" / "runtime.spec"
 LAUNCHER_SCRIPT = ROOT / "build" / "launcher.sh"
 LAUNCHER_SRC = ROOT / "build" / "launcher" / "launcher.c"
 RUNTIME_EXE = "packer-runtime"  # the onedir executable; launcher.c execs <dir>/packer-runtime
-FLAVOURS = ("cpu",)
+WHEEL_SCRIPT = ROOT / "build" / "llama-wheel.sh"
+FLAVOURS = ("cpu", "cuda")
+FLAVOUR_HELP = (
+    "cpu: every CPU variant plus Vulkan (any GPU with a Vulkan driver); "
+    "cuda: the same plus CUDA for NVIDIA GPUs (build it first: packer runtime build --flavour cuda)"
+)
 
 
 def stub_cache_root() -> Path:
@@ -53,17 +67,126 @@ def _inputs() -> list[Path]:
     ]
 
 
-def _llama_build_id() -> str:
-    """Version of llama-cpp-python plus the CMake flags its wheel was built with, when known."""
-    try:
-        version = importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError as exc:
+def check_flavour(flavour: str) -> None:
+    if flavour not in FLAVOURS:
         raise RuntimeStubError(
-            "llama-cpp-python is not installed: run `make install` (it builds the portable wheel)"
-        ) from exc
-    spec = importlib.util.find_spec("llama_cpp")  # locate only: importing loads libllama
-    assert spec is not None and spec.origin is not None
-    libdir = Path(spec.origin).parent / "lib"
+            f"unknown runtime flavour {flavour!r}: use one of {', '.join(FLAVOURS)}"
+        )
+
+
+def _wheel_script(*args: str) -> list[str]:
+    return ["bash", str(WHEEL_SCRIPT), *args, sys.executable]
+
+
+def flavour_site(flavour: str) -> Path | None:
+    """Where ``flavour``'s llama-cpp-python is installed for freezing: None for ``cpu`` (this
+    Python's own), else ``<its wheel cache folder>.site`` (which may not exist yet)."""
+    check_flavour(flavour)
+    if flavour == "cpu":
+        return None
+    proc = subprocess.run(
+        _wheel_script("--flavour", flavour, "--print-cache"), capture_output=True, text=True
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeStubError(
+            f"build/llama-wheel.sh could not name the {flavour} wheel's cache folder: "
+            + (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+    return Path(lines[-1] + ".site")
+
+
+def find_nvcc() -> str | None:
+    """nvcc as build/llama-wheel.sh finds it: on PATH, else $CUDA_HOME/bin (/usr/local/cuda)."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    candidate = Path(os.environ.get("CUDA_HOME") or "/usr/local/cuda") / "bin" / "nvcc"
+    return str(candidate) if os.access(candidate, os.X_OK) else None
+
+
+def _not_built(flavour: str) -> RuntimeStubError:
+    return RuntimeStubError(
+        f"the {flavour} runtime is not built on this machine: run `packer runtime build "
+        f"--flavour {flavour}` first (it compiles llama.cpp with {flavour.upper()}: needs the "
+        "toolkit and takes an hour or more), or build with --runtime cpu"
+    )
+
+
+def require_flavour(flavour: str) -> Path | None:
+    """Check that ``flavour`` can be frozen now (cheap: builds nothing); returns its site."""
+    site = flavour_site(flavour)
+    if site is not None and not (site / "llama_cpp" / "lib").is_dir():
+        raise _not_built(flavour)
+    return site
+
+
+def build_flavour_site(flavour: str, *, verbose: bool = False) -> Path:
+    """Compile (once, cached) ``flavour``'s llama-cpp-python wheel and install it into its own
+    folder; returns that folder. For ``cpu`` there is nothing to do (None is never returned)."""
+    site = flavour_site(flavour)
+    assert site is not None, "the cpu flavour freezes this Python's own llama-cpp-python"
+    if (site / "llama_cpp" / "lib").is_dir():
+        return site
+    if flavour == "cuda" and find_nvcc() is None:
+        raise RuntimeStubError(
+            "the cuda runtime needs the CUDA toolkit to compile llama.cpp and nvcc was not "
+            "found: install it (Debian: apt-get install nvidia-cuda-toolkit, or NVIDIA's "
+            "cuda-toolkit), put nvcc on PATH or set CUDA_HOME, then run this again"
+        )
+    log.warning(
+        "compiling llama-cpp-python with %s: this takes an hour or more on a small machine "
+        "(once; the wheel is cached)",
+        flavour.upper(),
+    )
+    proc = subprocess.run(
+        _wheel_script("--flavour", flavour, "--build-only"),
+        stdout=subprocess.PIPE,
+        stderr=None if verbose else subprocess.PIPE,
+        text=True,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        raise RuntimeStubError(
+            f"building the {flavour} llama-cpp-python wheel failed"
+            + (": " + " | ".join(tail) if tail else "")
+            + " (rerun with --verbose for its full log)"
+        )
+    wheels = sorted(Path(proc.stdout.strip().splitlines()[-1]).glob("llama_cpp_python-*.whl"))
+    if not wheels:
+        raise RuntimeStubError(f"build/llama-wheel.sh made no {flavour} wheel")
+    tmp = Path(tempfile.mkdtemp(prefix=site.name + ".", dir=site.parent))
+    try:
+        _run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+             str(tmp), str(wheels[-1])],
+            f"installing the {flavour} wheel",
+            verbose=verbose,
+        )  # fmt: skip
+        os.replace(tmp, site)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return site
+
+
+def _llama_build_id(site: Path | None = None) -> str:
+    """Version of llama-cpp-python plus its backend libraries (names and sizes): this Python's
+    own installation, or the one in ``site`` (a flavour's folder)."""
+    if site is None:
+        try:
+            version = importlib.metadata.version("llama-cpp-python")
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise RuntimeStubError(
+                "llama-cpp-python is not installed: run `make install` "
+                "(it builds the portable wheel)"
+            ) from exc
+        spec = importlib.util.find_spec("llama_cpp")  # locate only: importing loads libllama
+        assert spec is not None and spec.origin is not None
+        libdir = Path(spec.origin).parent / "lib"
+    else:
+        dists = sorted(site.glob("llama_cpp_python-*.dist-info"))
+        version = dists[-1].name.removesuffix(".dist-info").split("-")[1] if dists else "?"
+        libdir = site / "llama_cpp" / "lib"
     libs = (
         sorted(p.name + str(p.stat().st_size) for p in libdir.glob("*.so*"))
         if libdir.is_dir()
@@ -73,12 +196,15 @@ def _llama_build_id() -> str:
 
 
 def stub_key(flavour: str = "cpu") -> str:
+    """The cache key of ``flavour``'s stub. For a flavour whose llama-cpp-python is not built
+    yet, :class:`RuntimeStubError` saying how to build it."""
+    site = require_flavour(flavour)
     h = hashlib.sha256()
     for f in _inputs():
         h.update(f.name.encode())
         h.update(f.read_bytes())
     for part in (
-        _llama_build_id(),
+        _llama_build_id(site),
         importlib.metadata.version("pyinstaller"),
         importlib.metadata.version("zstandard"),
         sys.version,
@@ -117,9 +243,20 @@ def build_launcher(out: Path, *, verbose: bool = False) -> Path:
     return out
 
 
-def build_onedir(work: Path, *, verbose: bool = False) -> Path:
-    """Freeze ``runtime/`` with PyInstaller as a onedir tree; returns the tree's folder."""
+def build_onedir(work: Path, *, site: Path | None = None, verbose: bool = False) -> Path:
+    """Freeze ``runtime/`` with PyInstaller as a onedir tree; returns the tree's folder.
+
+    ``site``: a folder whose llama-cpp-python is frozen instead of this Python's own."""
     env = {**os.environ, "PACKER_ROOT": str(ROOT), "PACKER_STUB_NAME": RUNTIME_EXE}
+    if site is not None:
+        env["PACKER_LLAMA_SITE"] = str(site)
+        # the CUDA runtime libraries libggml-cuda.so links to (cudart, cublas) are bundled;
+        # PyInstaller finds them through the library path (the driver's libcuda is not bundled)
+        cuda_lib = Path(os.environ.get("CUDA_HOME") or "/usr/local/cuda") / "lib64"
+        if cuda_lib.is_dir():
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                p for p in (str(cuda_lib), os.environ.get("LD_LIBRARY_PATH")) if p
+            )
     cmd = [
         sys.executable,
         "-m",
@@ -190,12 +327,22 @@ def assemble_stub(launcher: Path, tree: Path, out: Path) -> str:
     return key
 
 
-def ensure_stub(flavour: str = "cpu", *, rebuild: bool = False, verbose: bool = False) -> Path:
-    """Return the cached stub for ``flavour``, building it the first time."""
-    if flavour not in FLAVOURS:
-        raise RuntimeStubError(
-            f"unknown runtime flavour {flavour!r}: available: {', '.join(FLAVOURS)}"
-        )
+def ensure_stub(
+    flavour: str = "cpu",
+    *,
+    rebuild: bool = False,
+    verbose: bool = False,
+    build_llama: bool = False,
+) -> Path:
+    """Return the cached stub for ``flavour``, building it the first time.
+
+    ``build_llama``: also compile the flavour's llama-cpp-python when it is missing (``packer
+    runtime build``); otherwise a missing one is a :class:`RuntimeStubError` naming that
+    command (``packer build`` must not start an hour-long compile by surprise)."""
+    check_flavour(flavour)
+    site = flavour_site(flavour)
+    if site is not None and build_llama:
+        site = build_flavour_site(flavour, verbose=verbose)
     target = stub_path(flavour)
     if target.is_file() and not rebuild:
         log.debug("using cached runtime stub %s", target)
@@ -205,7 +352,7 @@ def ensure_stub(flavour: str = "cpu", *, rebuild: bool = False, verbose: bool = 
     work = Path(tempfile.mkdtemp(prefix=".stub-build-", dir=target.parent.parent))
     try:
         launcher = build_launcher(work / "launcher", verbose=verbose)
-        tree = build_onedir(work, verbose=verbose)
+        tree = build_onedir(work, site=site, verbose=verbose)
         log.info("stripped %.1f MB of debug info", strip_debug_info(tree) / 1e6)
         built = work / "stub"
         assemble_stub(launcher, tree, built)

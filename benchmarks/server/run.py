@@ -1,6 +1,6 @@
 """Server throughput of a model.run: one stream vs llama-cpp-python, and many streams at once.
 
-    .venv/bin/python benchmarks/server/run.py                    # builds model.run from SmolLM2
+    .venv/bin/python benchmarks/server/run.py                    # the demo model.run (make demo)
     .venv/bin/python benchmarks/server/run.py --model-run m.run  # an existing model.run
     .venv/bin/python benchmarks/server/run.py --unfrozen         # python -m runtime --gguf (dev)
     .venv/bin/python benchmarks/server/run.py --quick            # smoke run
@@ -36,6 +36,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+# issue #6 sets its 4-client target on the demo model: what `make demo` builds
+DEMO_RUN = ROOT / "SmolLM2-135M-Instruct.Q5_K_M.run"
 PROMPTS = [
     "Once upon a time, in a small village at the edge of a great forest, there lived",
     "The history of the printing press begins in",
@@ -141,7 +143,12 @@ def _pct(xs: list[float], q: float) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model-run", type=Path, help="an existing model.run (default: build one)")
+    p.add_argument(
+        "--model-run",
+        type=Path,
+        help=f"an existing model.run (default: {DEMO_RUN.name} from `make demo` when it is "
+        "there, else one built from the SmolLM2 Q4_1 GGUF)",
+    )
     p.add_argument("--gguf", type=Path, help="the GGUF for the peer (default: found for you)")
     p.add_argument(
         "--unfrozen",
@@ -152,7 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=4, help="-np of the server (default: 4)")
     p.add_argument("--tokens", type=int, default=128, help="tokens per request (default: 128)")
     p.add_argument("--clients", default="4,8", help="concurrent clients to measure (default: 4,8)")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5, help="rounds; medians reported (default: 5)")
     p.add_argument("--quick", action="store_true", help="32 tokens, 1 repeat")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
@@ -166,7 +173,10 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         env["PYTHONPATH"] = str(ROOT)
     else:
         model_run = args.model_run
+        if model_run is None and args.gguf is None and DEMO_RUN.is_file():
+            model_run = DEMO_RUN
         if model_run is None:
+            log(f"{DEMO_RUN.name} is not there (make demo): using the SmolLM2 Q4_1 GGUF instead")
             model_run = work / "model.run"
             base.build_model_run(args.gguf or base.default_gguf(), model_run)
         model_run = model_run.resolve()
@@ -214,6 +224,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "repeat": repeat,
             "n_ctx": base.N_CTX,
             "unfrozen": args.unfrozen,
+            "model": Path(cmd[0]).name if not args.unfrozen else str(gguf),
         },
         "single_stream": {
             "server_tok_s": single_med,
@@ -225,6 +236,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             str(c): {
                 "tok_s": med[c],
                 "ratio_vs_one": med[c] / med[1] if med[1] else None,
+                # the same ratio taken within each round, then the median: background load
+                # drifts between rounds, so this pairing is the figure the verdict uses
+                "paired_ratio": statistics.median(
+                    x / one for x, one in zip(agg[c], agg[1], strict=True) if one
+                ),
                 "ttft_p50_s": _pct(ttft[c], 0.5),
                 "ttft_p95_s": _pct(ttft[c], 0.95),
                 "samples": agg[c],
@@ -241,22 +257,27 @@ def print_report(r: dict[str, Any]) -> None:
         f"\nserver benchmark: {r['settings']['threads']} threads, -np {r['settings']['parallel']},"
         f" {r['settings']['tokens']} tokens/request, median of {r['settings']['repeat']}"
     )
+    print(f"model: {r['settings']['model']}")
     print(f"load average: start {m['loadavg_start']}, end {r['loadavg_end']}")
     verdict = "ok" if s["ratio"] and s["ratio"] >= 0.95 else "below target"
     print(
         f"single stream: server {s['server_tok_s']:.1f} tok/s, llama-cpp-python "
         f"{s['peer_tok_s']:.1f} tok/s, ratio {s['ratio']:.2f}x (target >= 0.95x: {verdict})"
     )
-    print(f"{'clients':>8} {'aggregate tok/s':>16} {'vs one':>8} {'TTFT p50':>9} {'TTFT p95':>9}")
+    print(
+        f"{'clients':>8} {'aggregate tok/s':>16} {'vs one':>8} {'paired':>8}"
+        f" {'TTFT p50':>9} {'TTFT p95':>9}"
+    )
     for c, a in r["aggregate"].items():
         print(
-            f"{c:>8} {a['tok_s']:>16.1f} {a['ratio_vs_one']:>7.2f}x"
+            f"{c:>8} {a['tok_s']:>16.1f} {a['ratio_vs_one']:>7.2f}x {a['paired_ratio']:>7.2f}x"
             f" {a['ttft_p50_s']:>8.2f}s {a['ttft_p95_s']:>8.2f}s"
         )
+    print("(vs one: ratio of the medians; paired: median of the ratios within each round)")
     four = r["aggregate"].get("4")
     if four:
-        ok = "ok" if four["ratio_vs_one"] >= 1.4 else "below target"
-        print(f"4 clients vs one: {four['ratio_vs_one']:.2f}x (target >= 1.4x: {ok})")
+        ok = "ok" if four["paired_ratio"] >= 1.4 else "below target"
+        print(f"4 clients vs one, paired: {four['paired_ratio']:.2f}x (target >= 1.4x: {ok})")
 
 
 def main(argv: list[str] | None = None) -> int:

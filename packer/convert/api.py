@@ -75,7 +75,7 @@ def _open(src: Path) -> tuple[ModelConverter, CheckpointInfo]:
         )
     architecture = str(architectures[0])
     converter = converter_for(architecture)(src, config)
-    detect_tokenizer(src)  # fail early on tokenizers we cannot convert
+    converter.tokenizer = detect_tokenizer(src)  # fail early on tokenizers we cannot convert
     info = CheckpointInfo(
         path=src,
         architecture=architecture,

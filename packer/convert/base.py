@@ -33,7 +33,7 @@ from packer.convert.checkpoint import (
     float32_to_bf16,
     to_float32,
 )
-from packer.convert.vocab import Vocab, load_vocab
+from packer.convert.vocab import TokenizerSpec, Vocab, load_vocab
 from packer.errors import ConversionError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class ModelConverter(ABC):
 
     def __init__(self, src: Path, config: dict[str, Any]) -> None:
         self.src = src
+        self.tokenizer: TokenizerSpec | None = None  # set by the caller once detected
         self.config = config
         self.read_hparams()
         self.checkpoint = Checkpoint(src)
@@ -360,7 +361,7 @@ class ModelConverter(ABC):
         return _FILE_TYPE[max(counts, key=lambda q: counts[q])]
 
     def load_vocab(self) -> Vocab:
-        return load_vocab(self.src, self.vocab_size)
+        return load_vocab(self.src, self.vocab_size, self.tokenizer)
 
     def add_metadata(
         self, writer: gguf.GGUFWriter, model_name: str, planned: list[PlannedTensor], vocab: Vocab

@@ -356,9 +356,12 @@ def _special_token_text(entry: Any) -> str | None:
     return None
 
 
-def load_vocab(src: Path, n_vocab: int) -> Vocab:
-    """Build the GGUF vocabulary, padded to the model's ``n_vocab`` embedding rows."""
-    spec = detect_tokenizer(src)
+def load_vocab(src: Path, n_vocab: int, spec: TokenizerSpec | None = None) -> Vocab:
+    """Build the GGUF vocabulary, padded to the model's ``n_vocab`` embedding rows.
+
+    ``spec``: what :func:`detect_tokenizer` found, when the caller already asked it."""
+    if spec is None:
+        spec = detect_tokenizer(src)
     processor = None
     add_space_prefix: bool | None = None
     scores_by_id: dict[int, float] | None = None
