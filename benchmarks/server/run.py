@@ -22,6 +22,7 @@ every figure alike; the load average is printed with the results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -155,6 +156,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run `python -m runtime --gguf` from this checkout instead of a model.run",
     )
+    p.add_argument(
+        "--llama-server",
+        type=Path,
+        metavar="PATH",
+        help="also measure llama.cpp's own llama-server binary (build/llama-server.sh builds "
+        "it) on the same GGUF, slots and threads, in the same rounds",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--parallel", type=int, default=4, help="-np of the server (default: 4)")
     p.add_argument("--tokens", type=int, default=128, help="tokens per request (default: 128)")
@@ -192,28 +200,60 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     repeat = 1 if args.quick else args.repeat
     levels = [1] + [int(c) for c in args.clients.split(",") if c.strip()]
     facts = base.machine_facts()
-    agg: dict[int, list[float]] = {c: [] for c in levels}
-    ttft: dict[int, list[float]] = {c: [] for c in levels}
-    single, peer_tok_s = [], []
+    servers = {"model.run": cmd}
+    if args.llama_server:  # llama.cpp's own server on the same GGUF, slots and threads
+        servers["llama-server"] = [
+            str(args.llama_server), "-m", str(gguf), "-t", str(args.threads),
+            "-tb", str(args.threads), "-c", str(base.N_CTX), "-np", str(args.parallel),
+        ]  # fmt: skip
+    agg = {name: {c: [] for c in levels} for name in servers}
+    ttft = {name: {c: [] for c in levels} for name in servers}
+    single: list[float] = []
+    peer_tok_s: list[float] = []
     peer = base.Peer(gguf, args.threads)
     try:
-        with base.start_server(cmd, env, "the server") as url:
-            concurrent(url, 1, 4)  # warm-up
+        with contextlib.ExitStack() as stack:
+            urls = {
+                name: stack.enter_context(base.start_server(c, env, name))
+                for name, c in servers.items()
+            }
+            for url in urls.values():
+                concurrent(url, 1, 4)  # warm-up
             for i in range(repeat):
-                for c in levels:
-                    log(f"round {i + 1}/{repeat}: {c} concurrent client(s), {n} tokens each")
-                    r = concurrent(url, c, n)
-                    agg[c].append(r["tok_s"])
-                    ttft[c].extend(r["ttft_s"])
-                    if c == 1:
-                        single.append(r["server_tok_s"][0])
+                for name, url in urls.items():
+                    for c in levels:
+                        log(f"round {i + 1}/{repeat}: {name}, {c} concurrent client(s), {n} tokens")
+                        r = concurrent(url, c, n)
+                        agg[name][c].append(r["tok_s"])
+                        ttft[name][c].extend(r["ttft_s"])
+                        if c == 1 and name == "model.run":
+                            single.append(r["server_tok_s"][0])
                 log(f"round {i + 1}/{repeat}: llama-cpp-python in-process")
                 peer_tok_s.append(peer.generate(PROMPTS[0], n)["predicted_per_second"])
     finally:
         peer.close()
-    med = {c: statistics.median(v) for c, v in agg.items()}
     single_med = statistics.median(single)
     peer_med = statistics.median(peer_tok_s)
+
+    def table(name: str) -> dict[str, Any]:
+        a = agg[name]
+        med = {c: statistics.median(v) for c, v in a.items()}
+        return {
+            str(c): {
+                "tok_s": med[c],
+                "ratio_vs_one": med[c] / med[1] if med[1] else None,
+                # the same ratio taken within each round, then the median: background load
+                # drifts between rounds, so this pairing is the figure the verdict uses
+                "paired_ratio": statistics.median(
+                    x / one for x, one in zip(a[c], a[1], strict=True) if one
+                ),
+                "ttft_p50_s": _pct(ttft[name][c], 0.5),
+                "ttft_p95_s": _pct(ttft[name][c], 0.95),
+                "samples": a[c],
+            }
+            for c in levels
+        }
+
     return {
         "machine": facts,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
@@ -232,21 +272,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "ratio": single_med / peer_med if peer_med else None,
             "samples": {"server": single, "peer": peer_tok_s},
         },
-        "aggregate": {
-            str(c): {
-                "tok_s": med[c],
-                "ratio_vs_one": med[c] / med[1] if med[1] else None,
-                # the same ratio taken within each round, then the median: background load
-                # drifts between rounds, so this pairing is the figure the verdict uses
-                "paired_ratio": statistics.median(
-                    x / one for x, one in zip(agg[c], agg[1], strict=True) if one
-                ),
-                "ttft_p50_s": _pct(ttft[c], 0.5),
-                "ttft_p95_s": _pct(ttft[c], 0.95),
-                "samples": agg[c],
-            }
-            for c in levels
-        },
+        "aggregate": table("model.run"),
+        "llama_server": table("llama-server") if "llama-server" in servers else None,
     }
 
 
@@ -264,20 +291,30 @@ def print_report(r: dict[str, Any]) -> None:
         f"single stream: server {s['server_tok_s']:.1f} tok/s, llama-cpp-python "
         f"{s['peer_tok_s']:.1f} tok/s, ratio {s['ratio']:.2f}x (target >= 0.95x: {verdict})"
     )
+    tables = [("model.run", r["aggregate"])]
+    if r.get("llama_server"):
+        tables.append(("llama-server", r["llama_server"]))
     print(
-        f"{'clients':>8} {'aggregate tok/s':>16} {'vs one':>8} {'paired':>8}"
+        f"{'server':<13} {'clients':>7} {'aggregate tok/s':>16} {'vs one':>8} {'paired':>8}"
         f" {'TTFT p50':>9} {'TTFT p95':>9}"
     )
-    for c, a in r["aggregate"].items():
-        print(
-            f"{c:>8} {a['tok_s']:>16.1f} {a['ratio_vs_one']:>7.2f}x {a['paired_ratio']:>7.2f}x"
-            f" {a['ttft_p50_s']:>8.2f}s {a['ttft_p95_s']:>8.2f}s"
-        )
+    for name, t in tables:
+        for c, a in t.items():
+            print(
+                f"{name:<13} {c:>7} {a['tok_s']:>16.1f} {a['ratio_vs_one']:>7.2f}x"
+                f" {a['paired_ratio']:>7.2f}x {a['ttft_p50_s']:>8.2f}s {a['ttft_p95_s']:>8.2f}s"
+            )
     print("(vs one: ratio of the medians; paired: median of the ratios within each round)")
     four = r["aggregate"].get("4")
     if four:
         ok = "ok" if four["paired_ratio"] >= 1.4 else "below target"
         print(f"4 clients vs one, paired: {four['paired_ratio']:.2f}x (target >= 1.4x: {ok})")
+        theirs = (r.get("llama_server") or {}).get("4")
+        if theirs:
+            print(
+                f"llama-server, same run: {theirs['paired_ratio']:.2f}x; model.run's 4-client"
+                f" tok/s = {four['tok_s'] / theirs['tok_s']:.2f}x llama-server's"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
