@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_CKPT := demo/SmolLM2-135M-Instruct
 DEMO_RUN := SmolLM2-135M-Instruct.Q5_K_M.run
-QUESTION ?= What is the capital of France?
+QUESTION ?= What is the capital of Japan?
 
 .PHONY: install install-test system-deps demo test test-fast lint format bench clean
 

@@ -147,7 +147,7 @@ def build(
 
     \b
       packer build ./SmolLM2-135M-Instruct --quant Q5_K_M
-      ./SmolLM2-135M-Instruct.Q5_K_M.run -p "What is the capital of France?"
+      ./SmolLM2-135M-Instruct.Q5_K_M.run -p "What is the capital of Japan?"
 
     \b
     Examples:

@@ -39,7 +39,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_ROOT = ROOT / "build" / "debian-root.sh"
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
-QUESTION = "What is the capital of France?"
+QUESTION = "What is the capital of Japan?"
 ANSWER_ARGS = ("-p", QUESTION, "--temp", "0", "-n", "16")
 # suite -> glibc newer than the root's is a failure (True) or the known baseline gap (False)
 SUITES = {"bookworm": True, "bullseye": False}
