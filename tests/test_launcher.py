@@ -6,10 +6,12 @@ compiled here with build/launcher.sh. The slow ones check the real stub (glibc b
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ README = ROOT / "README.md"
 
 # The stand-in runtime prints what the launcher gave it: the bundle, argv[0], its args, its folder.
 FAKE_RUNTIME = """#!/bin/sh
+if [ "$1" = "hold" ]; then echo started; sleep "$2"; exit 0; fi
 echo "bundle=$PACKER_BUNDLE"
 echo "dir=$(cd "$(dirname "$0")" && pwd -P)"
 echo "args=$*"
@@ -133,8 +136,84 @@ def test_unpacks_once_and_execs_runtime(model_run: Path, tmp_path: Path, elsewhe
     assert target.stat().st_ino == inode, "the second start must not unpack again"
     assert {p: p.lstat().st_mtime_ns for p in target.rglob("*")} == before
     assert sorted(x.name for x in target.parent.iterdir()) == sorted(
-        [target.name, target.name + ".lock"]
+        [target.name, target.name + ".inuse", target.name + ".lock"]
     ), "no temp folders left"
+
+
+def _age(path: Path, days: float) -> None:
+    t = time.time() - days * 86400
+    os.utime(path, (t, t))
+
+
+def test_old_unused_runtimes_are_removed(model_run: Path, tmp_path: Path, elsewhere: Path) -> None:
+    """Unpacking a new runtime removes the other runtime folders that nobody holds and nobody
+    started for 30 days; held, recently used and lock files stay; old leftovers go."""
+    cache = tmp_path / "cache"
+    rt = cache / "runtime"
+    rt.mkdir(parents=True)
+
+    def old_runtime(name: str, dir_days: float, inuse_days: float | None = None) -> Path:
+        d = rt / (name * 32)
+        (d / "lib").mkdir(parents=True)
+        (d / "lib" / "big.so").write_bytes(b"x" * 1000)
+        _age(d / "lib", dir_days)
+        _age(d, dir_days)
+        if inuse_days is not None:
+            (rt / f"{d.name}.inuse").touch()
+            _age(rt / f"{d.name}.inuse", inuse_days)
+        return d
+
+    unused = old_runtime("a", 60)  # from a launcher without .inuse files: the folder's age
+    held = old_runtime("b", 60, 60)
+    recent = old_runtime("c", 60, 5)  # unpacked long ago, started 5 days ago
+    stale = old_runtime("d", 40, 40)
+    leftover = rt / ".old-eeee-123"
+    leftover.mkdir()
+    _age(leftover, 2)
+    in_progress = rt / ".tmp-ffff-456"
+    in_progress.mkdir()
+    with open(rt / f"{held.name}.inuse", "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # a model.run of that version is running
+        p = run(model_run, env={"PACKER_CACHE": str(cache)}, cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    target = runtime_dir(cache, model_run)
+    assert sorted(x.name for x in rt.iterdir()) == sorted(
+        [
+            target.name, f"{target.name}.inuse", f"{target.name}.lock",
+            held.name, f"{held.name}.inuse", recent.name, f"{recent.name}.inuse",
+            f"{unused.name}.inuse", f"{stale.name}.inuse", in_progress.name,
+        ]
+    )  # fmt: skip
+    # a start that unpacks nothing removes nothing
+    again = old_runtime("g", 90)
+    p = run(model_run, env={"PACKER_CACHE": str(cache)}, cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    assert again.is_dir()
+
+
+def test_a_running_runtime_holds_its_folder(
+    model_run: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    """The shared lock taken by the launcher lives on in the runtime it execs."""
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(
+        ["env", "-i", f"PACKER_CACHE={cache}", str(model_run), "hold", "5"],
+        cwd=elsewhere,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        inuse = runtime_dir(cache, model_run).with_suffix(".inuse")
+        with open(inuse, "rb") as fh:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert proc.wait(timeout=30) == 0
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once it ended
+        assert time.time() - inuse.stat().st_mtime < 60  # marks the last start
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_cache_dir_flag_and_env(model_run: Path, tmp_path: Path, elsewhere: Path) -> None:
@@ -171,6 +250,7 @@ def test_no_home_uses_the_passwd_entry(model_run: Path, tmp_path: Path, elsewher
     finally:  # the stand-in runtime must not stay in the real user cache
         shutil.rmtree(target, ignore_errors=True)
         target.with_name(target.name + ".lock").unlink(missing_ok=True)
+        target.with_name(target.name + ".inuse").unlink(missing_ok=True)
 
 
 def test_concurrent_first_starts(model_run: Path, tmp_path: Path, elsewhere: Path) -> None:
@@ -188,6 +268,7 @@ def test_concurrent_first_starts(model_run: Path, tmp_path: Path, elsewhere: Pat
     target = runtime_dir(cache, model_run)
     assert sorted(x.name for x in (cache / "runtime").iterdir()) == [
         target.name,
+        target.name + ".inuse",
         target.name + ".lock",
     ]
 
@@ -221,6 +302,7 @@ def test_damaged_runtime_dir_is_replaced(
     assert (target / "data" / "sub" / "big.bin").stat().st_size == 300_000
     assert sorted(x.name for x in target.parent.iterdir()) == [
         target.name,
+        target.name + ".inuse",
         target.name + ".lock",
     ]
 
@@ -272,7 +354,10 @@ def test_truncated_and_corrupted_files(model_run: Path, tmp_path: Path, elsewher
     assert p.stderr.strip().splitlines() == [
         "corrupt.run: error: corrupt.run is corrupted (cannot unpack its runtime): copy the file again"
     ]
-    assert [x.name for x in (tmp_path / "cache" / "runtime").iterdir()] == [f"{b.runtime_key}.lock"]
+    assert sorted(x.name for x in (tmp_path / "cache" / "runtime").iterdir()) == [
+        f"{b.runtime_key}.inuse",
+        f"{b.runtime_key}.lock",
+    ]
 
 
 def test_stub_without_runtime(tmp_path: Path, launcher: Path, elsewhere: Path) -> None:

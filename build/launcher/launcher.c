@@ -13,6 +13,12 @@
  * folder is renamed into place only after its completion marker (a list of every file and its
  * size) is written; a folder whose marker is missing or does not match the files is replaced.
  *
+ * Old runtimes: every start holds a shared flock on <cache>/runtime/<key>.inuse for the whole
+ * life of the runtime (the descriptor survives the exec) and sets that file's mtime (last use).
+ * After unpacking a new runtime, the launcher removes the other runtime folders that nobody
+ * holds and nobody started for KEEP_DAYS days (each about 120 MB). Lock files stay (0 bytes):
+ * unlinking a lock file others may have opened would let two processes "hold" it at once.
+ *
  * Built statically (build/launcher.sh) so it runs on any x86-64 Linux: no NSS (getpwuid) here;
  * /etc/passwd is read as a plain file.
  */
@@ -29,6 +35,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <sys/types.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -40,6 +47,7 @@
 #define RUNTIME_EXE "packer-runtime"
 #define ARCHIVE_MAGIC "PKRARCH1"
 #define ENTRY_HEAD 17 /* type u8 | mode u32 | path_len u32 | size u64, little-endian */
+#define KEEP_DAYS 30   /* an unused runtime folder is removed this long after its last start */
 
 static const char MAGIC_V2[8] = {'P', 'A', 'C', 'K', 'E', 'R', 0, 2};
 static const char MAGIC_V1[8] = {'P', 'A', 'C', 'K', 'E', 'R', 0, 1};
@@ -451,11 +459,79 @@ static void remove_stale(const char *rtdir, const char *key) {
     closedir(d);
 }
 
+/* ---- runtimes in use, old runtimes ------------------------------------------------------ */
+
+/* Hold a shared lock on <rtdir>/<key>.inuse until this process (after exec: the runtime) ends,
+ * and mark the runtime as used now. Taken before the runtime is checked or unpacked, so a
+ * pruner (which needs the exclusive lock) can never remove it under us. Best effort: without
+ * the file the runtime still starts. */
+static void hold_runtime(const char *rtdir, const char *key) {
+    char *path;
+    if (asprintf(&path, "%s/%s.inuse", rtdir, key) < 0) die("out of memory");
+    int fd = open(path, O_RDWR | O_CREAT, 0600); /* no O_CLOEXEC: the runtime keeps it */
+    free(path);
+    if (fd < 0) return;
+    while (flock(fd, LOCK_SH) != 0)
+        if (errno != EINTR) return;
+    futimens(fd, NULL);
+}
+
+/* Remove the runtime folders in rtdir other than `keep` that no process holds and that were
+ * last started more than KEEP_DAYS ago (the .inuse file's mtime; for folders unpacked by
+ * launchers older than that file, the folder's own mtime). Errors only skip a folder. */
+static void prune_runtimes(const char *rtdir, const char *keep) {
+    DIR *d = opendir(rtdir);
+    if (!d) return;
+    time_t cutoff = time(NULL) - (time_t)KEEP_DAYS * 24 * 3600;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        if (strncmp(n, ".old-", 5) == 0 || strncmp(n, ".tmp-", 5) == 0) {
+            /* leftovers of an interrupted unpack or removal, a day later (an unpack under way
+             * is minutes old) */
+            char *p = join(rtdir, n);
+            struct stat st;
+            if (lstat(p, &st) == 0 && st.st_mtime < time(NULL) - 24 * 3600) rm_tree(p);
+            free(p);
+            continue;
+        }
+        if (n[0] == '.' || strchr(n, '.') || strcmp(n, keep) == 0) continue; /* lock files */
+        char *dir = join(rtdir, n), *inuse;
+        struct stat st, ist;
+        if (asprintf(&inuse, "%s.inuse", dir) < 0) die("out of memory");
+        if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) goto next;
+        time_t last = st.st_mtime;
+        int had = stat(inuse, &ist) == 0;
+        int lk = open(inuse, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (lk < 0) goto next;
+        if (flock(lk, LOCK_EX | LOCK_NB) == 0) {
+            if (had && ist.st_mtime > last) last = ist.st_mtime;
+            if (!had) { /* keep the folder's age as its last use */
+                struct timespec ts[2] = {{st.st_mtime, 0}, {st.st_mtime, 0}};
+                futimens(lk, ts);
+            }
+            if (last < cutoff) {
+                char *old;
+                if (asprintf(&old, "%s/.old-%s-%d", rtdir, n, (int)getpid()) < 0)
+                    die("out of memory");
+                if (rename(dir, old) == 0) rm_tree(old);
+                free(old);
+            }
+        }
+        close(lk); /* releases the lock */
+    next:
+        free(inuse);
+        free(dir);
+    }
+    closedir(d);
+}
+
 /* Make target a complete runtime. `redo`: replace it even if its marker says it is complete
- * (its executable could not be started). */
-static void ensure_runtime(int fd, const struct layout *l, const char *rtdir, const char *target,
-                           const char *name, int redo) {
-    if (!redo && runtime_complete(target, l->key)) return; /* fast path: no lock */
+ * (its executable could not be started). Returns 1 when it unpacked one. */
+static int ensure_runtime(int fd, const struct layout *l, const char *rtdir, const char *target,
+                          const char *name, int redo) {
+    if (!redo && runtime_complete(target, l->key)) return 0; /* fast path: no lock */
+    int unpacked = 0;
     char *lock_path;
     if (asprintf(&lock_path, "%s/%s.lock", rtdir, l->key) < 0) die("out of memory");
     int lk = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -481,9 +557,11 @@ static void ensure_runtime(int fd, const struct layout *l, const char *rtdir, co
         if (rename(tmp, target) != 0) write_failed(rtdir, errno);
         cleanup_dir = NULL;
         free(tmp);
+        unpacked = 1;
     }
     close(lk);
     free(lock_path);
+    return unpacked;
 }
 
 /* ---- main ------------------------------------------------------------------------------- */
@@ -523,8 +601,10 @@ int main(int argc, char **argv) {
     if (setenv("PACKER_BUNDLE", self, 1) != 0) die("out of memory");
     char *fallback_argv[] = {(char *)name, NULL};
     int err = 0;
+    hold_runtime(rtdir, l.key);
     for (int attempt = 0; attempt < 2; attempt++) { /* a runtime that cannot start is unpacked again */
-        ensure_runtime(fd, &l, rtdir, target, name, attempt > 0);
+        if (ensure_runtime(fd, &l, rtdir, target, name, attempt > 0) && attempt == 0)
+            prune_runtimes(rtdir, l.key); /* a new runtime version: collect unused old ones */
         execv(exe, argc > 0 ? argv : fallback_argv);
         err = errno;
         if (err == E2BIG || err == ENOMEM) break;
