@@ -4,6 +4,12 @@ The first run decompresses the payload once into a per-user cache, verifying its
 writing to a temp file and renaming it atomically; later runs reuse it without reading the
 payload. A file lock makes two copies started at once wait for one another instead of both
 writing (or one reading a half-written file).
+
+Old models: a running model.run holds a shared lock on ``models/<id>.inuse`` until it exits
+and sets that file's mtime (its last use). Unpacking a new model removes the other models that
+nobody holds and nobody started for KEEP_DAYS days, as the launcher does for old runtimes. Lock
+files stay (they are empty): unlinking one that others may have opened would let two
+processes "hold" it at once.
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ import os
 import pwd
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from runtime.payload import Bundle, BundleError
 
 log = logging.getLogger("runtime.cache")
 
 CHUNK = 4 << 20
+KEEP_DAYS = 30  # an unused unpacked model is removed this long after its last start
+_held: list[IO[bytes]] = []  # the in-use locks this process holds until it exits
 
 
 class CacheError(Exception):
@@ -100,12 +110,64 @@ def _is_complete(path: Path, bundle: Bundle) -> bool:
         return False
 
 
+def hold(target: Path) -> None:
+    """Hold a shared lock on ``target``'s ``.inuse`` file for the rest of this process and
+    mark it used now, so that no other model.run removes it meanwhile. Best effort."""
+    try:
+        fh = open(target.with_suffix(".inuse"), "a+b")  # noqa: SIM115 - kept open on purpose
+    except OSError:
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        os.utime(fh.fileno())
+    except OSError:
+        fh.close()
+        return
+    _held.append(fh)
+
+
+def prune_models(models: Path, keep: Path, keep_days: float = KEEP_DAYS) -> list[Path]:
+    """Remove the unpacked models in ``models`` other than ``keep`` that no process holds and
+    that were last started more than ``keep_days`` ago; returns them. Errors skip a model."""
+    cutoff = time.time() - keep_days * 86400
+    removed = []
+    for gguf in sorted(models.glob("*.gguf")):
+        if gguf == keep:
+            continue
+        inuse = gguf.with_suffix(".inuse")
+        try:
+            last = gguf.stat().st_mtime  # unpack time: models unpacked before .inuse files
+            had = inuse.exists()
+            with open(inuse, "a+b") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a model.run is using it
+                if had:
+                    last = max(last, os.fstat(fh.fileno()).st_mtime)
+                else:  # keep the model's age as its last use
+                    os.utime(fh.fileno(), (last, last))
+                if last < cutoff:
+                    gguf.unlink()
+                    removed.append(gguf)
+        except OSError:
+            continue
+    day_ago = time.time() - 86400
+    for tmp in models.glob(".unpack-*.tmp"):  # left by an unpack that was killed
+        with contextlib.suppress(OSError):
+            if tmp.stat().st_mtime < day_ago:
+                tmp.unlink()
+    return removed
+
+
 def ensure_gguf(bundle: Bundle, cache_dir: Path) -> Path:
-    """Return the path of the bundle's GGUF in ``cache_dir``, unpacking it first if needed."""
+    """Return the path of the bundle's GGUF in ``cache_dir``, unpacking it first if needed.
+    The model is held (see :func:`hold`) until this process exits."""
     target = cached_gguf_path(cache_dir, bundle)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    hold(target)  # before the check: a pruning model.run cannot remove it under us
     if _is_complete(target, bundle):  # fast path: no lock, no payload read
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target.with_suffix(".lock")):
         if _is_complete(target, bundle):  # another copy finished it while we waited
             return target
@@ -117,6 +179,13 @@ def ensure_gguf(bundle: Bundle, cache_dir: Path) -> Path:
                 "free some space or set PACKER_CACHE to another disk"
             )
         _unpack(bundle, target)
+    removed = prune_models(target.parent, target)
+    if removed:
+        log.info(
+            "removed %d unpacked model(s) that no model.run started for %d days",
+            len(removed),
+            KEEP_DAYS,
+        )
     return target
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,50 @@ def test_extract_verifies_and_is_reused(bundle_file: Path, fake_gguf: Path, tmp_
         bundle_file.chmod(0o755)
     assert out.stat().st_mtime_ns == mtime
     assert not list((cache / "models").glob("*.tmp")), "no temp file may remain"
+
+
+def _age(path: Path, days: float) -> None:
+    t = time.time() - days * 86400
+    os.utime(path, (t, t))
+
+
+def test_new_model_removes_old_unused_ones(bundle_file: Path, tmp_path: Path) -> None:
+    """Unpacking a new model removes the other unpacked models that no process holds and none
+    started for 30 days; held and recently used ones stay, as do all lock files."""
+    models = tmp_path / "cache" / "models"
+    models.mkdir(parents=True)
+
+    def old_model(name: str, days: float, inuse_days: float | None = None) -> Path:
+        p = models / f"{name * 32}.gguf"
+        p.write_bytes(b"GGUF old model")
+        _age(p, days)
+        if inuse_days is not None:
+            p.with_suffix(".inuse").touch()
+            _age(p.with_suffix(".inuse"), inuse_days)
+        return p
+
+    unused = old_model("a", 60)  # unpacked before .inuse files existed: its own age counts
+    held = old_model("b", 60, 60)
+    recent = old_model("c", 60, 5)
+    stale = old_model("d", 40, 40)
+    leftover = models / ".unpack-x.tmp"
+    leftover.write_bytes(b"half")
+    _age(leftover, 2)
+    with open(held.with_suffix(".inuse"), "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # another model.run runs that model
+        out = ensure_gguf(read_bundle(bundle_file), tmp_path / "cache")
+    assert sorted(p.name for p in models.iterdir() if p.suffix == ".gguf") == sorted(
+        [out.name, held.name, recent.name]
+    )
+    assert not unused.exists() and not stale.exists() and not leftover.exists()
+    assert unused.with_suffix(".inuse").exists()  # lock files stay
+    # this process holds its own model: a pruner elsewhere cannot take it
+    with open(out.with_suffix(".inuse"), "rb") as fh, pytest.raises(BlockingIOError):
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # a start that unpacks nothing removes nothing
+    again = old_model("e", 90)
+    assert ensure_gguf(read_bundle(bundle_file), tmp_path / "cache") == out
+    assert again.exists()
 
 
 def test_truncated_file_is_reported(bundle_file: Path) -> None:
