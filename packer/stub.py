@@ -113,20 +113,23 @@ def _not_built(flavour: str) -> RuntimeStubError:
     )
 
 
+def _site_built(site: Path) -> bool:
+    return (site / "llama_cpp" / "lib").is_dir()
+
+
 def require_flavour(flavour: str) -> Path | None:
     """Check that ``flavour`` can be frozen now (cheap: builds nothing); returns its site."""
     site = flavour_site(flavour)
-    if site is not None and not (site / "llama_cpp" / "lib").is_dir():
+    if site is not None and not _site_built(site):
         raise _not_built(flavour)
     return site
 
 
-def build_flavour_site(flavour: str, *, verbose: bool = False) -> Path:
+def build_flavour_site(flavour: str, *, verbose: bool = False) -> Path | None:
     """Compile (once, cached) ``flavour``'s llama-cpp-python wheel and install it into its own
-    folder; returns that folder. For ``cpu`` there is nothing to do (None is never returned)."""
+    folder; returns that folder. None for ``cpu``: it freezes this Python's own, nothing to do."""
     site = flavour_site(flavour)
-    assert site is not None, "the cpu flavour freezes this Python's own llama-cpp-python"
-    if (site / "llama_cpp" / "lib").is_dir():
+    if site is None or _site_built(site):
         return site
     if flavour == "cuda" and find_nvcc() is None:
         raise RuntimeStubError(
@@ -198,7 +201,10 @@ def _llama_build_id(site: Path | None = None) -> str:
 def stub_key(flavour: str = "cpu") -> str:
     """The cache key of ``flavour``'s stub. For a flavour whose llama-cpp-python is not built
     yet, :class:`RuntimeStubError` saying how to build it."""
-    site = require_flavour(flavour)
+    return _stub_key(flavour, require_flavour(flavour))
+
+
+def _stub_key(flavour: str, site: Path | None) -> str:
     h = hashlib.sha256()
     for f in _inputs():
         h.update(f.name.encode())
@@ -216,9 +222,14 @@ def stub_key(flavour: str = "cpu") -> str:
 
 
 def stub_path(flavour: str = "cpu") -> Path:
+    return _stub_path(flavour, require_flavour(flavour))
+
+
+def _stub_path(flavour: str, site: Path | None) -> Path:
+    key = _stub_key(flavour, site)
     return (
         stub_cache_root()
-        / f"{platform.system().lower()}-{platform.machine()}-{flavour}-{stub_key(flavour)}"
+        / f"{platform.system().lower()}-{platform.machine()}-{flavour}-{key}"
         / "packer-runtime"
     )
 
@@ -339,11 +350,8 @@ def ensure_stub(
     ``build_llama``: also compile the flavour's llama-cpp-python when it is missing (``packer
     runtime build``); otherwise a missing one is a :class:`RuntimeStubError` naming that
     command (``packer build`` must not start an hour-long compile by surprise)."""
-    check_flavour(flavour)
-    site = flavour_site(flavour)
-    if site is not None and build_llama:
-        site = build_flavour_site(flavour, verbose=verbose)
-    target = stub_path(flavour)
+    site = build_flavour_site(flavour, verbose=verbose) if build_llama else require_flavour(flavour)
+    target = _stub_path(flavour, site)
     if target.is_file() and not rebuild:
         log.debug("using cached runtime stub %s", target)
         return target
