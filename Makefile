@@ -13,8 +13,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# llama-cpp-python is compiled once with portable flags and cached by flags (build/llama-wheel.sh)
-$(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh
+# llama-cpp-python is compiled once with portable flags and cached by flags (build/llama-wheel.sh),
+# as root inside a Debian 11 build root (build/build-root.sh) so model.run needs only glibc 2.31
+$(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh build/build-root.sh build/root-cc
 	bash build/llama-wheel.sh $(PY)
 	$(PY) -m pip install --quiet -e .
 	touch $@

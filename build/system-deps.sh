@@ -18,7 +18,9 @@ PACKAGES=(
     libvulkan1          # tests: the Vulkan loader that model.run opens at run time
     mesa-vulkan-drivers # tests: lavapipe, Vulkan on the CPU (#5 item 3d)
     qemu-user           # tests: the engine under qemu-x86_64 -cpu MODEL (#5 item 3c)
-    debootstrap         # build/debian-root.sh -> tests/test_noinstall.py (#5 item 3b)
+    debootstrap         # build/build-root.sh (the Debian 11 build root, #5 item 4) and
+                        # build/debian-root.sh -> tests/test_noinstall.py (#5 item 3b)
+    curl                # build/build-root.sh: fetches CPython's source tarball from Debian
     chromium            # tests/test_webpage.py: the web chat page in headless Chromium
 )
 

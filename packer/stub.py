@@ -13,6 +13,12 @@ Flavours differ only in the llama-cpp-python build they freeze:
   wheel with ``build/llama-wheel.sh --flavour cuda`` (needs the CUDA toolkit; long) and installs
   it into its own folder next to the wheel cache (``<wheel cache>.site``), so this Python's own
   llama-cpp-python is not replaced. ``packer build --runtime cuda`` only uses what that made.
+
+Where the ``cpu`` runtime is frozen decides the oldest glibc model.run runs on (#5 item 4): when
+``build/llama-wheel.sh`` compiled its wheel in the Debian 11 build root (``build/build-root.sh``),
+PyInstaller runs there too, with that root's Python, so every bundled library needs glibc 2.31 at
+most. Otherwise (no root privileges at install time, or the ``cuda`` flavour) it runs with this
+Python and model.run needs this machine's glibc.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ LAUNCHER_SCRIPT = ROOT / "build" / "launcher.sh"
 LAUNCHER_SRC = ROOT / "build" / "launcher" / "launcher.c"
 RUNTIME_EXE = "packer-runtime"  # the onedir executable; launcher.c execs <dir>/packer-runtime
 WHEEL_SCRIPT = ROOT / "build" / "llama-wheel.sh"
+BUILD_ROOT_SCRIPT = ROOT / "build" / "build-root.sh"
 FLAVOURS = ("cpu", "cuda")
 FLAVOUR_HELP = (
     "cpu: every CPU variant plus Vulkan (any GPU with a Vulkan driver); "
@@ -155,14 +162,17 @@ def build_flavour_site(flavour: str, *, verbose: bool = False) -> Path | None:
             + (": " + " | ".join(tail) if tail else "")
             + " (rerun with --verbose for its full log)"
         )
-    wheels = sorted(Path(proc.stdout.strip().splitlines()[-1]).glob("llama_cpp_python-*.whl"))
+    cached = Path(proc.stdout.strip().splitlines()[-1])
+    wheels = sorted(cached.glob("llama_cpp_python-*.whl"))
     if not wheels:
         raise RuntimeStubError(f"build/llama-wheel.sh made no {flavour} wheel")
+    # PyPI's cuBLAS, when the CUDA toolkit had none, was cached next to it: frozen with it
+    extra = sorted(cached.glob("nvidia_*.whl"))
     tmp = Path(tempfile.mkdtemp(prefix=site.name + ".", dir=site.parent))
     try:
         _run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-             str(tmp), str(wheels[-1])],
+             str(tmp), str(wheels[-1]), *map(str, extra)],
             f"installing the {flavour} wheel",
             verbose=verbose,
         )  # fmt: skip
@@ -170,6 +180,38 @@ def build_flavour_site(flavour: str, *, verbose: bool = False) -> Path | None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return site
+
+
+def freeze_root(flavour: str) -> Path | None:
+    """The build root ``flavour``'s runtime is frozen in: the Debian 11 root when llama-cpp-python
+    is installed there (``make install`` as root), else None: frozen with this Python.
+    ``PACKER_BUILD_ROOT=0`` never uses the root, ``=1`` requires it."""
+    check_flavour(flavour)
+    wanted = os.environ.get("PACKER_BUILD_ROOT", "")
+    if flavour != "cpu" or wanted == "0":
+        return None
+    root = Path(
+        subprocess.run(
+            ["bash", str(BUILD_ROOT_SCRIPT), "--path"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    if _root_site(root) is not None:
+        return root
+    if wanted == "1":
+        raise RuntimeStubError(
+            f"the build root {root} has no llama-cpp-python: run `make install` as root (it "
+            "makes the root and compiles the wheel in it), or unset PACKER_BUILD_ROOT to freeze "
+            "with this machine's Python (model.run then needs this machine's glibc)"
+        )
+    return None
+
+
+def _root_site(root: Path) -> Path | None:
+    """The build root Python's site-packages, if llama-cpp-python is installed there."""
+    for site in sorted(root.glob("opt/python/lib/python3.*/site-packages")):
+        if _site_built(site) and (root / "opt" / "packer-build-root.ready").is_file():
+            return site
+    return None
 
 
 def _llama_build_id(site: Path | None = None) -> str:
@@ -201,19 +243,29 @@ def _llama_build_id(site: Path | None = None) -> str:
 def stub_key(flavour: str = "cpu") -> str:
     """The cache key of ``flavour``'s stub. For a flavour whose llama-cpp-python is not built
     yet, :class:`RuntimeStubError` saying how to build it."""
-    return _stub_key(flavour, require_flavour(flavour))
+    return _stub_key(flavour, require_flavour(flavour), freeze_root(flavour))
 
 
-def _stub_key(flavour: str, site: Path | None) -> str:
+def _freezer_id(root: Path | None) -> str:
+    """The Python and PyInstaller that freeze the runtime: this Python's, or the build root's."""
+    if root is None:
+        return sys.version + "|pyinstaller " + importlib.metadata.version("pyinstaller")
+    site = _root_site(root)
+    assert site is not None
+    pyinstaller = sorted(p.name for p in site.glob("pyinstaller-*.dist-info"))
+    ready = (root / "opt" / "packer-build-root.ready").read_text().strip()
+    return f"{root.name}|{ready}|{','.join(pyinstaller)}"
+
+
+def _stub_key(flavour: str, site: Path | None, root: Path | None = None) -> str:
     h = hashlib.sha256()
     for f in _inputs():
         h.update(f.name.encode())
         h.update(f.read_bytes())
     for part in (
-        _llama_build_id(site),
-        importlib.metadata.version("pyinstaller"),
+        _llama_build_id(_root_site(root) if root is not None else site),
+        _freezer_id(root),
         importlib.metadata.version("zstandard"),
-        sys.version,
         platform.machine(),
         flavour,
     ):
@@ -222,11 +274,11 @@ def _stub_key(flavour: str, site: Path | None) -> str:
 
 
 def stub_path(flavour: str = "cpu") -> Path:
-    return _stub_path(flavour, require_flavour(flavour))
+    return _stub_path(flavour, require_flavour(flavour), freeze_root(flavour))
 
 
-def _stub_path(flavour: str, site: Path | None) -> Path:
-    key = _stub_key(flavour, site)
+def _stub_path(flavour: str, site: Path | None, root: Path | None = None) -> Path:
+    key = _stub_key(flavour, site, root)
     return (
         stub_cache_root()
         / f"{platform.system().lower()}-{platform.machine()}-{flavour}-{key}"
@@ -254,19 +306,28 @@ def build_launcher(out: Path, *, verbose: bool = False) -> Path:
     return out
 
 
-def build_onedir(work: Path, *, site: Path | None = None, verbose: bool = False) -> Path:
+def build_onedir(
+    work: Path, *, site: Path | None = None, root: Path | None = None, verbose: bool = False
+) -> Path:
     """Freeze ``runtime/`` with PyInstaller as a onedir tree; returns the tree's folder.
 
-    ``site``: a folder whose llama-cpp-python is frozen instead of this Python's own."""
+    ``site``: a folder whose llama-cpp-python is frozen instead of this Python's own.
+    ``root``: freeze inside this build root, with its Python (see :func:`freeze_root`)."""
+    if root is not None:
+        return _build_onedir_in_root(work, root, verbose=verbose)
     env = {**os.environ, "PACKER_ROOT": str(ROOT), "PACKER_STUB_NAME": RUNTIME_EXE}
     if site is not None:
         env["PACKER_LLAMA_SITE"] = str(site)
         # the CUDA runtime libraries libggml-cuda.so links to (cudart, cublas) are bundled;
         # PyInstaller finds them through the library path (the driver's libcuda is not bundled)
+        # (and PyPI's cuBLAS installed into the site, when the toolkit had none)
         cuda_lib = Path(os.environ.get("CUDA_HOME") or "/usr/local/cuda") / "lib64"
+        lib_dirs = [str(d) for d in sorted(site.glob("nvidia/*/lib")) if d.is_dir()]
         if cuda_lib.is_dir():
+            lib_dirs.append(str(cuda_lib))
+        if lib_dirs:
             env["LD_LIBRARY_PATH"] = os.pathsep.join(
-                p for p in (str(cuda_lib), os.environ.get("LD_LIBRARY_PATH")) if p
+                p for p in (*lib_dirs, os.environ.get("LD_LIBRARY_PATH")) if p
             )
     cmd = [
         sys.executable,
@@ -285,6 +346,42 @@ def build_onedir(work: Path, *, site: Path | None = None, verbose: bool = False)
     if not (tree / RUNTIME_EXE).is_file():
         raise RuntimeStubError(f"PyInstaller did not produce {tree / RUNTIME_EXE}")
     return tree
+
+
+def _build_onedir_in_root(work: Path, root: Path, *, verbose: bool) -> Path:
+    """PyInstaller run by the build root's Python on a copy of ``runtime/`` and the spec; the
+    frozen tree is moved out to ``work``."""
+    scratch = root / "work"
+    scratch.mkdir(parents=True, exist_ok=True)
+    inner = Path(tempfile.mkdtemp(prefix="stub-", dir=scratch))
+    try:
+        src = inner / "src"
+        shutil.copytree(
+            ROOT / "runtime", src / "runtime", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        (src / "templates").mkdir()
+        for name in (SPEC.name, "chat.html"):
+            shutil.copy2(ROOT / "templates" / name, src / "templates" / name)
+        at = "/work/" + inner.name  # the same folder, seen from inside the root
+        script = (
+            f"cd {at} && exec env PACKER_ROOT={at}/src PACKER_STUB_NAME={RUNTIME_EXE} "
+            f"python3 -m PyInstaller --noconfirm --clean --distpath {at}/dist "
+            f"--workpath {at}/work {at}/src/templates/{SPEC.name}"
+        )
+        _run(
+            ["bash", str(BUILD_ROOT_SCRIPT), "--run", "bash", "-c", script],
+            "PyInstaller in the build root (building the runtime)",
+            verbose=verbose,
+        )
+        frozen = inner / "dist" / RUNTIME_EXE
+        if not (frozen / RUNTIME_EXE).is_file():
+            raise RuntimeStubError(f"PyInstaller did not produce {frozen / RUNTIME_EXE}")
+        tree = work / "dist" / RUNTIME_EXE
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(frozen), tree)
+        return tree
+    finally:
+        shutil.rmtree(inner, ignore_errors=True)
 
 
 def _has_debug_info(path: Path) -> bool:
@@ -351,16 +448,27 @@ def ensure_stub(
     runtime build``); otherwise a missing one is a :class:`RuntimeStubError` naming that
     command (``packer build`` must not start an hour-long compile by surprise)."""
     site = build_flavour_site(flavour, verbose=verbose) if build_llama else require_flavour(flavour)
-    target = _stub_path(flavour, site)
+    root = freeze_root(flavour)
+    target = _stub_path(flavour, site, root)
     if target.is_file() and not rebuild:
         log.debug("using cached runtime stub %s", target)
         return target
-    log.info("building the %s runtime stub (once; takes a few minutes)", flavour)
+    log.info(
+        "building the %s runtime stub (once; takes a few minutes) with %s",
+        flavour,
+        f"the build root's Python ({root.name})" if root else "this Python",
+    )
+    if root is None and flavour == "cpu":
+        log.warning(
+            "no build root with llama-cpp-python (`make install` as root makes it): the runtime "
+            "is frozen with this machine's Python and model.run will need its glibc (%s) or newer",
+            platform.libc_ver()[1] or "?",
+        )
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".stub-build-", dir=target.parent.parent))
     try:
         launcher = build_launcher(work / "launcher", verbose=verbose)
-        tree = build_onedir(work, site=site, verbose=verbose)
+        tree = build_onedir(work, site=site, root=root, verbose=verbose)
         log.info("stripped %.1f MB of debug info", strip_debug_info(tree) / 1e6)
         built = work / "stub"
         assemble_stub(launcher, tree, built)

@@ -126,8 +126,11 @@ def load_backends(gpu: str = "auto", verbose: bool = False) -> Backends:
         return _loaded
     if gpu not in GPU_CHOICES:
         raise BackendError(f"--gpu must be one of {', '.join(GPU_CHOICES)}, not {gpu!r}")
-    import llama_cpp  # noqa: F401  (installs llama-cpp-python's log callback)
-    import llama_cpp.llama_cpp as llama_lib
+    try:
+        import llama_cpp  # noqa: F401  (installs llama-cpp-python's log callback)
+        import llama_cpp.llama_cpp as llama_lib
+    except (OSError, RuntimeError) as exc:  # llama_cpp raises RuntimeError when dlopen fails
+        raise BackendError(_load_failure(str(exc))) from exc
 
     # before the first ggml message: llama-cpp-python prints all of them until Llama() sets this
     logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
@@ -213,6 +216,17 @@ def _load_cpu(api: _Ggml, lib_dir: Path) -> tuple[str | None, dict[str, int]]:
             f"(scores: {scores or 'none found'})"
         )
     return variant, scores
+
+
+def _load_failure(message: str) -> str:
+    """What to tell the user when llama.cpp itself (libllama.so) cannot be loaded."""
+    if "libstdc++" in message or "GLIBCXX" in message or "libgcc_s" in message:
+        return (
+            "this machine's C++ runtime is missing or older than GCC 10's (libstdc++ with "
+            "GLIBCXX_3.4.28, as in Debian 11 / Ubuntu 20.04): install or update libstdc++6 "
+            f"(Debian/Ubuntu) or libstdc++ (Fedora/RHEL) ({message})"
+        )
+    return f"cannot load llama.cpp: {message}"
 
 
 def _loader_error(exc: OSError) -> str:

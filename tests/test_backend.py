@@ -160,6 +160,35 @@ def _backends(*gpus: Device, problems: dict[str, str] | None = None) -> Backends
 VULKAN0 = Device("Vulkan", "Vulkan0", "Some GPU", "gpu", 2 << 30, 4 << 30)
 
 
+class _UnloadableLlama:
+    """A meta-path finder whose llama_cpp fails the way llama-cpp-python does when dlopen fails."""
+
+    def find_spec(self, name: str, path: object, target: object = None) -> object:
+        if name == "llama_cpp":
+            raise RuntimeError(
+                "Failed to load shared library '/x/libllama.so': /lib/libstdc++.so.6: version "
+                "`GLIBCXX_3.4.28' not found (required by /x/libllama.so)"
+            )
+        return None
+
+
+def test_an_old_libstdcxx_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libstdc++ is the machine's (never bundled): too old or missing says what to install."""
+    monkeypatch.setattr(backend, "_loaded", None)
+    for name in [m for m in sys.modules if m == "llama_cpp" or m.startswith("llama_cpp.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_UnloadableLlama(), *sys.meta_path])
+    with pytest.raises(BackendError) as err:
+        backend.load_backends("cpu")
+    text = str(err.value)
+    assert "older than GCC 10's" in text and "install or update libstdc++6" in text
+    assert "GLIBCXX_3.4.28" in text and "\n" not in text
+    assert (
+        backend._load_failure("libfoo.so: cannot open")
+        == "cannot load llama.cpp: libfoo.so: cannot open"
+    )
+
+
 def test_choose_cpu_when_asked() -> None:
     placement = choose(_backends(VULKAN0), "cpu", "auto", None, 4096)
     assert (placement.backend, placement.n_gpu_layers, placement.device) == ("cpu", 0, None)

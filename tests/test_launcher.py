@@ -415,12 +415,20 @@ def test_runs_from_read_only_media(
 
 
 GLIBC_LINE = re.compile(r"^- \*\*glibc (\d+)\.(\d+)\*\* or newer", re.M)
+GLIBCXX_LINE = re.compile(r"^  \*\*libstdc\+\+ .*\(GLIBCXX_3\.4\.(\d+)\)", re.M)
 
 
 def documented_glibc() -> tuple[int, int]:
     m = GLIBC_LINE.search(README.read_text())
     assert m, "README.md must state the oldest glibc in its 'Runs on' section"
     return int(m.group(1)), int(m.group(2))
+
+
+def documented_glibcxx() -> int:
+    """README's oldest libstdc++, as the z of GLIBCXX_3.4.z."""
+    m = GLIBCXX_LINE.search(README.read_text())
+    assert m, "README.md must state the oldest libstdc++ (GLIBCXX_3.4.z) under the glibc line"
+    return int(m.group(1))
 
 
 def glibc_needed(path: Path) -> tuple[int, int] | None:
@@ -430,6 +438,13 @@ def glibc_needed(path: Path) -> tuple[int, int] | None:
         (int(a), int(b))
         for a, b in re.findall(r"Name: GLIBC_(\d+)\.(\d+)(?:\.\d+)?\s", proc.stdout)
     ]
+    return max(found) if found else None
+
+
+def glibcxx_needed(path: Path) -> int | None:
+    """The newest GLIBCXX_3.4.z that ``path`` needs, as z."""
+    proc = subprocess.run(["readelf", "-V", "-W", str(path)], capture_output=True, text=True)
+    found = [int(z) for z in re.findall(r"Name: GLIBCXX_3\.4\.(\d+)\s", proc.stdout)]
     return max(found) if found else None
 
 
@@ -466,7 +481,7 @@ def test_glibc_baseline(real_runtime: tuple[Path, Path]) -> None:
     if not shutil.which("readelf"):
         pytest.skip("readelf (binutils) is needed")
     launcher, tree = real_runtime
-    limit = documented_glibc()
+    limit, cxx_limit = documented_glibc(), documented_glibcxx()
     assert glibc_needed(launcher) is None, "the launcher must be static (no glibc versions)"
     too_new = {}
     elves = 0
@@ -476,9 +491,14 @@ def test_glibc_baseline(real_runtime: tuple[Path, Path]) -> None:
         elves += 1
         need = glibc_needed(p)
         if need and need > limit:
-            too_new[str(p.relative_to(tree))] = f"{need[0]}.{need[1]}"
+            too_new[str(p.relative_to(tree))] = f"GLIBC_{need[0]}.{need[1]}"
+        cxx = glibcxx_needed(p)
+        if cxx and cxx > cxx_limit:
+            too_new[str(p.relative_to(tree))] = f"GLIBCXX_3.4.{cxx}"
     assert elves > 10
-    assert not too_new, f"need a newer glibc than README's {limit}: {too_new}"
+    assert not too_new, (
+        f"need a newer glibc/libstdc++ than README's {limit}, {cxx_limit}: {too_new}"
+    )
 
 
 @pytest.mark.slow
@@ -490,6 +510,9 @@ def test_runtime_bundles_backends_not_the_vulkan_loader(real_runtime: tuple[Path
     bundled = {p.name for p in (tree / "_internal" / "llama_cpp" / "lib").iterdir()}
     assert {p.name for p in libdir.glob("*.so*")} <= bundled
     assert not [p for p in tree.rglob("libvulkan.so*")], "the system's Vulkan loader must be used"
+    # the system's C++ runtime too: GPU drivers need it as new as the machine's GCC made them
+    assert not [p.name for p in tree.rglob("libstdc++.so*")]
+    assert not [p.name for p in tree.rglob("libgcc_s.so*")]
 
 
 def test_runtime_that_cannot_start_is_one_line(

@@ -1,0 +1,130 @@
+"""The Debian 11 build root (#5 item 4): build/build-root.sh, build/root-cc, and how
+build/llama-wheel.sh and packer/stub.py choose between the root and this machine.
+
+Fast: the compiler wrapper with stand-in compilers, the scripts' folder/key logic, the
+freezing choice. The root itself (making it takes about 10 minutes, compiling the wheel in it
+an hour) is exercised by `make install`; its result is checked by
+tests/test_launcher.py::test_glibc_baseline and tests/test_noinstall.py.
+Run: .venv/bin/pytest -q tests/test_build_root.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from packer import stub as stub_mod
+from packer.errors import RuntimeStubError
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_ROOT = ROOT / "build" / "build-root.sh"
+WHEEL = ROOT / "build" / "llama-wheel.sh"
+
+
+@pytest.fixture
+def fake_compilers(tmp_path: Path) -> tuple[Path, Path]:
+    """gcc-10, g++-10, clang-16, clang++-16 that print their name and arguments; and the
+    wrapper installed as packer-cc / packer-c++ (as build/llama-wheel.sh installs it)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("gcc-10", "g++-10", "clang-16", "clang++-16"):
+        f = bin_dir / name
+        f.write_text(f'#!/bin/sh\necho {name} "$@"\n')
+        f.chmod(0o755)
+    for name in ("packer-cc", "packer-c++"):
+        (bin_dir / name).write_bytes((ROOT / "build" / "root-cc").read_bytes())
+        (bin_dir / name).chmod(0o755)
+    return bin_dir / "packer-cc", bin_dir / "packer-c++"
+
+
+def _call(exe: Path, *args: str) -> list[str]:
+    env = {**os.environ, "PATH": f"{exe.parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, check=True)
+    return proc.stdout.split()
+
+
+def test_gcc_compiles_everything_but_two_variants(fake_compilers: tuple[Path, Path]) -> None:
+    cc, cxx = fake_compilers
+    args = ("-DGGML_USE_OPENMP", "-mavx2", "-fopenmp", "-c", "ggml-cpu.c")
+    assert _call(cc, *args) == ["gcc-10", *args]  # untouched: OpenMP stays
+    assert _call(cxx, "-c", "x.cpp") == ["g++-10", "-c", "x.cpp"]
+
+
+@pytest.mark.parametrize("flag", ["-mavxvnni", "-mamx-tile", "-mamx-int8"])
+def test_clang_compiles_alderlake_and_sapphirerapids(
+    fake_compilers: tuple[Path, Path], flag: str
+) -> None:
+    cc, cxx = fake_compilers
+    out = _call(cc, "-DGGML_USE_OPENMP", "-mavx2", flag, "-fopenmp", "-c", "ggml-cpu.c")
+    # clang 16 has no libgomp code generation: those variants use ggml's own thread pool
+    assert out == ["clang-16", "-Wno-unknown-warning-option", "-mavx2", flag, "-c", "ggml-cpu.c"]
+    assert _call(cxx, flag, "-c", "repack.cpp")[0] == "clang++-16"
+
+
+def _script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+
+
+def test_build_root_folder_is_versioned(tmp_path: Path) -> None:
+    env = {"PACKER_ROOTS_DIR": str(tmp_path)}
+    path = _script(str(BUILD_ROOT), "--path", env=env)
+    assert path.returncode == 0
+    assert Path(path.stdout.strip()).parent == tmp_path
+    assert Path(path.stdout.strip()).name.startswith("build-bullseye-amd64-v")
+    assert _script(str(BUILD_ROOT), "--ready", env=env).returncode == 1
+    run = _script(str(BUILD_ROOT), "--run", "true", env=env)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        "build-root.sh: the build root is not made: run build/build-root.sh first"
+    ]
+    assert not any(tmp_path.iterdir()), "asking must not start making anything"
+
+
+def test_wheel_base_and_key(tmp_path: Path) -> None:
+    """The wheel compiled in the root has its own cache key: a wheel compiled on this machine
+    (needing its newer glibc) is never taken for it, nor the other way round."""
+    env = {"PACKER_WHEEL_CACHE": str(tmp_path)}
+
+    def ask(*args: str, **extra: str) -> str:
+        proc = _script(str(WHEEL), *args, env={**env, **extra})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    root_base = ask("--print-base", PACKER_BUILD_ROOT="1")
+    assert root_base.startswith("bullseye-amd64-v")
+    assert ask("--print-base", PACKER_BUILD_ROOT="0") == "host"
+    assert ask("--print-base", "--flavour", "cuda", PACKER_BUILD_ROOT="1") == "host"
+    in_root = ask("--print-cache", PACKER_BUILD_ROOT="1")
+    on_host = ask("--print-cache", PACKER_BUILD_ROOT="0")
+    assert in_root != on_host and Path(in_root).parent == Path(on_host).parent == tmp_path
+
+
+def test_freezing_follows_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """packer/stub.py freezes with the Python of wherever the wheel was compiled."""
+    monkeypatch.setenv("PACKER_ROOTS_DIR", str(tmp_path))
+    monkeypatch.delenv("PACKER_BUILD_ROOT", raising=False)
+    assert stub_mod.freeze_root("cpu") is None  # no root: this Python
+    monkeypatch.setenv("PACKER_BUILD_ROOT", "1")
+    assert stub_mod.freeze_root("cuda") is None  # the cuda wheel is compiled on this machine
+    with pytest.raises(RuntimeStubError, match=r"has no llama-cpp-python: run `make install`"):
+        stub_mod.freeze_root("cpu")  # required, but the roots folder is empty
+    # a made root with the wheel installed: frozen there, and the key says so
+    root = Path(_script(str(BUILD_ROOT), "--path").stdout.strip())
+    site = root / "opt" / "python" / "lib" / "python3.11" / "site-packages"
+    (site / "llama_cpp" / "lib").mkdir(parents=True)
+    (site / "llama_cpp" / "lib" / "libllama.so").write_bytes(b"\x7fELF")
+    (site / "llama_cpp_python-0.3.36.dist-info").mkdir()
+    (site / "pyinstaller-6.0.dist-info").mkdir()
+    (root / "opt" / "packer-build-root.ready").write_text("bullseye 2.31 python 3.11.2\n")
+    assert stub_mod.freeze_root("cpu") == root
+    monkeypatch.delenv("PACKER_BUILD_ROOT")
+    assert stub_mod.freeze_root("cpu") == root  # found: used without being asked
+    monkeypatch.setenv("PACKER_BUILD_ROOT", "0")
+    assert stub_mod.freeze_root("cpu") is None
+    assert "bullseye 2.31" in stub_mod._freezer_id(root)
+    assert stub_mod._stub_key("cpu", None, root) != stub_mod._stub_key("cpu", None, None)
