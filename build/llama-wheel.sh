@@ -85,6 +85,13 @@ case $FLAVOUR in
         # GPU architectures (ggml's default list when unset: several, each one a long compile)
         [[ -n ${PACKER_CUDA_ARCHITECTURES:-} ]] &&
             CMAKE_FLAGS+=" -DCMAKE_CUDA_ARCHITECTURES=$PACKER_CUDA_ARCHITECTURES"
+        # ggml links the driver (libcuda) for its virtual-memory pool, through the toolkit's link
+        # stub; a toolkit without the stub (PyPI/minimal installs) gets ggml's plain pool instead
+        if ! compgen -G "${CUDA_HOME:-/usr/local/cuda}/lib64/stubs/libcuda.so" >/dev/null &&
+            ! compgen -G "${CUDA_HOME:-/usr/local/cuda}/targets/*/lib/stubs/libcuda.so" >/dev/null &&
+            ! compgen -G "/usr/lib/*/libcuda.so" >/dev/null; then
+            CMAKE_FLAGS+=" -DGGML_CUDA_NO_VMM=ON"
+        fi
         ;;
     *) echo "llama-wheel.sh: unknown flavour '$FLAVOUR' (use cpu or cuda)" >&2; exit 2 ;;
 esac
@@ -154,7 +161,9 @@ check_build_deps() {
 cublas_flags() { # CMake flags for cuBLAS when the toolkit lacks it: PyPI's nvidia-cublas wheel,
     # saved into folder $1 (it goes to the wheel cache and into the flavour's site with the wheel)
     local out=$1 toolkit major pkg unpacked inc lib
-    toolkit=$(dirname "$(dirname "$(readlink -f "$CUDACXX")")")
+    toolkit=$(cd /tmp && "$CUDACXX" -dryrun -c /dev/null -x cu 2>&1 | sed -n 's/^#\$ TOP=//p' | sed -n 1p)
+    [[ -n $toolkit ]] || toolkit=$(dirname "$(dirname "$(readlink -f "$CUDACXX")")")
+    toolkit=$(readlink -f "$toolkit")
     if [[ -e $toolkit/include/cublas_v2.h || -e $toolkit/targets/x86_64-linux/include/cublas_v2.h ]]; then
         return 0
     fi

@@ -128,7 +128,12 @@ def require_flavour(flavour: str) -> Path | None:
     """Check that ``flavour`` can be frozen now (cheap: builds nothing); returns its site."""
     site = flavour_site(flavour)
     if site is not None and not _site_built(site):
-        raise _not_built(flavour)
+        # built with other settings (e.g. PACKER_CUDA_ARCHITECTURES): the newest of this version
+        prefix = site.name.rsplit("-", 1)[0] + "-"
+        built = [p for p in site.parent.glob(prefix + "*.site") if _site_built(p)]
+        if not built:
+            raise _not_built(flavour)
+        site = max(built, key=lambda p: p.stat().st_mtime)
     return site
 
 

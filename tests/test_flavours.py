@@ -129,6 +129,18 @@ def test_a_built_cuda_site_makes_its_own_stub_key(wheel_cache: Path) -> None:
     assert cpu != cuda and "-cuda-" in cuda.parent.name
 
 
+def test_a_cuda_site_built_with_other_settings_is_used(
+    wheel_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`packer runtime build --flavour cuda` with PACKER_CUDA_ARCHITECTURES set makes a site under
+    another key; `packer build --runtime cuda` without that variable still finds it."""
+    monkeypatch.setenv("PACKER_CUDA_ARCHITECTURES", "75-virtual")
+    site = _fake_cuda_site(wheel_cache)
+    monkeypatch.delenv("PACKER_CUDA_ARCHITECTURES")
+    assert stub_mod.flavour_site("cuda") != site
+    assert stub_mod.require_flavour("cuda") == site
+
+
 @pytest.mark.slow
 def test_spec_freezes_the_flavour_site(wheel_cache: Path, tmp_path: Path) -> None:
     """PyInstaller with PACKER_LLAMA_SITE bundles the site's llama_cpp (here: its stand-in
