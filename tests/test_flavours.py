@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import smollm_gguf_path
 
 from packer import stub as stub_mod
 from packer.errors import RuntimeStubError
@@ -155,3 +156,40 @@ def test_spec_freezes_the_flavour_site(wheel_cache: Path, tmp_path: Path) -> Non
     assert not any(n.startswith(("libcuda.so", "libvulkan.so")) for n in libs)
     (frozen_cuda,) = [p for p in tree.rglob("libggml-cuda.so")]
     assert frozen_cuda.parent.name == "lib" and frozen_cuda.parent.parent.name == "llama_cpp"
+
+
+@pytest.mark.slow
+def test_built_cuda_runtime_runs_without_an_nvidia_driver(tmp_path: Path) -> None:
+    """Where `packer runtime build --flavour cuda` has been run on this machine: a cuda model.run
+    carries libggml-cuda and cuBLAS, and on a machine without an NVIDIA driver it answers on the
+    CPU with a one-line notice; --gpu cuda is a one-line error."""
+    try:
+        stub_mod.require_flavour("cuda")
+    except RuntimeStubError:
+        pytest.skip("the cuda runtime is not built here (packer runtime build --flavour cuda)")
+    if Path("/proc/driver/nvidia").exists():
+        pytest.skip("this machine has an NVIDIA driver: the fallback cannot be shown here")
+    out = tmp_path / "cuda.run"
+    proc = packer(
+        "build", str(smollm_gguf_path()), "--runtime", "cuda", "-o", str(out),
+        env=dict(os.environ), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    env = {"HOME": str(tmp_path / "home")}
+    ask = [str(out), "-p", "What is the capital of Japan?", "--temp", "0", "-n", "16"]
+    run = subprocess.run(ask, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip()  # an answer (the PyPI Q4_1 model's own words)
+    notice = [line for line in run.stderr.splitlines() if "no usable GPU" in line]
+    assert len(notice) == 1 and "CUDA:" in notice[0], run.stderr
+    runtime = next((tmp_path / "home" / ".cache" / "packer" / "runtime").glob("*/_internal"))
+    names = {p.name for p in runtime.rglob("*.so*")}
+    assert "libggml-cuda.so" in names and any(n.startswith("libcublas") for n in names)
+    assert not any(n.startswith(("libcuda.so", "libnvidia-")) for n in names)  # the driver's
+    forced = subprocess.run([*ask, "--gpu", "cuda"], env=env, capture_output=True, text=True)
+    assert forced.returncode != 0
+    assert (
+        forced.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--gpu cuda: no CUDA device found; use --gpu auto or --gpu cpu")
+    )
