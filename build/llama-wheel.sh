@@ -235,7 +235,6 @@ compile_wheel() { # compile the wheel on this machine into folder $1 (resumable:
     mkdir -p "$out"
     [[ $FLAVOUR == cuda ]] && extra+=" $(cublas_flags "$out")"
     echo "building llama-cpp-python $VERSION, flavour $FLAVOUR ($CMAKE_FLAGS); this takes long" >&2
-    mkdir -p "$out"
     # The sdist is unpacked into, and compiled in, fixed folders next to the output: a retry
     # after a failure or an interruption continues where the compile stopped.
     src=$work/src/llama_cpp_python-$VERSION
@@ -255,9 +254,6 @@ if [[ -n $COMPILE_INTO ]]; then # inside the build root (see compile_in_root)
     compile_wheel "$COMPILE_INTO"
     exit 0
 fi
-
-ROOT_DIR=
-[[ $BASE == host ]] || ROOT_DIR=$(bash "$HERE/build-root.sh" --path)
 
 compile_in_root() { # compile the wheel inside the build root; the wheel ends up in folder $1
     local out=$1 vk_include stage
@@ -318,7 +314,7 @@ if ((!BUILD_ONLY)); then
     deps=("typing-extensions>=4.5" "numpy>=1.20" "diskcache>=5.6.1" "jinja2>=2.11.3")
     "$PY" -m pip install --no-deps --force-reinstall --quiet "$CACHE"/llama_cpp_python-*.whl
     "$PY" -m pip install --quiet "${deps[@]}"
-    if [[ -n $ROOT_DIR ]]; then
+    if [[ $BASE != host ]]; then
         ROOT_DIR=$(bash "$HERE/build-root.sh")
         mkdir -p "$ROOT_DIR/work/wheel"
         cp "$CACHE"/llama_cpp_python-*.whl "$ROOT_DIR/work/wheel/"

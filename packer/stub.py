@@ -15,9 +15,10 @@ Flavours differ only in the llama-cpp-python build they freeze:
   llama-cpp-python is not replaced. ``packer build --runtime cuda`` only uses what that made.
 
 Where the ``cpu`` runtime is frozen decides the oldest glibc model.run runs on (#5 item 4): when
-``build/llama-wheel.sh`` compiled its wheel in the Debian 11 build root (``build/build-root.sh``),
-PyInstaller runs there too, with that root's Python, so every bundled library needs glibc 2.31 at
-most. Otherwise (no root privileges at install time, or the ``cuda`` flavour) it runs with this
+the Debian 11 build root (``build/build-root.sh``) has llama-cpp-python installed, which
+``build/llama-wheel.sh`` does when it compiled the wheel there, PyInstaller runs there too, with
+that root's Python, so every bundled library needs glibc 2.31 at most. Otherwise (no root
+privileges at install time, ``PACKER_BUILD_ROOT=0``, or the ``cuda`` flavour) it runs with this
 Python and model.run needs this machine's glibc.
 """
 
