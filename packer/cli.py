@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from packer import __version__
 from packer.errors import PackerError
-from packer.stub import FLAVOUR_HELP, FLAVOURS
+from packer.stub import FLAVOUR_HELP, FLAVOURS, CachedStub
 
 log = logging.getLogger("packer")
 
@@ -340,6 +341,64 @@ def runtime_build(ctx: click.Context, flavour: str, force: bool) -> None:
 
     stub = ensure_stub(flavour, rebuild=force, verbose=ctx.obj["verbose"], build_llama=True)
     click.echo(str(stub))
+
+
+def _stub_line(stub: CachedStub) -> str:
+    built = time.strftime("%Y-%m-%d %H:%M", time.localtime(stub.built))
+    mark = "current" if stub.current else "old"
+    return f"{stub.flavour:<7} {stub.size / 1e6:>7.1f} MB  {built}  {mark:<7}  {stub.path}"
+
+
+@runtime.command("list")
+def runtime_list() -> None:
+    """List the runtime stubs in the cache, newest first.
+
+    "current" marks the stub `packer build` uses now for that flavour; "old" ones were built
+    from other sources or another llama-cpp-python and are only taking space
+    (`packer runtime prune` removes them). Built model.run files never need their stub again.
+
+    \b
+    Examples:
+      packer runtime list
+    """
+    from packer.stub import cached_stubs, stub_cache_root
+
+    stubs = cached_stubs()
+    if not stubs:
+        click.echo(f"no runtime stubs in {stub_cache_root()}", err=True)
+        return
+    click.echo(f"{'FLAVOUR':<7} {'SIZE':>10}  {'BUILT':<16}  {'STATE':<7}  PATH")
+    for stub in stubs:
+        click.echo(_stub_line(stub))
+    old = [s for s in stubs if not s.current]
+    if old:
+        total = sum(s.size for s in old) / 1e6
+        click.echo(f"{len(old)} old stub(s), {total:.0f} MB: `packer runtime prune`", err=True)
+
+
+@runtime.command("prune")
+@click.option("--all", "everything", is_flag=True, help="Remove the current stubs too.")
+@click.option("--dry-run", "-n", is_flag=True, help="Only print what would be removed.")
+def runtime_prune(everything: bool, dry_run: bool) -> None:
+    """Remove the cached runtime stubs no build would use now, and print them.
+
+    Built model.run files keep working: each carries its own copy of the runtime. With --all
+    the next `packer build` rebuilds the stub (a few minutes).
+
+    \b
+    Examples:
+      packer runtime prune
+      packer runtime prune --dry-run
+      packer runtime prune --all
+    """
+    from packer.stub import prune_stubs
+
+    removed = prune_stubs(everything=everything, dry_run=dry_run)
+    for stub in removed:
+        click.echo(_stub_line(stub))
+    verb = "would remove" if dry_run else "removed"
+    total = sum(s.size for s in removed) / 1e6
+    click.echo(f"{verb} {len(removed)} stub(s), {total:.0f} MB", err=True)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ Python and model.run needs this machine's glibc.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -484,3 +485,62 @@ def ensure_stub(
         shutil.rmtree(work, ignore_errors=True)
     log.info("runtime stub ready: %s (%.1f MB)", target, target.stat().st_size / 1e6)
     return target
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedStub:
+    """One stub in the stub cache (``<system>-<machine>-<flavour>-<key>/packer-runtime``)."""
+
+    path: Path
+    flavour: str
+    key: str
+    size: int
+    built: float  # mtime, seconds since the epoch
+    current: bool  # what `packer build --runtime <flavour>` would use now
+
+
+def current_stub_keys() -> dict[str, str]:
+    """The stub key each flavour would have now; flavours whose llama-cpp-python is not built
+    (no stub can be current for them) are left out."""
+    keys = {}
+    for flavour in FLAVOURS:
+        try:
+            keys[flavour] = stub_key(flavour)
+        except RuntimeStubError:
+            continue
+    return keys
+
+
+def cached_stubs() -> list[CachedStub]:
+    """The stubs in the cache, newest first. Folders of builds in progress (``.stub-build-*``)
+    and anything else not shaped like a stub are skipped."""
+    root = stub_cache_root()
+    if not root.is_dir():
+        return []
+    prefix = f"{platform.system().lower()}-{platform.machine()}-"
+    current = current_stub_keys()
+    stubs = []
+    for folder in root.iterdir():
+        name = folder.name
+        exe = folder / "packer-runtime"
+        if not name.startswith(prefix) or not exe.is_file():
+            continue
+        flavour, _, key = name.removeprefix(prefix).partition("-")
+        st = exe.stat()
+        stubs.append(
+            CachedStub(exe, flavour, key, st.st_size, st.st_mtime, current.get(flavour) == key)
+        )
+    return sorted(stubs, key=lambda s: s.built, reverse=True)
+
+
+def prune_stubs(*, everything: bool = False, dry_run: bool = False) -> list[CachedStub]:
+    """Remove the cached stubs no build would use now (every one with ``everything``); returns
+    them. A model.run already built never needs its stub again: the stub is copied into it."""
+    removed = []
+    for stub in cached_stubs():
+        if stub.current and not everything:
+            continue
+        if not dry_run:
+            shutil.rmtree(stub.path.parent)
+        removed.append(stub)
+    return removed
