@@ -7,6 +7,7 @@ import shlex
 from typing import Any
 
 from runtime.backend import GPU_CHOICES, parse_gpu_layers
+from runtime.engine import FLASH_ATTN_CHOICES
 
 DESCRIPTION = """\
 Run the language model inside this file: no installation, no network.
@@ -108,6 +109,16 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         metavar="N|auto",
         help="layers to offload to the GPU; auto = as many as fit in its free memory "
         "(default: %(default)s)",
+    )
+    res.add_argument(
+        "-fa",
+        "--flash-attn",
+        choices=FLASH_ATTN_CHOICES,
+        nargs="?",
+        const="on",
+        default="auto",
+        help="flash attention: auto = where the backend supports it, as llama.cpp decides; a "
+        "bare -fa means on (default: %(default)s)",
     )
     res.add_argument(
         "--cache-dir",

@@ -50,7 +50,7 @@ class Embedder:
             import llama_cpp
             from llama_cpp import _internals
 
-            from runtime.engine import default_threads
+            from runtime.engine import default_threads, flash_attn_type
 
             engine = self.engine
             threads = engine.options.n_threads or default_threads()
@@ -60,6 +60,7 @@ class Embedder:
             params.n_seq_max = 1
             params.n_threads = params.n_threads_batch = threads
             params.embeddings = True
+            params.flash_attn_type = flash_attn_type(engine.options.flash_attn)
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
             model = engine.llm._model
             with _quiet(engine.options.verbose):  # llama.cpp warns that we override pooling

@@ -118,6 +118,7 @@ def run(argv: list[str]) -> int:
         n_ctx=args.ctx_size,
         n_threads=args.threads,
         n_gpu_layers=placement.n_gpu_layers,
+        flash_attn=args.flash_attn,
         seed=args.seed,
         verbose=args.verbose,
         n_parallel=args.parallel or (SERVER_SLOTS if args.server else 1),

@@ -114,6 +114,8 @@ class Scheduler:
     ) -> None:
         import llama_cpp
 
+        from runtime.engine import flash_attn_type  # engine imports this module
+
         self._ll = llama_cpp
         self.engine = engine
         self.n_parallel = max(1, n_parallel)
@@ -128,6 +130,7 @@ class Scheduler:
         params.n_threads = params.n_threads_batch = n_threads
         params.kv_unified = False  # each slot its own KV stream of n_ctx / n_parallel cells
         params.embeddings = False
+        params.flash_attn_type = flash_attn_type(engine.options.flash_attn)
         self._ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens")

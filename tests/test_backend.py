@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,33 @@ def test_gpu_flags_parse() -> None:
     assert parse([], ["-ngl", "3", "--gpu", "cpu"]).gpu_layers == 3  # baked default
 
 
-@pytest.mark.parametrize("argv", [["--gpu", "metal"], ["-ngl", "-1"], ["-ngl", "some"]])
+def test_flash_attn_flag_parses_like_llama_server() -> None:
+    assert parse([], []).flash_attn == "auto"
+    assert parse(["-fa"], []).flash_attn == "on"  # a bare -fa, as older llama.cpp had it
+    assert parse(["-fa", "off"], []).flash_attn == "off"
+    assert parse(["--flash-attn", "on"], ["-fa", "off"]).flash_attn == "on"
+    assert parse([], ["-fa", "off"]).flash_attn == "off"  # baked default
+
+
+@pytest.mark.parametrize(
+    "fa, llama_log", [("auto", "auto"), ("on", "enabled"), ("off", "disabled")]
+)
+def test_flash_attn_reaches_the_generation_context(fa: str, llama_log: str) -> None:
+    """-fa sets the generation context (llama-cpp-python's Llama would turn it off); auto is
+    llama.cpp's and llama-server's default, and resolves to on for the CPU."""
+    _, err = _answer("-p", "Hi", "-fa", fa, "--gpu", "cpu")
+    assert f"flash attention {fa})" in err  # our own start-up line
+    contexts = re.findall(r"llama_context: flash_attn\s+= (\w+)", err)
+    # the Llama object's own small context first (unused for generation), then the scheduler's
+    assert contexts[-1] == llama_log, contexts
+    assert ("(FLASH_ATTN_EXT)" in err) == (fa != "off")  # the graph's attention nodes
+    if fa == "auto":
+        assert "Flash Attention enabled" in err  # auto resolved to on
+
+
+@pytest.mark.parametrize(
+    "argv", [["--gpu", "metal"], ["-ngl", "-1"], ["-ngl", "some"], ["-fa", "maybe"]]
+)
 def test_bad_gpu_flags_are_usage_errors(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
