@@ -361,19 +361,27 @@ def runtime_list() -> None:
     Examples:
       packer runtime list
     """
-    from packer.stub import cached_stubs, stub_cache_root
+    from packer.stub import abandoned_builds, cached_stubs, folder_size, stub_cache_root
 
     stubs = cached_stubs()
     if not stubs:
         click.echo(f"no runtime stubs in {stub_cache_root()}", err=True)
-        return
-    click.echo(f"{'FLAVOUR':<7} {'SIZE':>10}  {'BUILT':<16}  {'STATE':<7}  PATH")
+    else:
+        click.echo(f"{'FLAVOUR':<7} {'SIZE':>10}  {'BUILT':<16}  {'STATE':<7}  PATH")
     for stub in stubs:
         click.echo(_stub_line(stub))
     old = [s for s in stubs if not s.current]
     if old:
         total = sum(s.size for s in old) / 1e6
         click.echo(f"{len(old)} old stub(s), {total:.0f} MB: `packer runtime prune`", err=True)
+    builds = abandoned_builds()
+    if builds:
+        total = sum(folder_size(b) for b in builds) / 1e6
+        click.echo(
+            f"{len(builds)} folder(s) left by killed stub builds, {total:.0f} MB: "
+            "`packer runtime prune`",
+            err=True,
+        )
 
 
 @runtime.command("prune")
@@ -381,6 +389,9 @@ def runtime_list() -> None:
 @click.option("--dry-run", "-n", is_flag=True, help="Only print what would be removed.")
 def runtime_prune(everything: bool, dry_run: bool) -> None:
     """Remove the cached runtime stubs no build would use now, and print them.
+
+    Folders left by stub builds that were killed (Ctrl-C during PyInstaller, out of memory)
+    go too; a build that is running is never touched.
 
     Built model.run files keep working: each carries its own copy of the runtime. With --all
     the next `packer build` rebuilds the stub (a few minutes).
@@ -393,12 +404,18 @@ def runtime_prune(everything: bool, dry_run: bool) -> None:
     """
     from packer.stub import prune_stubs
 
-    removed = prune_stubs(everything=everything, dry_run=dry_run)
+    removed, builds = prune_stubs(everything=everything, dry_run=dry_run)
     for stub in removed:
         click.echo(_stub_line(stub))
+    for folder, size in builds:
+        click.echo(f"{'build':<7} {size / 1e6:>7.1f} MB  {'':<16}  {'killed':<7}  {folder}")
     verb = "would remove" if dry_run else "removed"
     total = sum(s.size for s in removed) / 1e6
-    click.echo(f"{verb} {len(removed)} stub(s), {total:.0f} MB", err=True)
+    line = f"{verb} {len(removed)} stub(s), {total:.0f} MB"
+    if builds:
+        line += f", and {len(builds)} folder(s) of killed builds, "
+        line += f"{sum(size for _, size in builds) / 1e6:.0f} MB"
+    click.echo(line, err=True)
 
 
 def main() -> None:

@@ -24,7 +24,9 @@ Python and model.run needs this machine's glibc.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -35,6 +37,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -472,8 +476,7 @@ def ensure_stub(
             platform.libc_ver()[1] or "?",
         )
     target.parent.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".stub-build-", dir=target.parent.parent))
-    try:
+    with _build_folder(target.parent.parent) as work:
         launcher = build_launcher(work / "launcher", verbose=verbose)
         tree = build_onedir(work, site=site, root=root, verbose=verbose)
         log.info("stripped %.1f MB of debug info", strip_debug_info(tree) / 1e6)
@@ -481,10 +484,51 @@ def ensure_stub(
         assemble_stub(launcher, tree, built)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(built, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("runtime stub ready: %s (%.1f MB)", target, target.stat().st_size / 1e6)
     return target
+
+
+BUILD_PREFIX = ".stub-build-"  # scratch folders of stub builds, next to the stubs
+BUILD_LOCK = ".building"  # in each: flock-ed by the build that owns it
+ABANDONED_AFTER_S = 3600  # a build folder with no lock file is left alone this long
+
+
+@contextlib.contextmanager
+def _build_folder(parent: Path) -> Iterator[Path]:
+    """A scratch folder for one stub build, locked while the build runs and removed after it.
+    A build that is killed leaves it behind unlocked; :func:`prune_stubs` removes those."""
+    work = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=parent))
+    try:
+        with open(work / BUILD_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _abandoned(folder: Path) -> bool:
+    """True for a stub build folder no running build holds."""
+    try:
+        with open(folder / BUILD_LOCK) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # its build is running
+            return True
+    except FileNotFoundError:  # a build that is just starting, or one from before the lock
+        return time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S
+
+
+def abandoned_builds() -> list[Path]:
+    """Scratch folders of stub builds that were killed (interrupted, out of memory, timed out)."""
+    root = stub_cache_root()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob(BUILD_PREFIX + "*") if p.is_dir() and _abandoned(p))
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,9 +577,12 @@ def cached_stubs() -> list[CachedStub]:
     return sorted(stubs, key=lambda s: s.built, reverse=True)
 
 
-def prune_stubs(*, everything: bool = False, dry_run: bool = False) -> list[CachedStub]:
-    """Remove the cached stubs no build would use now (every one with ``everything``); returns
-    them. A model.run already built never needs its stub again: the stub is copied into it."""
+def prune_stubs(
+    *, everything: bool = False, dry_run: bool = False
+) -> tuple[list[CachedStub], list[tuple[Path, int]]]:
+    """Remove the cached stubs no build would use now (every one with ``everything``) and the
+    folders killed builds left behind; returns both (folders with their sizes). A model.run
+    already built never needs its stub again: the stub is copied into it."""
     removed = []
     for stub in cached_stubs():
         if stub.current and not everything:
@@ -543,4 +590,9 @@ def prune_stubs(*, everything: bool = False, dry_run: bool = False) -> list[Cach
         if not dry_run:
             shutil.rmtree(stub.path.parent)
         removed.append(stub)
-    return removed
+    builds = []
+    for folder in abandoned_builds():
+        builds.append((folder, folder_size(folder)))
+        if not dry_run:
+            shutil.rmtree(folder, ignore_errors=True)
+    return removed, builds

@@ -105,3 +105,41 @@ def test_current_keys_leave_out_flavours_that_are_not_built(monkeypatch) -> None
 
     monkeypatch.setattr(stub_mod, "stub_key", fake_key)
     assert stub_mod.current_stub_keys() == {"cpu": "k-cpu"}
+
+
+def test_prune_removes_what_killed_builds_left_and_never_a_running_build(
+    cache: Path,
+) -> None:
+    """A stub build works in a `.stub-build-*` folder that it locks; a killed build (Ctrl-C,
+    out of memory, a timeout) leaves it unlocked, with hundreds of MB in it."""
+    dead = cache / ".stub-build-dead"
+    (dead / "dist").mkdir(parents=True)
+    (dead / "dist" / "libggml-cuda.so").write_bytes(b"\0" * 4_000_000)
+    (dead / stub_mod.BUILD_LOCK).touch()  # its build is gone: nobody holds the lock
+    old = cache / ".stub-build-old"  # from before build folders were locked, two hours old
+    old.mkdir()
+    then = time.time() - 2 * 3600
+    os.utime(old, (then, then))
+    with stub_mod._build_folder(cache) as running:
+        (running / "partial").write_bytes(b"\0" * 1000)
+        code, _, err = run_cli("runtime", "list")
+        assert "2 folder(s) left by killed stub builds, 4 MB: `packer runtime prune`" in err
+        code, out, err = run_cli("runtime", "prune", "--dry-run")
+        assert "would remove 2 stub(s), 7 MB, and 2 folder(s) of killed builds, 4 MB" in err
+        assert dead.is_dir() and old.is_dir()
+        code, out, err = run_cli("runtime", "prune")
+        assert code == 0
+        assert "removed 2 stub(s), 7 MB, and 2 folder(s) of killed builds, 4 MB" in err
+        killed = [line.split() for line in out.splitlines() if line.startswith("build")]
+        assert sorted(row[-1] for row in killed) == [str(dead), str(old)]
+        assert not dead.exists() and not old.exists()
+        assert (running / "partial").is_file()  # the running build is untouched
+        assert (cache / ".stub-build-x1y2").is_dir()  # just started: no lock yet, fresh
+    assert not running.exists()  # a build removes its own folder when it ends
+
+
+def test_a_failed_build_removes_its_folder(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), stub_mod._build_folder(tmp_path) as work:
+        assert not stub_mod._abandoned(work)  # locked while the build runs
+        raise RuntimeError("PyInstaller failed")
+    assert list(tmp_path.iterdir()) == []
