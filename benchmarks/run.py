@@ -54,7 +54,7 @@ from runtime.backend import load_backends  # the wheel's backends are dlopen()ed
 load_backends("cpu")
 path, threads, n_ctx, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                      n_gpu_layers=0, verbose=False)
+                      n_gpu_layers=0, flash_attn=True, verbose=False)
 for chunk in llm.create_completion(prompt, max_tokens=1, temperature=0.0, stream=True):
     sys.stdout.write(chunk["choices"][0]["text"] or "\\n")
     sys.stdout.flush()
@@ -306,6 +306,7 @@ class Peer:
             n_threads=threads,
             n_threads_batch=threads,
             n_gpu_layers=0,
+            flash_attn=True,  # model.run's -fa auto turns it on for the CPU; Llama's default is off
             seed=SEED,
             verbose=False,
         )
