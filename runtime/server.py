@@ -147,6 +147,24 @@ class PackerHTTPServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.url = f"http://{_url_host(str(host))}:{port}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver's default prints a traceback block on stderr for any exception that
+        escapes a request. A client that goes away mid-request (reset, broken pipe, timeout)
+        is ordinary for a server: logged at debug level only. Anything else is one error line,
+        with the traceback under --verbose."""
+        exc = sys.exc_info()[1]
+        who = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("client %s went away: %s", who, exc)
+            return
+        log.error(
+            "error while serving %s: %s: %s",
+            who,
+            type(exc).__name__,
+            exc,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+
     def share_with(self, other: PackerHTTPServer) -> None:
         """Make this listener use ``other``'s model state (shutdown gate, embeddings context)."""
         self.gate = other.gate

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -240,6 +241,39 @@ def test_concurrent_requests(url: str) -> None:
         t.join(120)
     assert len(results) == 3
     assert all(r.status_code == 200 and r.json()["tokens_predicted"] >= 1 for r in results)
+
+
+def test_a_client_going_away_prints_no_traceback_block(
+    server: PackerHTTPServer, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """socketserver's default handle_error prints a "-----" block with a traceback on stderr for
+    every client that resets its connection; the server logs one line instead, and only an
+    unexpected error is an error."""
+    caplog.set_level(logging.DEBUG, logger="runtime.server")
+    for exc in (ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "x")):
+        try:
+            raise exc
+        except OSError:
+            server.handle_error(None, ("127.0.0.1", 40000))
+    try:
+        raise ValueError("bad state")
+    except ValueError:
+        server.handle_error(None, ("127.0.0.1", 40001))
+    # end to end: a keep-alive client that resets its connection after an answer; the server,
+    # waiting for its next request line, gets ECONNRESET (this printed the block before)
+    sock = socket.create_connection(server.server_address[:2])
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST
+    assert requests.get(server.url + "/health", timeout=30).status_code == 200  # still serving
+    time.sleep(0.5)
+    err = capfd.readouterr().err
+    assert "Exception occurred" not in err and "Traceback" not in err, err
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "runtime.server"]
+    assert ("DEBUG", "client 127.0.0.1 went away: [Errno 104] Connection reset by peer") in records
+    assert ("ERROR", "error while serving 127.0.0.1: ValueError: bad state") in records
+    assert not [m for level, m in records if level == "ERROR" and "ValueError" not in m]
 
 
 # -- LangChain (langchain-community's Llamafile client) ---------------------------------------
