@@ -343,10 +343,15 @@ def runtime_build(ctx: click.Context, flavour: str, force: bool) -> None:
     click.echo(str(stub))
 
 
+def _row(kind: str, size: str, built: str, state: str, path: object) -> str:
+    """One line of the `packer runtime list`/`prune` table (the header is a row too)."""
+    return f"{kind:<7} {size:>10}  {built:<16}  {state:<7}  {path}"
+
+
 def _stub_line(stub: CachedStub) -> str:
     built = time.strftime("%Y-%m-%d %H:%M", time.localtime(stub.built))
     mark = "current" if stub.current else "old"
-    return f"{stub.flavour:<7} {stub.size / 1e6:>7.1f} MB  {built}  {mark:<7}  {stub.path}"
+    return _row(stub.flavour, f"{stub.size / 1e6:.1f} MB", built, mark, stub.path)
 
 
 @runtime.command("list")
@@ -367,7 +372,7 @@ def runtime_list() -> None:
     if not stubs:
         click.echo(f"no runtime stubs in {stub_cache_root()}", err=True)
     else:
-        click.echo(f"{'FLAVOUR':<7} {'SIZE':>10}  {'BUILT':<16}  {'STATE':<7}  PATH")
+        click.echo(_row("FLAVOUR", "SIZE", "BUILT", "STATE", "PATH"))
     for stub in stubs:
         click.echo(_stub_line(stub))
     old = [s for s in stubs if not s.current]
@@ -408,7 +413,7 @@ def runtime_prune(everything: bool, dry_run: bool) -> None:
     for stub in removed:
         click.echo(_stub_line(stub))
     for folder, size in builds:
-        click.echo(f"{'build':<7} {size / 1e6:>7.1f} MB  {'':<16}  {'killed':<7}  {folder}")
+        click.echo(_row("build", f"{size / 1e6:.1f} MB", "", "killed", folder))
     verb = "would remove" if dry_run else "removed"
     total = sum(s.size for s in removed) / 1e6
     line = f"{verb} {len(removed)} stub(s), {total:.0f} MB"

@@ -288,13 +288,17 @@ def stub_path(flavour: str = "cpu") -> Path:
     return _stub_path(flavour, require_flavour(flavour), freeze_root(flavour))
 
 
+STUB_FILE = "packer-runtime"  # the stub, in its cache folder <platform prefix><flavour>-<key>
+
+
+def _platform_prefix() -> str:
+    """How every stub folder's name starts on this machine (``linux-x86_64-``)."""
+    return f"{platform.system().lower()}-{platform.machine()}-"
+
+
 def _stub_path(flavour: str, site: Path | None, root: Path | None = None) -> Path:
     key = _stub_key(flavour, site, root)
-    return (
-        stub_cache_root()
-        / f"{platform.system().lower()}-{platform.machine()}-{flavour}-{key}"
-        / "packer-runtime"
-    )
+    return stub_cache_root() / f"{_platform_prefix()}{flavour}-{key}" / STUB_FILE
 
 
 def _run(cmd: list[str], what: str, *, verbose: bool, **kw: Any) -> None:
@@ -533,7 +537,7 @@ def folder_size(folder: Path) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class CachedStub:
-    """One stub in the stub cache (``<system>-<machine>-<flavour>-<key>/packer-runtime``)."""
+    """One stub in the stub cache (see :func:`_stub_path`)."""
 
     path: Path
     flavour: str
@@ -561,12 +565,12 @@ def cached_stubs() -> list[CachedStub]:
     root = stub_cache_root()
     if not root.is_dir():
         return []
-    prefix = f"{platform.system().lower()}-{platform.machine()}-"
+    prefix = _platform_prefix()
     current = current_stub_keys()
     stubs = []
     for folder in root.iterdir():
         name = folder.name
-        exe = folder / "packer-runtime"
+        exe = folder / STUB_FILE
         if not name.startswith(prefix) or not exe.is_file():
             continue
         flavour, _, key = name.removeprefix(prefix).partition("-")
