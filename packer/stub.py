@@ -592,7 +592,13 @@ def prune_stubs(
         if stub.current and not everything:
             continue
         if not dry_run:
-            shutil.rmtree(stub.path.parent)
+            try:
+                shutil.rmtree(stub.path.parent)
+            except OSError as exc:
+                raise RuntimeStubError(
+                    f"could not remove {stub.path.parent}: {exc.strerror or exc}; "
+                    f"check who owns {stub_cache_root()} (PACKER_STUB_CACHE)"
+                ) from exc
         removed.append(stub)
     builds = []
     for folder in abandoned_builds():

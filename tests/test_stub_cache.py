@@ -143,3 +143,16 @@ def test_a_failed_build_removes_its_folder(tmp_path: Path) -> None:
         assert not stub_mod._abandoned(work)  # locked while the build runs
         raise RuntimeError("PyInstaller failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_that_cannot_remove_is_one_line(cache: Path, monkeypatch) -> None:
+    def refuse(path: object, *a: object, **kw: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(stub_mod.shutil, "rmtree", refuse)
+    code, out, err = run_cli("runtime", "prune")
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("packer: error: could not remove ")
+    assert "Permission denied; check who owns" in lines[0] and "Traceback" not in err
