@@ -12,6 +12,10 @@
 # Python tag: pip's own wheel cache ignores CMAKE_ARGS, so a wheel compiled with other flags
 # (say -march=native) could otherwise be silently reused, and that one crashes on older CPUs.
 #
+# Patches: build/patches/VERSION/*.patch are our own fixes to the vendored llama.cpp, applied to
+# the unpacked sdist (ggml-amx-tile-config.patch: ggml's AMX kernels died of SIGILL when another
+# library on the thread released the tiles, and gcc builds loaded an empty tile configuration).
+#
 # Where it is compiled decides the oldest glibc model.run runs on (#5 item 4). The cpu flavour is
 # compiled inside the Debian 11 build root (build/build-root.sh: gcc 10, glibc 2.31), whose
 # Python freezes the runtime too; the wheel also installs and runs on the newer build machine.
@@ -121,7 +125,17 @@ if ((PRINT_BASE)); then
 fi
 
 PYTAG=$("$PY" -c 'import sys,platform; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')
+# Our fixes to the vendored llama.cpp (build/patches/VERSION/*.patch, applied in name order right
+# after the sdist is unpacked): their text is part of the key, so a changed patch is a new wheel.
+shopt -s nullglob
+PATCHES=("$HERE/patches/$VERSION"/*.patch)
+shopt -u nullglob
+patches_digest() { # of the patches' text; "none" without patches
+    ((${#PATCHES[@]})) || { echo none; return; }
+    cat "${PATCHES[@]}" | sha256sum | cut -c1-64
+}
 KEY_PARTS=("$VERSION" "$CMAKE_FLAGS" "$PYTAG")
+((${#PATCHES[@]})) && KEY_PARTS+=("$(patches_digest)")
 [[ $BASE == host || $BASE == here ]] || KEY_PARTS+=("$BASE")
 KEY=$(printf '%s\n' "${KEY_PARTS[@]}" | sha256sum | cut -c1-16)
 CACHE=${PACKER_WHEEL_CACHE:-$HOME/.cache/packer/wheels}/llama-cpp-python-$VERSION-$FLAVOUR-$KEY
@@ -238,11 +252,23 @@ compile_wheel() { # compile the wheel on this machine into folder $1 (resumable:
     # The sdist is unpacked into, and compiled in, fixed folders next to the output: a retry
     # after a failure or an interruption continues where the compile stopped.
     src=$work/src/llama_cpp_python-$VERSION
-    if [[ ! -f $src/pyproject.toml ]]; then
+    # (a source unpacked with other patches, or none, is unpacked again: its build too)
+    if [[ ! -f $src/pyproject.toml || $(cat "$src/.packer-patches" 2>/dev/null) != "$(patches_digest)" ]]; then
+        rm -rf "$work/src" "$work/cmake"
         mkdir -p "$work/src"
         "$PY" -m pip download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" \
             -d "$work/src" >&2
         tar -xzf "$work/src/llama_cpp_python-$VERSION.tar.gz" -C "$work/src"
+        local patch_file
+        for patch_file in "${PATCHES[@]}"; do
+            echo "applying ${patch_file##*/}" >&2
+            patch --quiet --forward -p1 -d "$src" <"$patch_file" >&2 || {
+                echo "llama-wheel.sh: ${patch_file##*/} does not apply to llama-cpp-python $VERSION" >&2
+                rm -rf "$work/src"
+                exit 1
+            }
+        done
+        patches_digest >"$src/.packer-patches"
     fi
     CMAKE_ARGS="$CMAKE_FLAGS $extra" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
         nice -n 10 "$PY" -m pip wheel --no-deps --no-cache-dir -v \
@@ -261,6 +287,7 @@ compile_in_root() { # compile the wheel inside the build root; the wheel ends up
     stage=$ROOT_DIR/work/llama-wheel
     rm -rf "$stage" && mkdir -p "$stage"
     cp "$HERE/llama-wheel.sh" "$stage/"
+    [[ -d $HERE/patches ]] && cp -r "$HERE/patches" "$stage/"
     install -m 755 "$HERE/root-cc" "$ROOT_DIR/usr/local/bin/packer-cc"
     install -m 755 "$HERE/root-cc" "$ROOT_DIR/usr/local/bin/packer-c++"
     vk_include=$(vulkan_headers) # fetched here: the root's apt cannot read Debian 13's lists
