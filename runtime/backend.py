@@ -16,7 +16,8 @@ ggml's own registry (``ggml_backend_load``), before any model is created:
   ``GGML_VK_VISIBLE_DEVICES`` names them.)
 * The CPU: every ``libggml-cpu-*.so`` is scored with its own ``ggml_backend_score()`` (0 = this
   CPU lacks an instruction the variant needs, higher = more features used), as ggml does, and
-  the best one is registered.
+  the best one that passes its self-test on this machine is registered, or the one pinned with
+  ``--cpu-variant`` / ``PACKER_CPU_VARIANT`` (:mod:`runtime.cpu_variant`).
 
 A wheel built without ``GGML_BACKEND_DL`` (backends linked in) is reported as such and works.
 """
@@ -30,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime import cpu_variant
 from runtime.gpu_layers import auto_gpu_layers, read_layout
 
 __all__ = [
@@ -49,7 +51,6 @@ GPU_CHOICES = ("auto", "cpu", "vulkan", "cuda")
 GPU_PREFERENCE = ("cuda", "vulkan")  # --gpu auto tries these in order
 REGISTRY_NAMES = {"cuda": "CUDA", "vulkan": "Vulkan"}  # our flag -> ggml's backend name
 DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")  # enum ggml_backend_dev_type
-CPU_PREFIX = "libggml-cpu-"
 
 
 class BackendError(Exception):
@@ -78,6 +79,7 @@ class Backends:
     dynamic: bool  # False: a wheel with the backends linked in (no GGML_BACKEND_DL)
     cpu_variant: str | None  # "haswell", ...; None when not dynamic
     cpu_scores: dict[str, int] = field(default_factory=dict)  # variant -> score (0 = unusable)
+    cpu_choice: str = ""  # why that variant (runtime.cpu_variant.Choice.why)
     devices: list[Device] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)  # gpu backend -> why it is unusable
 
@@ -118,9 +120,16 @@ def parse_gpu_layers(text: str) -> int | str:
 _loaded: Backends | None = None
 
 
-def load_backends(gpu: str = "auto", verbose: bool = False) -> Backends:
+def load_backends(
+    gpu: str = "auto",
+    verbose: bool = False,
+    cpu: str | None = None,
+    cache_dir: Path | None = None,
+) -> Backends:
     """Register the backends for ``--gpu gpu`` in ggml (once per process; later calls return
-    the first result). Raises :class:`BackendError` when no CPU backend can be loaded."""
+    the first result). ``cpu`` pins a CPU variant (else $PACKER_CPU_VARIANT, else the best that
+    passes its self-test, remembered in ``cache_dir``, by default the user's cache folder).
+    Raises :class:`BackendError` when no CPU backend can be loaded."""
     global _loaded
     if _loaded is not None:
         return _loaded
@@ -149,7 +158,9 @@ def load_backends(gpu: str = "auto", verbose: bool = False) -> Backends:
                 break  # one GPU backend only: two would split the same GPU between them
             if problem is not None:
                 result.problems[name] = problem
-        result.cpu_variant, result.cpu_scores = _load_cpu(api, lib_dir)
+        result.cpu_scores = cpu_variant.score_variants(lib_dir)
+        choice = _load_cpu(api, lib_dir, result.cpu_scores, cpu, cache_dir)
+        result.cpu_variant, result.cpu_choice = choice.variant, choice.why
     result.devices = api.devices()
     _loaded = result
     return result
@@ -188,34 +199,34 @@ def _load_gpu(api: _Ggml, lib_dir: Path, name: str) -> str | None:
     return None
 
 
-def _load_cpu(api: _Ggml, lib_dir: Path) -> tuple[str | None, dict[str, int]]:
-    """Score every CPU variant on this CPU and register the best one."""
-    import _ctypes
+def _load_cpu(
+    api: _Ggml,
+    lib_dir: Path,
+    scores: dict[str, int],
+    pinned: str | None,
+    cache_dir: Path | None,
+) -> cpu_variant.Choice:
+    """Choose the CPU variant (:func:`runtime.cpu_variant.choose`) and register it."""
+    single = lib_dir / "libggml-cpu.so"  # a build without GGML_CPU_ALL_VARIANTS: nothing to choose
+    if not scores and single.is_file():
+        if not api.load(single):
+            raise BackendError(f"cannot load the CPU backend {single}")
+        return cpu_variant.Choice("base", "the only CPU backend in this runtime")
+    if cache_dir is None:
+        from runtime.cache import CacheError, resolve_cache_dir
 
-    scores: dict[str, int] = {}
-    for path in sorted(lib_dir.glob(CPU_PREFIX + "*.so")):
         try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            log.debug("cannot load %s: %s", path.name, _loader_error(exc))
-            continue
-        try:
-            score = lib.ggml_backend_score
-            score.restype = ctypes.c_int
-            scores[path.name[len(CPU_PREFIX) : -len(".so")]] = int(score())
-        except AttributeError:
-            pass
-        finally:  # only the chosen variant may stay mapped
-            _ctypes.dlclose(lib._handle)
-    usable = {k: v for k, v in scores.items() if v > 0}
-    variant = max(usable, key=lambda k: usable[k]) if usable else None
-    path = lib_dir / (f"{CPU_PREFIX}{variant}.so" if variant else "libggml-cpu.so")
+            cache_dir = resolve_cache_dir()
+        except CacheError:
+            pass  # the self-test then runs at every start
+    try:
+        choice = cpu_variant.choose(lib_dir, scores, pinned, cache_dir)
+    except cpu_variant.VariantError as exc:
+        raise BackendError(str(exc)) from None
+    path = lib_dir / f"{cpu_variant.CPU_PREFIX}{choice.variant}.so"
     if not api.load(path):
-        raise BackendError(
-            f"cannot load the CPU backend from {lib_dir}: no variant supports this CPU "
-            f"(scores: {scores or 'none found'})"
-        )
-    return variant, scores
+        raise BackendError(f"cannot load the CPU backend {path}")
+    return choice
 
 
 def _load_failure(message: str) -> str:
@@ -329,14 +340,16 @@ def plan(
     model_path: str | Path | None,
     n_ctx: int,
     verbose: bool = False,
+    cpu: str | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[Backends, Placement]:
     """Load the backends, decide, and log the decision (details with --verbose; a one-line
     notice when ``--gpu auto`` falls back to the CPU although a GPU backend exists)."""
-    backends = load_backends(gpu, verbose=verbose)
+    backends = load_backends(gpu, verbose=verbose, cpu=cpu, cache_dir=cache_dir)
     placement = choose(backends, gpu, gpu_layers, model_path, n_ctx)
     if backends.dynamic:
         scores = ", ".join(f"{k} {v}" for k, v in sorted(backends.cpu_scores.items()))
-        log.debug("CPU backend: %s variant (scores: %s)", backends.cpu_variant or "base", scores)
+        log.debug("CPU backend: %s (scores: %s)", backends.cpu_choice, scores)
     else:
         log.debug("CPU backend: built in (a wheel without GGML_BACKEND_DL)")
     for dev in backends.gpus():
@@ -371,6 +384,7 @@ def info(backends: Backends, placement: Placement | None) -> dict[str, Any]:
         "library_dir": backends.lib_dir,
         "cpu_variant": backends.cpu_variant if backends.dynamic else "built-in",
         "cpu_variant_scores": backends.cpu_scores,
+        "cpu_variant_why": backends.cpu_choice,
         "devices": [asdict(d) for d in backends.devices],
         "unusable_gpu_backends": backends.problems,
     }

@@ -111,6 +111,14 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     res.add_argument(
+        "--cpu-variant",
+        metavar="NAME",
+        default=None,
+        help="the CPU kernel set, e.g. haswell or skylakex (default: $PACKER_CPU_VARIANT, else "
+        "the best one this machine runs correctly, self-tested once per machine; "
+        "--info --verbose lists them)",
+    )
+    res.add_argument(
         "-fa",
         "--flash-attn",
         choices=FLASH_ATTN_CHOICES,

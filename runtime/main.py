@@ -16,6 +16,7 @@ from runtime import __version__
 from runtime.backend import BackendError
 from runtime.cache import CacheError, ensure_gguf, resolve_cache_dir
 from runtime.cli import parse
+from runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from runtime.generate import PromptError
 from runtime.payload import Bundle, BundleError, read_bundle
 
@@ -113,7 +114,15 @@ def run(argv: list[str]) -> int:
     )
     from runtime.backend import plan
 
-    _, placement = plan(args.gpu, args.gpu_layers, gguf, args.ctx_size, verbose=args.verbose)
+    _, placement = plan(
+        args.gpu,
+        args.gpu_layers,
+        gguf,
+        args.ctx_size,
+        verbose=args.verbose,
+        cpu=args.cpu_variant,
+        cache_dir=_cache_dir_or_none(args.cache_dir),
+    )
     options = EngineOptions(
         n_ctx=args.ctx_size,
         n_threads=args.threads,
@@ -161,7 +170,12 @@ def _backend_info(args: argparse.Namespace) -> dict[str, object]:
     from runtime import backend
 
     try:
-        backends = backend.load_backends(args.gpu, verbose=args.verbose)
+        backends = backend.load_backends(
+            args.gpu,
+            verbose=args.verbose,
+            cpu=args.cpu_variant,
+            cache_dir=_cache_dir_or_none(args.cache_dir),
+        )
     except backend.BackendError as exc:
         log.info("backend: %s", exc)
         return {"error": str(exc)}
@@ -172,6 +186,14 @@ def _backend_info(args: argparse.Namespace) -> dict[str, object]:
         return {**backend.info(backends, None), "error": str(exc)}
     log.info("backend: %s", backend.summary(backends, placement))
     return backend.info(backends, placement)
+
+
+def _cache_dir_or_none(explicit: str | None) -> Path | None:
+    """Where the CPU variant's verdict is remembered; None: nowhere (it is tested each start)."""
+    try:
+        return resolve_cache_dir(explicit)
+    except CacheError:
+        return None
 
 
 def _http_options(args: argparse.Namespace) -> HttpOptions:
@@ -231,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     shutdown inside a frozen app, and the model has already been closed explicitly."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [SELF_TEST_FLAG]:  # a child of runtime.cpu_variant: nothing else happens
+        os._exit(self_test_main(argv[1:]))
     try:
         code = run(argv)
     except (BundleError, CacheError, PromptError, BackendError) as exc:
