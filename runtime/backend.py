@@ -212,13 +212,10 @@ def _load_cpu(
         if not api.load(single):
             raise BackendError(f"cannot load the CPU backend {single}")
         return cpu_variant.Choice("base", "the only CPU backend in this runtime")
-    if cache_dir is None:
-        from runtime.cache import CacheError, resolve_cache_dir
+    if cache_dir is None:  # none at all: the self-test runs at every start
+        from runtime.cache import optional_cache_dir
 
-        try:
-            cache_dir = resolve_cache_dir()
-        except CacheError:
-            pass  # the self-test then runs at every start
+        cache_dir = optional_cache_dir()
     try:
         choice = cpu_variant.choose(lib_dir, scores, pinned, cache_dir)
     except cpu_variant.VariantError as exc:

@@ -89,6 +89,14 @@ def resolve_cache_dir(explicit: str | None = None) -> Path:
     )
 
 
+def optional_cache_dir(explicit: str | None = None) -> Path | None:
+    """:func:`resolve_cache_dir`, or None where there is none (for what only saves time there)."""
+    try:
+        return resolve_cache_dir(explicit)
+    except CacheError:
+        return None
+
+
 def cached_gguf_path(cache_dir: Path, bundle: Bundle) -> Path:
     return cache_dir / "models" / f"{bundle.gguf_sha256[:32]}.gguf"
 

@@ -10,9 +10,9 @@ matrix products of quantized weights through every buffer type the variant offer
 repacked kernels included), compared with the same products computed here in numpy. If the
 child dies or computes wrong numbers, the next best variant is tested, and so on. The verdict
 is remembered in ``<cache>/cpu/<key>.json``, keyed by the CPU (its /proc/cpuinfo identity and
-flags) and the set of variant libraries, so the test runs once per machine and runtime; one
-line says what was chosen and why. ``--cpu-variant NAME`` or ``PACKER_CPU_VARIANT=NAME`` pins a
-variant by hand and skips the test.
+flags, and the variants' scores) and the set of variant libraries, so the test runs once per machine and runtime. When a
+variant is passed over, one line says which one is used and why (``--verbose`` always says).
+``--cpu-variant NAME`` or ``PACKER_CPU_VARIANT=NAME`` pins a variant by hand and skips the test.
 
 The child is this runtime itself, ``--self-test-cpu LIBRARY`` (see :func:`self_test_main`).
 """
@@ -113,7 +113,7 @@ def choose(
         return _pinned(pinned, scores, candidates)
     if not candidates:
         raise VariantError(f"no CPU variant in {lib_dir} supports this CPU (scores: {scores})")
-    verdict = _verdict_path(cache_dir, lib_dir) if cache_dir is not None else None
+    verdict = _verdict_path(cache_dir, lib_dir, scores) if cache_dir is not None else None
     remembered = _read_verdict(verdict, candidates) if verdict is not None else None
     if remembered is not None:
         log.debug("CPU variant %s: %s", remembered.variant, remembered.why)
@@ -138,10 +138,10 @@ def choose(
     choice = Choice(name, why, rejected, verdict)
     if verdict is not None:
         _write_verdict(verdict, choice)
-    if rejected:
+    if rejected:  # the one line a user sees; a variant that simply passes says nothing
         log.warning("CPU: using the %s variant, because %s", name, failed)
     else:
-        log.info("CPU: %s variant (passed its self-test; remembered for this machine)", name)
+        log.debug("CPU: %s variant passed its self-test; remembered in %s", name, verdict)
     return choice
 
 
@@ -172,10 +172,13 @@ def cpu_identity() -> dict[str, str]:
     return {k.strip(): " ".join(v.split()) for k, v in fields if k.strip() in keep}
 
 
-def _verdict_path(cache_dir: Path, lib_dir: Path) -> Path:
+def _verdict_path(cache_dir: Path, lib_dir: Path, scores: dict[str, int]) -> Path:
+    """The verdict's file: one per CPU (as the kernel and as CPUID describe it: the scores; a
+    CPU emulated by qemu-user shows the host's /proc/cpuinfo) and set of libraries."""
     libs = sorted(lib_dir.glob("libggml*.so"))
     key = {
         "cpu": cpu_identity(),
+        "scores": scores,
         "libraries": {p.name: p.stat().st_size for p in libs},
         "self_test": SELF_TEST_VERSION,
     }
@@ -296,7 +299,13 @@ class _Ggml:
     """The ggml functions the self-test calls, found through libllama (it links libggml)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        p, s, i, b, c = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_bool, ctypes.c_char_p
+        p, s, i, b, c = (
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_bool,
+            ctypes.c_char_p,
+        )
         sig: dict[str, tuple[Any, list[Any]]] = {
             "ggml_init": (p, [_InitParams]),
             "ggml_free": (None, [p]),
@@ -341,7 +350,9 @@ def _buffer_types(g: Any, reg: int, dev: int) -> list[tuple[str, int]]:
     return out
 
 
-def _product(g: Any, backend: int, dev: int, buft: int, qtype: int, m: int, rng: Any) -> float | None:
+def _product(
+    g: Any, backend: int, dev: int, buft: int, qtype: int, m: int, rng: Any
+) -> float | None:
     """ggml's product of N weight rows (stored in ``buft`` as ``qtype``) with ``m`` activation
     rows; the relative error against numpy, or None when this buffer type does not take it."""
     import numpy as np
@@ -385,9 +396,8 @@ def _product(g: Any, backend: int, dev: int, buft: int, qtype: int, m: int, rng:
 def self_test(library: Path) -> list[str]:
     """Load ``library`` as ggml's CPU backend and check its products; the failures (empty: it
     passed). A fault in the library kills this process, which is why it runs in a child."""
-    import numpy as np
-
     import llama_cpp.llama_cpp as llama_lib
+    import numpy as np
 
     g = _Ggml(llama_lib._lib)
     reg = g.backend_load(str(library).encode())

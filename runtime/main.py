@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from runtime import __version__
 from runtime.backend import BackendError
-from runtime.cache import CacheError, ensure_gguf, resolve_cache_dir
+from runtime.cache import CacheError, ensure_gguf, optional_cache_dir, resolve_cache_dir
 from runtime.cli import parse
 from runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from runtime.generate import PromptError
@@ -121,7 +121,7 @@ def run(argv: list[str]) -> int:
         args.ctx_size,
         verbose=args.verbose,
         cpu=args.cpu_variant,
-        cache_dir=_cache_dir_or_none(args.cache_dir),
+        cache_dir=optional_cache_dir(args.cache_dir),
     )
     options = EngineOptions(
         n_ctx=args.ctx_size,
@@ -174,7 +174,7 @@ def _backend_info(args: argparse.Namespace) -> dict[str, object]:
             args.gpu,
             verbose=args.verbose,
             cpu=args.cpu_variant,
-            cache_dir=_cache_dir_or_none(args.cache_dir),
+            cache_dir=optional_cache_dir(args.cache_dir),
         )
     except backend.BackendError as exc:
         log.info("backend: %s", exc)
@@ -186,14 +186,6 @@ def _backend_info(args: argparse.Namespace) -> dict[str, object]:
         return {**backend.info(backends, None), "error": str(exc)}
     log.info("backend: %s", backend.summary(backends, placement))
     return backend.info(backends, placement)
-
-
-def _cache_dir_or_none(explicit: str | None) -> Path | None:
-    """Where the CPU variant's verdict is remembered; None: nowhere (it is tested each start)."""
-    try:
-        return resolve_cache_dir(explicit)
-    except CacheError:
-        return None
 
 
 def _http_options(args: argparse.Namespace) -> HttpOptions:
