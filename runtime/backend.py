@@ -346,7 +346,9 @@ def plan(
     placement = choose(backends, gpu, gpu_layers, model_path, n_ctx)
     if backends.dynamic:
         scores = ", ".join(f"{k} {v}" for k, v in sorted(backends.cpu_scores.items()))
-        log.debug("CPU backend: %s (scores: %s)", backends.cpu_choice, scores)
+        log.debug(
+            "CPU backend: %s: %s (scores: %s)", backends.cpu_variant, backends.cpu_choice, scores
+        )
     else:
         log.debug("CPU backend: built in (a wheel without GGML_BACKEND_DL)")
     for dev in backends.gpus():

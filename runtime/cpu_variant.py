@@ -59,7 +59,7 @@ class VariantError(Exception):
 @dataclass(frozen=True)
 class Choice:
     variant: str
-    why: str  # one line: what was chosen and why
+    why: str  # why this variant, one line
     rejected: dict[str, str] = field(default_factory=dict)  # better variants that failed, and how
     remembered: Path | None = None  # the verdict file it was read from or written to
 
@@ -116,7 +116,6 @@ def choose(
     verdict = _verdict_path(cache_dir, lib_dir, scores) if cache_dir is not None else None
     remembered = _read_verdict(verdict, candidates) if verdict is not None else None
     if remembered is not None:
-        log.debug("CPU variant %s: %s", remembered.variant, remembered.why)
         return remembered
     rejected: dict[str, str] = {}
     for name in candidates:
@@ -132,9 +131,9 @@ def choose(
         )
     if rejected:
         failed = "; ".join(f"{k} {v}" for k, v in rejected.items())
-        why = f"{name}: the better-scored {failed}"
+        why = f"the better-scored {failed}"
     else:
-        why = f"{name}: the best for this CPU, passed its self-test"
+        why = "the best for this CPU; passed its self-test"
     choice = Choice(name, why, rejected, verdict)
     if verdict is not None:
         _write_verdict(verdict, choice)
@@ -156,7 +155,7 @@ def _pinned(name: str, scores: dict[str, int], candidates: list[str]) -> Choice:
             f"--cpu-variant {name}: this CPU lacks instructions that variant needs "
             f"(usable here: {', '.join(candidates) or 'none'})"
         )
-    return Choice(name, f"{name}: pinned by --cpu-variant or {ENV}, not self-tested")
+    return Choice(name, f"pinned by --cpu-variant or {ENV}; not self-tested")
 
 
 # -- the remembered verdict -------------------------------------------------------------------
