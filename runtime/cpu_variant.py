@@ -56,6 +56,10 @@ class VariantError(Exception):
     """No CPU variant can be used, or the pinned one cannot (one line for the user)."""
 
 
+class SelfTestUnavailable(Exception):
+    """The self-test's child process cannot be started here (no verdict on the variant)."""
+
+
 @dataclass(frozen=True)
 class Choice:
     variant: str
@@ -119,7 +123,11 @@ def choose(
         return remembered
     rejected: dict[str, str] = {}
     for name in candidates:
-        problem = run_self_test(lib_dir / f"{CPU_PREFIX}{name}.so")
+        try:
+            problem = run_self_test(lib_dir / f"{CPU_PREFIX}{name}.so")
+        except SelfTestUnavailable as exc:  # says nothing about the CPU: run as ggml would
+            log.warning("CPU: using the %s variant untested: %s", name, exc)
+            return Choice(name, f"not self-tested: {exc}", rejected)
         if problem is None:
             break
         rejected[name] = problem
@@ -129,18 +137,16 @@ def choose(
             + "; ".join(f"{k}: {v}" for k, v in rejected.items())
             + f"): pin one with --cpu-variant NAME or {ENV}=NAME"
         )
-    if rejected:
+    if rejected:  # the one line a user sees; a variant that simply passes says nothing
         failed = "; ".join(f"{k} {v}" for k, v in rejected.items())
         why = f"the better-scored {failed}"
+        log.warning("CPU: using the %s variant, because %s", name, failed)
     else:
         why = "the best for this CPU; passed its self-test"
+        log.debug("CPU: the %s variant passed its self-test (remembered in %s)", name, verdict)
     choice = Choice(name, why, rejected, verdict)
     if verdict is not None:
         _write_verdict(verdict, choice)
-    if rejected:  # the one line a user sees; a variant that simply passes says nothing
-        log.warning("CPU: using the %s variant, because %s", name, failed)
-    else:
-        log.debug("CPU: %s variant passed its self-test; remembered in %s", name, verdict)
     return choice
 
 
@@ -226,7 +232,8 @@ def self_test_command(library: Path) -> list[str]:
 
 
 def run_self_test(library: Path, timeout: float = SELF_TEST_TIMEOUT) -> str | None:
-    """None when ``library`` passes its self-test in a child process, else what went wrong."""
+    """None when ``library`` passes its self-test in a child process, else what went wrong.
+    Raises :class:`SelfTestUnavailable` when no child process can be started."""
     try:
         proc = subprocess.run(
             self_test_command(library),
@@ -238,7 +245,7 @@ def run_self_test(library: Path, timeout: float = SELF_TEST_TIMEOUT) -> str | No
     except subprocess.TimeoutExpired:
         return f"did not finish its self-test in {timeout:.0f} s"
     except OSError as exc:
-        return f"could not start its self-test: {exc}"
+        raise SelfTestUnavailable(f"cannot start {self_test_command(library)[0]}: {exc}") from exc
     log.debug("self-test of %s: rc %s, %s", library.name, proc.returncode, proc.stdout.strip())
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode)

@@ -143,6 +143,26 @@ def test_every_variant_failing_is_one_clear_error(
     assert not (tmp_path / "cache" / "cpu").exists()  # nothing remembered
 
 
+def test_no_child_process_runs_the_best_variant_untested(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, no_pin: None
+) -> None:
+    """A sandbox that forbids starting processes says nothing about the CPU: ggml's own choice
+    is used, with one line, and nothing is remembered."""
+
+    def cannot(library: Path, timeout: float = 0) -> str | None:
+        raise cpu_variant.SelfTestUnavailable("cannot start python: [Errno 1] no")
+
+    monkeypatch.setattr(cpu_variant, "run_self_test", cannot)
+    libs = _libs(tmp_path / "lib", list(SCORES))
+    with caplog.at_level(logging.INFO, logger="runtime"):
+        choice = choose(libs, SCORES, cache_dir=tmp_path / "cache")
+    assert choice.variant == "icelake" and "not self-tested" in choice.why
+    assert [r.getMessage() for r in caplog.records] == [
+        "CPU: using the icelake variant untested: cannot start python: [Errno 1] no"
+    ]
+    assert not (tmp_path / "cache" / "cpu").exists()
+
+
 def test_pinned_variant_skips_the_self_test(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_pin: None
 ) -> None:
