@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from answers import DEMO_ANSWER, DEMO_QUESTION
+from margins import dequantize
 
 from runtime import backend
 from runtime.backend import BackendError, Backends, Device, choose, parse_gpu_layers
@@ -404,7 +406,7 @@ llm = llama_cpp.Llama(
     model_path=model, n_gpu_layers=ngl, n_ctx=512, logits_all=True, verbose=False, seed=1
 )
 vocab = llm._model.vocab
-rows, seqs, gaps = [], [], []
+rows, seqs, gaps, pieces = [], [], [], []
 for prompt in json.loads(sys.argv[5]):
     llm.reset()
     if chat:  # the prompt as model.run -p sends it: the model's chat template, no BOS added
@@ -427,9 +429,10 @@ for prompt in json.loads(sys.argv[5]):
         llm.eval([seq[-1]])
     seqs.append(seq)
     gaps.append(gap)
+    pieces.append([llm.detokenize([t]).decode("utf-8", "replace") for t in seq])
 np.save(out, np.stack(rows))
 with open(out + ".json", "w") as f:
-    json.dump({"seqs": seqs, "gaps": gaps}, f)
+    json.dump({"seqs": seqs, "gaps": gaps, "pieces": pieces}, f)
 """
 
 
@@ -498,8 +501,8 @@ def test_vulkan_logits_match_cpu(tmp_path: Path) -> None:
 # Measured on the prompts below: |Vulkan - exact| max 0.57 (mean 0.10), |CPU - exact| max
 # 2.3 (mean 0.45): the CPU's rounding even picks other first words on two near ties
 # ("The"/"La" for France, 24.33 vs 24.29 exactly; "La"/"El"). The demo question is no near
-# tie: CPU, Vulkan and exact all answer "The capital of Japan is Tokyo.".
-DEMO_QUESTION = "What is the capital of Japan?"  # make demo's: same answer everywhere
+# tie up to its answer, "Tokyo" (tests/answers.py): CPU, Vulkan and exact all answer "The
+# capital of Japan is Tokyo" (the "." after it leads "," by only 0.66 exactly).
 DEMO_PROMPTS = [
     DEMO_QUESTION,
     "What is the capital of France?",
@@ -511,24 +514,13 @@ DEMO_GREEDY_TOKENS = 32
 EXACT_BOUND = 1.0  # max |logit(Vulkan) - logit(exact)| allowed
 
 
-def _dequantize(src: Path, out: Path) -> None:
-    script = (
-        "import sys\n"
-        "from runtime.backend import load_backends\n"
-        "load_backends('cpu')\n"
-        "import llama_cpp as ll\n"
-        "p = ll.llama_model_quantize_default_params()\n"
-        "p.ftype, p.allow_requantize, p.nthread = ll.LLAMA_FTYPE_ALL_F32, True, 2\n"
-        "sys.exit(ll.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(src), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _tokens_through(pieces: list[str], word: str) -> int:
+    """How many of a greedy answer's first tokens it takes to say ``word``: what a test asserts
+    is a clear choice only that far (after it, the demo answer's "." is 0.66 ahead of ",")."""
+    for n in range(1, len(pieces) + 1):
+        if word in "".join(pieces[:n]):
+            return n
+    raise AssertionError(f"no {word!r} in {''.join(pieces)!r}")
 
 
 @needs_dl_build
@@ -546,7 +538,7 @@ def test_vulkan_demo_model_matches_exact_computation(demo_run: Path, tmp_path: P
     )
     assert proc.returncode == 0, proc.stderr
     exact_gguf = tmp_path / "demo.f32.gguf"
-    _dequantize(gguf, exact_gguf)
+    dequantize(gguf, exact_gguf)
     kw = {"prompts": DEMO_PROMPTS, "tokens": DEMO_GREEDY_TOKENS, "chat": True}
     exact, exact_greedy = _logits("cpu", 0, tmp_path / "exact.npy", model=exact_gguf, **kw)
     cpu, cpu_greedy = _logits("cpu", 0, tmp_path / "cpu.npy", model=gguf, **kw)
@@ -572,5 +564,6 @@ def test_vulkan_demo_model_matches_exact_computation(demo_run: Path, tmp_path: P
         )
         if split is not None:  # only a near tie of the exact computation may tip Vulkan off it
             assert exact_greedy["gaps"][i][split] < EXACT_BOUND, (prompt, split)
-        if prompt == DEMO_QUESTION:  # the README promises this one answer on CPU and GPU
-            assert got == ref == cpu_greedy["seqs"][i], prompt
+        if prompt == DEMO_QUESTION:  # the README's answer, the same on CPU and GPU
+            n = _tokens_through(exact_greedy["pieces"][i], DEMO_ANSWER)
+            assert got[:n] == ref[:n] == cpu_greedy["seqs"][i][:n], prompt

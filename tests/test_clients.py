@@ -24,22 +24,26 @@ from typing import Any
 
 import pytest
 import requests
+from answers import (
+    CITY_COUNTRY,
+    DEMO_ANSWER,
+    DEMO_QUESTION,
+    JSON_MAX_TOKENS,
+    JSON_PROMPT,
+    QUESTION,
+    RAW_ANSWER,
+    RAW_PROMPT,
+    json_budget,
+)
 from conftest import smollm_gguf_path
 
 from runtime.engine import Engine, EngineOptions
 from runtime.server import PackerHTTPServer, make_server
 
 ALIAS = "smollm2-test"
-QUESTION = "What is the capital of France?"
-# bounded strings: a small model may otherwise write one string until max_tokens cuts it
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "country": {"type": "string", "maxLength": 20},
-    },
-    "required": ["city", "country"],
-}
+# bounded strings: a small model may otherwise write one string until max_tokens cuts it; with
+# json_budget(SCHEMA) tokens every answer in the schema is complete (tests/answers.py)
+SCHEMA = CITY_COUNTRY
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(sunset|deprecated).*")
 
@@ -133,7 +137,7 @@ def test_ollama_package_format_schema(ollama_url: str) -> None:
         model=ALIAS,
         messages=[{"role": "user", "content": "Where is Paris? Answer in JSON."}],
         format=SCHEMA,
-        options={"temperature": 0, "num_predict": 100},
+        options={"temperature": 0, "num_predict": json_budget(SCHEMA)},
     )
     obj = json.loads(r.message.content or "")
     assert isinstance(obj["city"], str) and isinstance(obj["country"], str)
@@ -223,7 +227,7 @@ def test_openai_logprobs(oai: Any) -> None:
     assert [t.token for t in streamed] == [t.token for t in content]
 
     legacy = oai.completions.create(
-        model=ALIAS, prompt="The capital of France is", max_tokens=6, temperature=0, logprobs=2
+        model=ALIAS, prompt=RAW_PROMPT, max_tokens=6, temperature=0, logprobs=2
     )
     lp = legacy.choices[0].logprobs
     assert "".join(lp.tokens) == legacy.choices[0].text
@@ -237,7 +241,7 @@ def test_openai_response_format_json_schema(oai: Any) -> None:
         model=ALIAS,
         messages=[{"role": "user", "content": "Where is Paris?"}],
         temperature=0,
-        max_tokens=64,
+        max_tokens=json_budget(SCHEMA),
         response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA}},
     )
     assert r.choices[0].finish_reason == "stop"
@@ -246,9 +250,9 @@ def test_openai_response_format_json_schema(oai: Any) -> None:
 
     r = oai.chat.completions.create(
         model=ALIAS,
-        messages=[{"role": "user", "content": "What is 2 + 2? Reply in JSON."}],
+        messages=[{"role": "user", "content": JSON_PROMPT}],  # ends in time, near ties or not
         temperature=0,
-        max_tokens=100,
+        max_tokens=JSON_MAX_TOKENS,
         response_format={"type": "json_object"},
     )
     assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
@@ -283,8 +287,8 @@ def test_langchain_llamafile(main_url: str) -> None:
     from langchain_community.llms import Llamafile
 
     llm = Llamafile(base_url=main_url, temperature=0, n_predict=12)
-    text = llm.invoke("The capital of France is")
-    assert "Paris" in text and "".join(llm.stream("The capital of France is")) == text
+    text = llm.invoke(RAW_PROMPT)
+    assert RAW_ANSWER in text and "".join(llm.stream(RAW_PROMPT)) == text
 
 
 # -- a real model.run ---------------------------------------------------------------------------
@@ -327,12 +331,12 @@ def test_model_run_with_ollama_port(demo_run: Path, tmp_path: Path) -> None:
             time.sleep(0.5)
         c = ollama.Client(host=obase)
         assert c.list().models[0].details.format == "gguf"  # type: ignore[union-attr]
-        r = c.chat(
+        r = c.chat(  # the demo question: France is a near tie on the demo model (answers.py)
             model="anything",
-            messages=[{"role": "user", "content": QUESTION}],
+            messages=[{"role": "user", "content": DEMO_QUESTION}],
             options={"temperature": 0, "num_predict": 24},
         )
-        assert "Paris" in (r.message.content or "")
+        assert DEMO_ANSWER in (r.message.content or "")
         assert len(c.embed(model="x", input="hi").embeddings[0]) == 576
         text = Ollama(model="llama2", base_url=obase, num_predict=8).invoke("Hello")
         assert isinstance(text, str)
@@ -340,7 +344,7 @@ def test_model_run_with_ollama_port(demo_run: Path, tmp_path: Path) -> None:
         oai = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
         chunks = oai.chat.completions.create(
             model="m",
-            messages=[{"role": "user", "content": QUESTION}],
+            messages=[{"role": "user", "content": DEMO_QUESTION}],
             max_tokens=8,
             stream=True,
         )

@@ -9,7 +9,8 @@ llama.cpp running the original GGUF:
 * transformers and llama.cpp agree on the model's outputs (see
   ``test_greedy_matches_llama_cpp_on_the_same_weights`` for why the exact greedy
   comparison runs on an f32 GGUF of the same weights rather than on the Q4_1 one);
-* the model answers the demo question correctly.
+* the model answers the demo question correctly (clearly: no step up to "Tokyo" is a near
+  tie, see tests/answers.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from answers import DEMO_ANSWER, DEMO_QUESTION
 
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -35,7 +37,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "build" / "demo_checkpoint.py"
-QUESTION = "What is the capital of France?"
+QUESTION = DEMO_QUESTION
 MIXED_TEXT = (
     "<|im_start|>user\nHello world! The quick brown fox jumps over the lazy dog.<|im_end|>\n"
     "¿Qué es la cuantización? Año, niño, acción. Ünïcödé façade — naïve café\n"
@@ -266,14 +268,16 @@ def test_greedy_matches_llama_cpp_on_the_same_weights(
     """Exact greedy agreement, given llama.cpp exactly the checkpoint's weights.
 
     llama.cpp does not compute Q4_1 (or Q8_0) matrix products in float: it rounds
-    the activations to 8-bit blocks (Q8_1/Q8_0) first. On this prompt that shifts
-    the first answer token's top logits by 0.3-0.8 and flips a near tie: "The" is
-    0.1 ahead of "L" in transformers (f32 or bf16 weights alike), "L" 0.35 ahead in
-    llama.cpp, so the Q4_1 GGUF's greedy text differs from any float
-    implementation's from the first token (see the next test). To check that
+    the activations to 8-bit blocks (Q8_1/Q8_0) first. That shifts top logits by
+    0.3-0.8 and flips near ties: on the France question "The" is 0.1 ahead of "L"
+    in transformers (f32 or bf16 weights alike), "L" 0.35 ahead in llama.cpp, so
+    there the Q4_1 GGUF's greedy text differs from any float implementation's from the
+    first token (see the next test). To check that
     the checkpoint means the same model, write its weights (the GGUF's, rounded to
     bf16 as stored) into an F32 GGUF in llama.cpp's own layout, with the original
-    metadata, and let llama.cpp run it in f32 with an f32 KV cache.
+    metadata, and let llama.cpp run it in f32 with an f32 KV cache. On the demo
+    question its 8 greedy steps are 0.96 apart or more (transformers f32), far
+    more than two float implementations of the same weights differ.
     """
     path = tmp_path / "same-weights.f32.gguf"
     writer = gguf.GGUFWriter(path, "llama")
@@ -332,7 +336,7 @@ def test_logits_agree_with_llama_cpp_on_q4_1(
         assert logits[row, ours] - logits[row, theirs] < 1.0
 
 
-def test_transformers_answers_paris(checkpoint: Path, hf_tokenizer: Any) -> None:
+def test_transformers_answers_tokyo(checkpoint: Path, hf_tokenizer: Any) -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint)
     assert model.dtype == torch.bfloat16
     ids = hf_tokenizer.apply_chat_template(
@@ -343,7 +347,7 @@ def test_transformers_answers_paris(checkpoint: Path, hf_tokenizer: Any) -> None
     )
     out = model.generate(**ids, max_new_tokens=16, do_sample=False)
     answer = hf_tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert "Paris" in answer, answer
+    assert DEMO_ANSWER in answer, answer
 
 
 # ------------------------------------------------------------------------- script

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from answers import DEMO_QUESTION
 from conftest import smollm_gguf_path
 
 from packer import stub as stub_mod
@@ -183,7 +184,7 @@ def test_built_cuda_runtime_runs_without_an_nvidia_driver(tmp_path: Path) -> Non
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     env = {"HOME": str(tmp_path / "home")}
-    ask = [str(out), "-p", "What is the capital of Japan?", "--temp", "0", "-n", "16"]
+    ask = [str(out), "-p", DEMO_QUESTION, "--temp", "0", "-n", "16"]
     run = subprocess.run(ask, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip()  # an answer (the PyPI Q4_1 model's own words)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from answers import DEMO_QUESTION
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,7 +40,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_ROOT = ROOT / "build" / "debian-root.sh"
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
-QUESTION = "What is the capital of Japan?"
+QUESTION = DEMO_QUESTION
 ANSWER_ARGS = ("-p", QUESTION, "--temp", "0", "-n", "16")
 # suite -> glibc newer than the root's is a failure (True) or a known baseline gap (False: xfail)
 SUITES = {"bookworm": True, "bullseye": True}

@@ -15,13 +15,20 @@ from typing import Any
 
 import pytest
 import requests
+from answers import (
+    CITY_POPULATION,
+    JSON_MAX_TOKENS,
+    JSON_PROMPT,
+    QUESTION,
+    RAW_PROMPT,
+    json_budget,
+)
 from conftest import smollm_gguf_path
 
 from runtime.engine import Engine, EngineOptions
 from runtime.server import HttpOptions, PackerHTTPServer, make_server
 
 ALIAS = "smollm2-test"
-QUESTION = "What is the capital of France?"
 GREEDY = {"temperature": 0, "num_predict": 12}
 DONE_KEYS = (
     "total_duration",
@@ -183,7 +190,7 @@ def test_generate_streams_ndjson_by_default(url: str, greedy_generate: dict[str,
 
 def test_generate_raw_equals_llama_completion(servers: tuple[str, str]) -> None:
     main, oll = servers
-    prompt = "The capital of France is"
+    prompt = RAW_PROMPT
     raw = post(
         oll,
         "/api/generate",
@@ -300,22 +307,15 @@ def test_format_json_and_schema(url: str) -> None:
         url,
         "/api/generate",
         {
-            "prompt": "Describe a cat as JSON.",
+            "prompt": JSON_PROMPT,  # ends in time, near ties or not (answers.py)
             "format": "json",
             "stream": False,
-            "options": {"temperature": 0, "num_predict": 80},
+            "options": {"temperature": 0, "num_predict": JSON_MAX_TOKENS},
         },
     ).json()
     assert isinstance(json.loads(r["response"]), dict)
 
-    schema = {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 20},  # bounded: a small model may ramble
-            "population": {"type": "integer"},
-        },
-        "required": ["city", "population"],
-    }
+    schema = CITY_POPULATION  # bounded: a small model may ramble; json_budget covers any answer
     r = post(
         url,
         "/api/chat",
@@ -323,7 +323,7 @@ def test_format_json_and_schema(url: str) -> None:
             "messages": [{"role": "user", "content": "Which is the capital of France?"}],
             "format": schema,
             "stream": False,
-            "options": {"temperature": 0, "num_predict": 80},
+            "options": {"temperature": 0, "num_predict": json_budget(schema)},
         },
     ).json()
     assert r["done_reason"] == "stop", r["message"]["content"]

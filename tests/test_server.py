@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import answers
 import pytest
 import requests
 from conftest import smollm_gguf_path
@@ -30,11 +31,9 @@ from runtime.server import HttpOptions, PackerHTTPServer, ServeError, make_serve
 ROOT = Path(__file__).resolve().parents[1]
 ALIAS = "smollm2-test"
 KEY = "sekret-key"
-QUESTION = [
-    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
-    {"role": "user", "content": "What is the capital of France?"},
-]
-PROMPT = "The capital of France is"
+# answered "...Tokyo." and raw " Paris...", each with a clear margin (tests/answers.py)
+QUESTION = answers.chat(answers.QUESTION, answers.SYSTEM)
+PROMPT = answers.RAW_PROMPT
 
 
 def _model_path() -> Path:
@@ -151,7 +150,7 @@ def test_completion_shape(url: str, greedy: dict[str, Any]) -> None:
     n_prompt = len(
         post(url, "/tokenize", {"content": PROMPT, "add_special": True}).json()["tokens"]
     )
-    assert "Paris" in greedy["content"]
+    assert answers.RAW_ANSWER in greedy["content"]
     assert greedy["stop"] is True
     assert greedy["model"] == ALIAS
     assert greedy["tokens_evaluated"] == n_prompt
@@ -218,12 +217,9 @@ def test_completion_probabilities_and_json_schema(url: str, greedy: dict[str, An
     streamed = [p for e in events[:-1] for p in e["completion_probabilities"]]
     assert [p["id"] for p in streamed] == [p["id"] for p in probs]
 
-    schema = {
-        "type": "object",
-        "properties": {"answer": {"type": "string", "maxLength": 16}},
-        "required": ["answer"],
-    }
-    r = post(url, "/completion", {"prompt": PROMPT, "n_predict": 40, "json_schema": schema}).json()
+    schema = answers.SHORT_ANSWER  # sampled (no temperature): json_budget holds any answer
+    body = {"prompt": PROMPT, "n_predict": answers.json_budget(schema), "json_schema": schema}
+    r = post(url, "/completion", body).json()
     assert r["stop_type"] == "eos", r["content"]
     assert isinstance(json.loads(r["content"])["answer"], str)
 
@@ -299,7 +295,7 @@ def test_langchain_llamafile_stream_equals_invoke(url: str) -> None:
 
     llm = Llamafile(base_url=url, temperature=0, seed=42, n_predict=16)
     text = llm.invoke(PROMPT)
-    assert "Paris" in text
+    assert answers.RAW_ANSWER in text
     assert "".join(llm.stream(PROMPT)) == text
     streaming = Llamafile(base_url=url, temperature=0, seed=42, n_predict=16, streaming=True)
     assert streaming.invoke(PROMPT) == text
@@ -321,7 +317,7 @@ def test_openai_chat(oai: Any) -> None:
     assert r.model == ALIAS
     choice = r.choices[0]
     assert choice.message.role == "assistant"
-    assert "Paris" in choice.message.content
+    assert answers.ANSWER in choice.message.content
     assert choice.finish_reason in ("stop", "length")
     assert r.usage.prompt_tokens > 10 and 0 < r.usage.completion_tokens <= 24
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
@@ -683,7 +679,7 @@ def test_chat_prompt_for_a_model_without_template(
     monkeypatch.setattr(engine, "has_chat_template", False)
     tokens, stops = generate.chat_tokens(engine, QUESTION, [])
     text = generate.detokenize(engine, tokens)
-    assert text.endswith("User: What is the capital of France?\nAssistant:")
+    assert text.endswith(f"User: {answers.QUESTION}\nAssistant:")
     assert "\nUser:" in stops
 
 
