@@ -6,11 +6,11 @@ operating system may not keep: a VM can advertise AVX-512 or AMX without the sta
 (XCR0), and a variant can carry its own bugs (ggml's AMX kernels died of SIGILL on Sapphire
 Rapids VMs, see build/patches/). A wrong variant kills the process with SIGILL in the middle of
 an answer. So before a variant is trusted on a machine it runs a self-test in a child process:
-matrix products of quantized weights through every buffer type the variant offers (its AMX and
+matrix products of F32 and quantized weights (Q8_0, Q4_0, Q4_1) through every buffer type the variant offers (its AMX and
 repacked kernels included), compared with the same products computed here in numpy. If the
 child dies or computes wrong numbers, the next best variant is tested, and so on. The verdict
 is remembered in ``<cache>/cpu/<key>.json``, keyed by the CPU (its /proc/cpuinfo identity and
-flags, and the variants' scores) and the set of variant libraries, so the test runs once per machine and runtime. When a
+flags, and the variants' scores) and the variant libraries (names, sizes, times), so the test runs once per machine and runtime. When a
 variant is passed over, one line says which one is used and why (``--verbose`` always says).
 ``--cpu-variant NAME`` or ``PACKER_CPU_VARIANT=NAME`` pins a variant by hand and skips the test.
 
@@ -184,7 +184,7 @@ def _verdict_path(cache_dir: Path, lib_dir: Path, scores: dict[str, int]) -> Pat
     key = {
         "cpu": cpu_identity(),
         "scores": scores,
-        "libraries": {p.name: p.stat().st_size for p in libs},
+        "libraries": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in libs},
         "self_test": SELF_TEST_VERSION,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -257,11 +257,11 @@ def run_self_test(library: Path, timeout: float = SELF_TEST_TIMEOUT) -> str | No
 
 
 # -- the self-test, child side ----------------------------------------------------------------
-GGML_F32, GGML_Q4_0, GGML_Q8_0 = 0, 2, 8  # enum ggml_type
-QK = 32  # values per Q4_0 / Q8_0 block
+GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0 = 0, 2, 3, 8  # enum ggml_type
+QK = 32  # values per Q4_0 / Q4_1 / Q8_0 block
 K, N = 256, 64  # weight columns (the dot-product length) and rows: AMX-sized (N % 32, K % 32)
 BATCHES = (1, 5, 32)  # activation rows: the one-token path, a ragged block, whole AMX tiles
-TOLERANCE = {GGML_F32: 1e-4, GGML_Q4_0: 0.02, GGML_Q8_0: 0.02}  # relative error allowed:
+TOLERANCE = {GGML_F32: 1e-4, GGML_Q4_0: 0.02, GGML_Q4_1: 0.02, GGML_Q8_0: 0.02}  # allowed:
 # ggml quantizes the activations to 8 bits for quantized weights; a broken kernel is off by ~1
 
 
@@ -274,7 +274,9 @@ class _InitParams(ctypes.Structure):
 
 
 def _quantize(w: Any, qtype: int) -> tuple[bytes, Any]:
-    """Our own Q8_0 / Q4_0 encoding of ``w`` (rows of K floats), and the values it decodes to."""
+    """Our own Q8_0 / Q4_0 / Q4_1 encoding of ``w`` (rows of K floats), and the values it
+    decodes to. (The K-quants' nested scales are not written here: their AMX kernels share the
+    tile set-up and the activation path with these.)"""
     import numpy as np
 
     blocks = w.reshape(-1, QK).astype(np.float32)
@@ -288,6 +290,17 @@ def _quantize(w: Any, qtype: int) -> tuple[bytes, Any]:
         raw[:, :2] = d16.view(np.uint8).reshape(-1, 2)
         raw[:, 2:] = q.view(np.uint8)
         values = q.astype(np.float64) * d16.astype(np.float64)[:, None]
+    elif qtype == GGML_Q4_1:  # codes 0..15 from the block's minimum m in steps of d
+        lo, hi = blocks.min(axis=1), blocks.max(axis=1)
+        d = (hi - lo) / 15
+        inv = np.where(d == 0, 0, 1 / np.where(d == 0, 1, d))
+        q = np.clip(np.round((blocks - lo[:, None]) * inv[:, None]), 0, 15).astype(np.uint8)
+        d16, m16 = d.astype(np.float16), lo.astype(np.float16)
+        raw = np.empty((len(blocks), 20), dtype=np.uint8)
+        raw[:, :2] = d16.view(np.uint8).reshape(-1, 2)
+        raw[:, 2:4] = m16.view(np.uint8).reshape(-1, 2)
+        raw[:, 4:] = q[:, : QK // 2] | (q[:, QK // 2 :] << 4)
+        values = q * d16.astype(np.float64)[:, None] + m16.astype(np.float64)[:, None]
     else:  # Q4_0: d = -(the value of largest magnitude) / 8, codes 0..15 around 8
         idx = np.abs(blocks).argmax(axis=1)
         d = blocks[np.arange(len(blocks)), idx] / -8
@@ -416,7 +429,12 @@ def self_test(library: Path) -> list[str]:
     rng = np.random.default_rng(20)
     failures, checked = [], []
     for buft_name, buft in _buffer_types(g, reg, dev):
-        for qtype, qname in ((GGML_F32, "F32"), (GGML_Q8_0, "Q8_0"), (GGML_Q4_0, "Q4_0")):
+        for qtype, qname in (
+            (GGML_F32, "F32"),
+            (GGML_Q8_0, "Q8_0"),
+            (GGML_Q4_0, "Q4_0"),
+            (GGML_Q4_1, "Q4_1"),
+        ):
             for m in BATCHES:
                 what = f"{buft_name} {qname} x{m}"
                 error = _product(g, backend, dev, buft, qtype, m, rng)

@@ -101,12 +101,17 @@ def test_remembered_verdict_skips_the_self_test(
     assert again.rejected == first.rejected and "remembered in" in again.why
     # other libraries (a new runtime) or another CPU: a new key, so the test runs again
     (libs / "libggml-cpu-icelake.so").write_bytes(b"rebuilt, another size")
+    os.utime(libs / "libggml-cpu-x64.so", ns=(0, 10**18))  # the same size, rebuilt later
     assert choose(libs, SCORES, cache_dir=tmp_path / "cache").variant == "icelake"
     assert ran == ["icelake"]
+    os.utime(libs / "libggml-cpu-icelake.so", ns=(0, 10**17))  # unpacked again: tested again
+    assert choose(libs, SCORES, cache_dir=tmp_path / "cache").variant == "icelake"
+    assert ran == ["icelake", "icelake"]
+    ran.clear()
     emulated = {**SCORES, "icelake": 0, "haswell": 0}  # e.g. qemu-user -cpu Nehalem
     assert choose(libs, emulated, cache_dir=tmp_path / "cache").variant == "sse42"
     assert choose(libs, SCORES, cache_dir=tmp_path / "cache").variant == "icelake"
-    assert ran == ["icelake", "sse42"]
+    assert ran == ["sse42"]
 
 
 def test_unreadable_or_stale_verdict_is_tested_again(
@@ -200,7 +205,11 @@ def test_cpu_identity_reads_this_machine() -> None:
 # -- fast: our own quantized encodings, the self-test's yardstick ------------------------------
 @pytest.mark.parametrize(
     ("qtype", "block_bytes", "error"),
-    [(cpu_variant.GGML_Q8_0, 34, 0.01), (cpu_variant.GGML_Q4_0, 18, 0.15)],
+    [
+        (cpu_variant.GGML_Q8_0, 34, 0.01),
+        (cpu_variant.GGML_Q4_0, 18, 0.15),
+        (cpu_variant.GGML_Q4_1, 20, 0.12),
+    ],
 )
 def test_quantized_encoding_decodes_close_to_the_input(
     qtype: int, block_bytes: int, error: float
@@ -237,7 +246,9 @@ def test_every_usable_variant_passes_its_self_test() -> None:
         assert proc.returncode == 0, (name, proc.stderr[-2000:])
         checked = json.loads(proc.stdout.strip().splitlines()[-1])["checked"]
         print(name, checked)
-        assert {"CPU F32 x32", "CPU Q8_0 x1", "CPU Q8_0 x32", "CPU Q4_0 x5"} <= set(checked)
+        assert {"CPU F32 x32", "CPU Q8_0 x1", "CPU Q8_0 x32", "CPU Q4_0 x5", "CPU Q4_1 x32"} <= set(
+            checked
+        )
 
 
 FAULTY_VARIANT = """
