@@ -6,12 +6,13 @@ operating system may not keep: a VM can advertise AVX-512 or AMX without the sta
 (XCR0), and a variant can carry its own bugs (ggml's AMX kernels died of SIGILL on Sapphire
 Rapids VMs, see build/patches/). A wrong variant kills the process with SIGILL in the middle of
 an answer. So before a variant is trusted on a machine it runs a self-test in a child process:
-matrix products of F32 and quantized weights (Q8_0, Q4_0, Q4_1) through every buffer type the variant offers (its AMX and
-repacked kernels included), compared with the same products computed here in numpy. If the
-child dies or computes wrong numbers, the next best variant is tested, and so on. The verdict
-is remembered in ``<cache>/cpu/<key>.json``, keyed by the CPU (its /proc/cpuinfo identity and
-flags, and the variants' scores) and the variant libraries (names, sizes, times), so the test runs once per machine and runtime. When a
-variant is passed over, one line says which one is used and why (``--verbose`` always says).
+matrix products of F32 and quantized weights (Q8_0, Q4_0, Q4_1) through every buffer type the
+variant offers (its AMX and repacked kernels included), compared with the same products
+computed here in numpy. If the child dies or computes wrong numbers, the next best variant is
+tested, and so on. The verdict is remembered in ``<cache>/cpu/<key>.json``, keyed by the CPU
+(its /proc/cpuinfo identity and flags, and the variants' scores) and the variant libraries
+(names, sizes, times), so the test runs once per machine and runtime. When a variant is
+passed over, one line says which one is used and why (``--verbose`` always says).
 ``--cpu-variant NAME`` or ``PACKER_CPU_VARIANT=NAME`` pins a variant by hand and skips the test.
 
 The child is this runtime itself, ``--self-test-cpu LIBRARY`` (see :func:`self_test_main`).
@@ -180,11 +181,11 @@ def cpu_identity() -> dict[str, str]:
 def _verdict_path(cache_dir: Path, lib_dir: Path, scores: dict[str, int]) -> Path:
     """The verdict's file: one per CPU (as the kernel and as CPUID describe it: the scores; a
     CPU emulated by qemu-user shows the host's /proc/cpuinfo) and set of libraries."""
-    libs = sorted(lib_dir.glob("libggml*.so"))
+    stats = {p.name: p.stat() for p in sorted(lib_dir.glob("libggml*.so"))}
     key = {
         "cpu": cpu_identity(),
         "scores": scores,
-        "libraries": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in libs},
+        "libraries": {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()},
         "self_test": SELF_TEST_VERSION,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -234,9 +235,10 @@ def self_test_command(library: Path) -> list[str]:
 def run_self_test(library: Path, timeout: float = SELF_TEST_TIMEOUT) -> str | None:
     """None when ``library`` passes its self-test in a child process, else what went wrong.
     Raises :class:`SelfTestUnavailable` when no child process can be started."""
+    command = self_test_command(library)
     try:
         proc = subprocess.run(
-            self_test_command(library),
+            command,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -245,7 +247,7 @@ def run_self_test(library: Path, timeout: float = SELF_TEST_TIMEOUT) -> str | No
     except subprocess.TimeoutExpired:
         return f"did not finish its self-test in {timeout:.0f} s"
     except OSError as exc:
-        raise SelfTestUnavailable(f"cannot start {self_test_command(library)[0]}: {exc}") from exc
+        raise SelfTestUnavailable(f"cannot start {command[0]}: {exc}") from exc
     log.debug("self-test of %s: rc %s, %s", library.name, proc.returncode, proc.stdout.strip())
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode)
@@ -332,7 +334,6 @@ class _Ggml:
             "ggml_graph_overhead": (s, []),
             "ggml_new_tensor_2d": (p, [p, i, ctypes.c_int64, ctypes.c_int64]),
             "ggml_mul_mat": (p, [p, p, p]),
-            "ggml_nbytes": (s, [p]),
             "ggml_new_graph": (p, [p]),
             "ggml_build_forward_expand": (None, [p, p]),
             "ggml_backend_load": (p, [c]),
