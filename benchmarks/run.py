@@ -50,7 +50,7 @@ REQUEST_TIMEOUT_S = 600.0
 PEER_TTFT = """\
 import sys
 import llama_cpp
-from runtime.backend import load_backends  # the wheel's backends are dlopen()ed (GGML_BACKEND_DL)
+from packer.runtime.backend import load_backends  # the wheel's backends are dlopen()ed (GGML_BACKEND_DL)
 load_backends("cpu")
 path, threads, n_ctx, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
@@ -296,7 +296,7 @@ class Peer:
     def __init__(self, gguf: Path, threads: int) -> None:
         import llama_cpp
 
-        from runtime.backend import load_backends
+        from packer.runtime.backend import load_backends
 
         load_backends("cpu")  # the wheel's backends are dlopen()ed (GGML_BACKEND_DL)
         self.llama_cpp = llama_cpp
@@ -754,7 +754,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def _tail_size(model_run: Path) -> int:
     """Manifest + trailer: everything after the payload."""
-    from runtime.payload import read_bundle
+    from packer.runtime.payload import read_bundle
 
     b = read_bundle(model_run)
     return model_run.stat().st_size - (b.payload_offset + b.payload_size)
@@ -762,7 +762,7 @@ def _tail_size(model_run: Path) -> int:
 
 def _runtime_sizes(model_run: Path, cache: Path) -> dict[str, Any]:
     """Launcher and runtime archive inside model.run, and the runtime tree it unpacks (once)."""
-    from runtime.payload import read_bundle
+    from packer.runtime.payload import read_bundle
 
     b = read_bundle(model_run)
     tree = cache / "runtime" / b.runtime_key

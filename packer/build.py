@@ -216,7 +216,7 @@ def plan(
     check_writable(out)
     baked = shlex.split(args) if isinstance(args, str) else list(args or [])
     if baked:
-        from runtime.cli import build_parser
+        from packer.runtime.cli import build_parser
 
         try:
             build_parser().parse_args(baked)

@@ -1,7 +1,7 @@
 """Assemble model.run: the stub (launcher + runtime archive), then the zstd-compressed GGUF,
 the manifest and the trailer.
 
-The layout is defined once, in :mod:`runtime.payload`, which the launcher and runtime read back.
+The layout is defined once, in :mod:`packer.runtime.payload`, which the launcher and runtime read back.
 A stub without a footer (a test stand-in) is copied whole and recorded as having no runtime.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from packer import __version__
 from packer.errors import OutputError
-from runtime.payload import (
+from packer.runtime.payload import (
     FORMAT_VERSION,
     NO_RUNTIME_KEY,
     STUB_FOOTER,

@@ -47,7 +47,8 @@ from packer.errors import RuntimeStubError
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = ROOT / "templates" / "runtime.spec"
+PACKAGE = Path(__file__).resolve().parent  # packer/
+SPEC = PACKAGE / "templates" / "runtime.spec"
 LAUNCHER_SCRIPT = ROOT / "build" / "launcher.sh"
 LAUNCHER_SRC = ROOT / "build" / "launcher" / "launcher.c"
 RUNTIME_EXE = "packer-runtime"  # the onedir executable; launcher.c execs <dir>/packer-runtime
@@ -69,11 +70,12 @@ def stub_cache_root() -> Path:
 
 
 def _inputs() -> list[Path]:
-    files = sorted((ROOT / "runtime").glob("*.py"))
+    files = sorted((PACKAGE / "runtime").glob("*.py"))
     return [
+        PACKAGE / "__init__.py",
         *files,
         SPEC,
-        ROOT / "templates" / "chat.html",
+        PACKAGE / "templates" / "chat.html",
         LAUNCHER_SCRIPT,
         LAUNCHER_SRC,
         ROOT / "packer" / "archive.py",
@@ -371,17 +373,15 @@ def _build_onedir_in_root(work: Path, root: Path, *, verbose: bool) -> Path:
     inner = Path(tempfile.mkdtemp(prefix="stub-", dir=scratch))
     try:
         src = inner / "src"
-        shutil.copytree(
-            ROOT / "runtime", src / "runtime", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        (src / "templates").mkdir()
-        for name in (SPEC.name, "chat.html"):
-            shutil.copy2(ROOT / "templates" / name, src / "templates" / name)
+        skip = shutil.ignore_patterns("__pycache__")
+        for part in ("runtime", "templates"):
+            shutil.copytree(PACKAGE / part, src / "packer" / part, ignore=skip)
+        shutil.copy2(PACKAGE / "__init__.py", src / "packer" / "__init__.py")
         at = "/work/" + inner.name  # the same folder, seen from inside the root
         script = (
             f"cd {at} && exec env PACKER_ROOT={at}/src PACKER_STUB_NAME={RUNTIME_EXE} "
             f"python3 -m PyInstaller --noconfirm --clean --distpath {at}/dist "
-            f"--workpath {at}/work {at}/src/templates/{SPEC.name}"
+            f"--workpath {at}/work {at}/src/packer/templates/{SPEC.name}"
         )
         _run(
             ["bash", str(BUILD_ROOT_SCRIPT), "--run", "bash", "-c", script],
@@ -430,7 +430,7 @@ def strip_debug_info(tree: Path) -> int:
 def assemble_stub(launcher: Path, tree: Path, out: Path) -> str:
     """Write ``[launcher][archive(tree)][footer]`` to ``out``; returns the runtime key."""
     from packer.archive import write_archive
-    from runtime.payload import KEY_LEN, pack_stub_footer
+    from packer.runtime.payload import KEY_LEN, pack_stub_footer
 
     with open(out, "wb") as dst:
         dst.write(launcher.read_bytes())

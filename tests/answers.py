@@ -136,7 +136,7 @@ class Asked:
         else:
             spec["prompt"] = self.prompt
         if self.free_json:
-            from runtime.server_api import json_object_grammar
+            from packer.runtime.server_api import json_object_grammar
 
             spec["grammar"] = json_object_grammar()
         return spec

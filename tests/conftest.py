@@ -29,7 +29,7 @@ def _ggml_backends() -> None:
     same before loading a model). Tests that use llama_cpp directly need this too."""
     if importlib.util.find_spec("llama_cpp") is None:
         return
-    from runtime.backend import load_backends
+    from packer.runtime.backend import load_backends
 
     load_backends("cpu")
 

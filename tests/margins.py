@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PENALTY_LAST_N = 64  # runtime.scheduler.PENALTY_LAST_N
+PENALTY_LAST_N = 64  # packer.runtime.scheduler.PENALTY_LAST_N
 
 
 def dequantize(src: Path, out: Path) -> None:
@@ -36,7 +36,7 @@ def dequantize(src: Path, out: Path) -> None:
     activation rounding before the dot products, which llama.cpp does for quantized ones)."""
     script = (
         "import sys\n"
-        "from runtime.backend import load_backends\n"
+        "from packer.runtime.backend import load_backends\n"
         "load_backends('cpu')\n"
         "import llama_cpp as ll\n"
         "p = ll.llama_model_quantize_default_params()\n"
@@ -139,7 +139,7 @@ def _run_case(llm: Any, case: dict[str, Any]) -> dict[str, Any]:
     import llama_cpp as ll
     import numpy as np
 
-    from runtime import generate as gen
+    from packer.runtime import generate as gen
 
     engine = SimpleNamespace(llm=llm, has_chat_template="tokenizer.chat_template" in llm.metadata)
     if "messages" in case:
@@ -204,7 +204,7 @@ def _run_case(llm: Any, case: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """``margins.py MODEL CASES.json|- OUT.json [GPU]``: see the module's docstring."""
-    from runtime.backend import load_backends
+    from packer.runtime.backend import load_backends
 
     model, cases_file, out, gpu = [*argv, "cpu"][:4]
     backends = load_backends(gpu)

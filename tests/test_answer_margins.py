@@ -53,7 +53,7 @@ def test_json_budget_counts_every_byte_an_answer_can_take() -> None:
 def test_json_budget_knows_the_grammar(schema: dict[str, Any]) -> None:
     """json_budget's picture of the grammar llama-cpp-python's converter writes: the properties
     once each, in order, one optional space between items, characters of at most 6 bytes."""
-    from runtime.server_api import schema_grammar
+    from packer.runtime.server_api import schema_grammar
 
     rules = dict(line.split(" ::= ", 1) for line in schema_grammar(schema, "format").splitlines())
     kvs = ' "," space '.join(f"{k}-kv" for k in schema["properties"])

@@ -10,7 +10,7 @@ run them from its own venv:
     build/llama-wheel.sh --build-only /work/gpuvenv/bin/python   # then pip install the wheel
     /work/gpuvenv/bin/pytest tests/test_backend.py               # add -m 'not slow' for fast
 
-* qemu-user (Debian: qemu-user): the UNFROZEN runtime (``python -m runtime``) under
+* qemu-user (Debian: qemu-user): the UNFROZEN runtime (``python -m packer.runtime``) under
   ``qemu-x86_64 -cpu Nehalem`` (SSE4.2, no AVX) and ``-cpu Haswell`` (AVX2) must pick the
   sse42 / haswell variant and answer exactly like the native run (greedy). Why unfrozen: a
   PyInstaller onefile parent run under qemu-user starts its child natively (execve is not
@@ -40,10 +40,10 @@ import pytest
 from answers import DEMO_ANSWER, DEMO_QUESTION
 from margins import dequantize
 
-from runtime import backend
-from runtime.backend import BackendError, Backends, Device, choose, parse_gpu_layers
-from runtime.cli import parse
-from runtime.gpu_layers import RESERVE_BYTES, ModelLayout, auto_gpu_layers, read_layout
+from packer.runtime import backend
+from packer.runtime.backend import BackendError, Backends, Device, choose, parse_gpu_layers
+from packer.runtime.cli import parse
+from packer.runtime.gpu_layers import RESERVE_BYTES, ModelLayout, auto_gpu_layers, read_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -286,7 +286,7 @@ def _lavapipe_env() -> dict[str, str]:
 def _run(
     *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [*prefix, sys.executable, "-m", "runtime", "--gguf", str(_smollm()), *args]
+    cmd = [*prefix, sys.executable, "-m", "packer.runtime", "--gguf", str(_smollm()), *args]
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False
     )
@@ -395,7 +395,7 @@ def test_vulkan_runs_the_model() -> None:
 LOGITS_SCRIPT = """
 import json, sys
 import numpy as np
-from runtime.backend import load_backends
+from packer.runtime.backend import load_backends
 gpu, ngl, model, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 chat = len(sys.argv) > 7 and sys.argv[7] == "chat"
 backends = load_backends(gpu)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import smollm_gguf_path
 
 from packer import cli as cli_mod
-from runtime.payload import read_bundle
+from packer.runtime.payload import read_bundle
 
 SMOLLM_GGUF = smollm_gguf_path()
 

@@ -37,8 +37,8 @@ from answers import (
 )
 from conftest import smollm_gguf_path
 
-from runtime.engine import Engine, EngineOptions
-from runtime.server import PackerHTTPServer, make_server
+from packer.runtime.engine import Engine, EngineOptions
+from packer.runtime.server import PackerHTTPServer, make_server
 
 ALIAS = "smollm2-test"
 # bounded strings: a small model may otherwise write one string until max_tokens cuts it; with
@@ -129,7 +129,7 @@ def test_ollama_package(ollama_url: str) -> None:
 
 
 def test_ollama_package_format_schema(ollama_url: str) -> None:
-    """Structured output (grammar support of runtime.generate's contract)."""
+    """Structured output (grammar support of packer.runtime.generate's contract)."""
     import ollama
 
     c = ollama.Client(host=ollama_url)
@@ -200,7 +200,7 @@ def test_openai_chat_stream(oai: Any) -> None:
 
 
 def test_openai_logprobs(oai: Any) -> None:
-    """(log-probabilities of runtime.generate's contract)"""
+    """(log-probabilities of packer.runtime.generate's contract)"""
     msgs = [{"role": "user", "content": QUESTION}]
     r = oai.chat.completions.create(
         model=ALIAS, messages=msgs, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3
@@ -236,7 +236,7 @@ def test_openai_logprobs(oai: Any) -> None:
 
 
 def test_openai_response_format_json_schema(oai: Any) -> None:
-    """(grammar support of runtime.generate's contract)"""
+    """(grammar support of packer.runtime.generate's contract)"""
     r = oai.chat.completions.create(
         model=ALIAS,
         messages=[{"role": "user", "content": "Where is Paris?"}],

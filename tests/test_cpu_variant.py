@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import cpu_variant
-from runtime.cpu_variant import VariantError, choose
+from packer.runtime import cpu_variant
+from packer.runtime.cpu_variant import VariantError, choose
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORES = {"x64": 1, "sse42": 5, "haswell": 60, "icelake": 300, "sapphirerapids": 0}
@@ -63,7 +63,7 @@ def test_best_variant_that_passes_is_chosen_and_remembered(
 ) -> None:
     libs = _libs(tmp_path / "lib", list(SCORES))
     ran = _fake_tests(monkeypatch, {})
-    with caplog.at_level(logging.INFO, logger="runtime"):
+    with caplog.at_level(logging.INFO, logger="packer.runtime"):
         choice = choose(libs, SCORES, cache_dir=tmp_path / "cache")
     assert choice.variant == "icelake" and not choice.rejected and ran == ["icelake"]
     assert "passed its self-test" in choice.why
@@ -79,7 +79,7 @@ def test_faulting_variant_falls_back_with_one_line(
     libs = _libs(tmp_path / "lib", list(SCORES))
     sigill = "died of SIGILL (Illegal instruction) in its self-test"
     ran = _fake_tests(monkeypatch, {"icelake": sigill})
-    with caplog.at_level(logging.INFO, logger="runtime"):
+    with caplog.at_level(logging.INFO, logger="packer.runtime"):
         choice = choose(libs, SCORES, cache_dir=tmp_path / "cache")
     assert ran == ["icelake", "haswell"]
     assert choice.variant == "haswell" and choice.rejected == {"icelake": sigill}
@@ -159,7 +159,7 @@ def test_no_child_process_runs_the_best_variant_untested(
 
     monkeypatch.setattr(cpu_variant, "run_self_test", cannot)
     libs = _libs(tmp_path / "lib", list(SCORES))
-    with caplog.at_level(logging.INFO, logger="runtime"):
+    with caplog.at_level(logging.INFO, logger="packer.runtime"):
         choice = choose(libs, SCORES, cache_dir=tmp_path / "cache")
     assert choice.variant == "icelake" and "not self-tested" in choice.why
     assert [r.getMessage() for r in caplog.records] == [
@@ -223,7 +223,7 @@ def test_quantized_encoding_decodes_close_to_the_input(
 # -- slow: the real children -------------------------------------------------------------------
 def _lib_dir() -> Path:
     llama_cpp = pytest.importorskip("llama_cpp")
-    from runtime.backend import _library_dir
+    from packer.runtime.backend import _library_dir
 
     folder = _library_dir(Path(llama_cpp.__file__).parent)
     if not list(folder.glob("libggml-cpu-*.so")):
@@ -282,7 +282,7 @@ def test_variant_dying_of_sigill_falls_back_to_the_next_best(
     best_real = cpu_variant.ranked(cpu_variant.score_variants(real))[0]
     assert cpu_variant.ranked(scores)[:2] == ["zz_faulty", best_real]
 
-    with caplog.at_level(logging.INFO, logger="runtime"):
+    with caplog.at_level(logging.INFO, logger="packer.runtime"):
         choice = choose(libs, scores, cache_dir=tmp_path / "cache")
     assert choice.variant == best_real
     assert choice.rejected == {"zz_faulty": "died of SIGILL (Illegal instruction) in its self-test"}
@@ -296,7 +296,7 @@ def test_variant_dying_of_sigill_falls_back_to_the_next_best(
     def no_child(*args: object, **kw: object) -> None:
         raise AssertionError("the remembered verdict must be used")
 
-    import runtime.cpu_variant as mod
+    import packer.runtime.cpu_variant as mod
 
     saved, mod.run_self_test = mod.run_self_test, no_child  # type: ignore[assignment]
     try:
@@ -308,7 +308,7 @@ def test_variant_dying_of_sigill_falls_back_to_the_next_best(
 
 def _runtime(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "runtime", *args],
+        [sys.executable, "-m", "packer.runtime", *args],
         capture_output=True,
         text=True,
         timeout=300,

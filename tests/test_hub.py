@@ -20,8 +20,8 @@ from packer import hub as hub_mod
 from packer.build import BuildPlan, plan
 from packer.errors import OutputError, SourceError, UnsupportedModelError, UsageError
 from packer.quants import parse_quant
+from packer.runtime.payload import read_bundle
 from packer.source import Source, hub_ref, resolve
-from runtime.payload import read_bundle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

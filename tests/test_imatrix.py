@@ -268,7 +268,7 @@ listing, run_cli = test_cli.listing, test_cli.run_cli
 
 @pytest.mark.usefixtures("fake_stub")
 def test_cli_build_with_imatrix(tiny_llama_bpe: Path, f32_gguf: Path, tmp_path: Path) -> None:
-    from runtime.payload import read_bundle
+    from packer.runtime.payload import read_bundle
 
     imx = write_gguf_imatrix(tmp_path.parent / f"{tmp_path.name}-imatrix.gguf", _vectors(f32_gguf))
     code, out, err = run_cli(
@@ -284,7 +284,7 @@ def test_cli_build_with_imatrix(tiny_llama_bpe: Path, f32_gguf: Path, tmp_path: 
 
 @pytest.mark.usefixtures("fake_stub")
 def test_cli_gguf_source_with_imatrix(f32_gguf: Path, tmp_path: Path) -> None:
-    from runtime.payload import read_bundle
+    from packer.runtime.payload import read_bundle
 
     imx = write_dat_imatrix(tmp_path.parent / f"{tmp_path.name}-imatrix.dat", _vectors(f32_gguf))
     code, out, err = run_cli(

@@ -18,8 +18,8 @@ import pytest
 
 from packer.archive import read_archive
 from packer.pack import pack
+from packer.runtime.payload import read_bundle
 from packer.stub import assemble_stub
-from runtime.payload import read_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -452,8 +452,8 @@ def glibcxx_needed(path: Path) -> int | None:
 def real_runtime(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(stub, the unpacked runtime tree) of the real cached stub."""
     _needs_gcc()
+    from packer.runtime.payload import read_stub_footer
     from packer.stub import ensure_stub
-    from runtime.payload import read_stub_footer
 
     stub = ensure_stub()
     info = read_stub_footer(stub)

@@ -25,8 +25,8 @@ from answers import (
 )
 from conftest import smollm_gguf_path
 
-from runtime.engine import Engine, EngineOptions
-from runtime.server import HttpOptions, PackerHTTPServer, make_server
+from packer.runtime.engine import Engine, EngineOptions
+from packer.runtime.server import HttpOptions, PackerHTTPServer, make_server
 
 ALIAS = "smollm2-test"
 GREEDY = {"temperature": 0, "num_predict": 12}
@@ -204,7 +204,7 @@ def test_generate_raw_equals_llama_completion(servers: tuple[str, str]) -> None:
 def test_generate_system_and_context(
     url: str, greedy_generate: dict[str, Any], engine: Engine
 ) -> None:
-    from runtime.generate import detokenize
+    from packer.runtime.generate import detokenize
 
     with_system = post(
         url,
@@ -299,7 +299,7 @@ def test_chat_stream_and_not(url: str) -> None:
     assert "".join(x["message"]["content"] for x in lines) == one["message"]["content"]
 
 
-# -- format: JSON output (needs the grammar support of runtime.generate's contract) -------------
+# -- format: JSON output (needs the grammar support of packer.runtime.generate's contract) -------------
 
 
 def test_format_json_and_schema(url: str) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from packer.errors import OutputError
 from packer.pack import pack, sha256_file
-from runtime.cache import CacheError, cached_gguf_path, ensure_gguf, resolve_cache_dir
-from runtime.payload import (
+from packer.runtime.cache import CacheError, cached_gguf_path, ensure_gguf, resolve_cache_dir
+from packer.runtime.payload import (
     MAGIC,
     MAGIC_V1,
     TRAILER,

@@ -1,4 +1,4 @@
-"""runtime.scheduler: continuous batching on the real small model (SmolLM2-135M-Instruct Q4_1).
+"""packer.runtime.scheduler: continuous batching on the real small model (SmolLM2-135M-Instruct Q4_1).
 
 Several requests share one llama.cpp context (4 slots) and are decoded together; these tests
 check that batching changes nothing in the output, that it really batches, and the slot
@@ -16,10 +16,10 @@ import pytest
 import requests
 from conftest import smollm_gguf_path
 
-from runtime import generate as gen
-from runtime.engine import Engine, EngineOptions, Sampling
-from runtime.scheduler import QueueFull
-from runtime.server import make_server
+from packer.runtime import generate as gen
+from packer.runtime.engine import Engine, EngineOptions, Sampling
+from packer.runtime.scheduler import QueueFull
+from packer.runtime.server import make_server
 
 SLOTS = 4
 PROMPTS = [

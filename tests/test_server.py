@@ -25,8 +25,8 @@ import pytest
 import requests
 from conftest import smollm_gguf_path
 
-from runtime.engine import Engine, EngineOptions, Sampling
-from runtime.server import HttpOptions, PackerHTTPServer, ServeError, make_server
+from packer.runtime.engine import Engine, EngineOptions, Sampling
+from packer.runtime.server import HttpOptions, PackerHTTPServer, ServeError, make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIAS = "smollm2-test"
@@ -245,7 +245,7 @@ def test_a_client_going_away_prints_no_traceback_block(
     """socketserver's default handle_error prints a "-----" block with a traceback on stderr for
     every client that resets its connection; the server logs one line instead, and only an
     unexpected error is an error."""
-    caplog.set_level(logging.DEBUG, logger="runtime.server")
+    caplog.set_level(logging.DEBUG, logger="packer.runtime.server")
     for exc in (ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "x")):
         try:
             raise exc
@@ -266,7 +266,9 @@ def test_a_client_going_away_prints_no_traceback_block(
     time.sleep(0.5)
     err = capfd.readouterr().err
     assert "Exception occurred" not in err and "Traceback" not in err, err
-    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "runtime.server"]
+    records = [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "packer.runtime.server"
+    ]
     assert ("DEBUG", "client 127.0.0.1 went away: [Errno 104] Connection reset by peer") in records
     assert ("ERROR", "error while serving 127.0.0.1: ValueError: bad state") in records
     assert not [m for level, m in records if level == "ERROR" and "ValueError" not in m]
@@ -528,8 +530,8 @@ def test_cors_allowed_origins(engine: Engine) -> None:
 
 
 def test_cors_flag_parsing() -> None:
-    from runtime.cli import parse
-    from runtime.main import _http_options
+    from packer.runtime.cli import parse
+    from packer.runtime.main import _http_options
 
     args = parse(["--cors", "http://a.example,http://b.example", "--cors", "*"], [])
     opts = _http_options(args)
@@ -606,7 +608,7 @@ def _lock_free_within(engine: Engine, seconds: float) -> bool:
 
 
 def test_client_disconnects(url: str, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="runtime.server")
+    caplog.set_level(logging.INFO, logger="packer.runtime.server")
     host, port = url.removeprefix("http://").split(":")
     long = {"prompt": "Write a very long story.", "n_predict": 2000, "ignore_eos": True}
     body = json.dumps(long | {"stream": True}).encode()
@@ -672,7 +674,7 @@ def test_sampling_defaults_from_the_command_line(engine: Engine) -> None:
 def test_chat_prompt_for_a_model_without_template(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runtime import generate
+    from packer.runtime import generate
 
     with_template, stops = generate.chat_tokens(engine, QUESTION, ["END"])
     assert "<|im_start|>" in generate.detokenize(engine, with_template) and "END" in stops
@@ -728,8 +730,8 @@ def test_port_in_use(engine: Engine) -> None:
 
 SERVE_SCRIPT = """
 import sys
-from runtime.engine import Engine, EngineOptions, Sampling
-from runtime.server import serve
+from packer.runtime.engine import Engine, EngineOptions, Sampling
+from packer.runtime.server import serve
 engine = Engine(sys.argv[1], EngineOptions(n_ctx=512, n_threads=1))
 serve(engine, "127.0.0.1", 0, ready=lambda url: print("READY", url, flush=True))
 engine.close()

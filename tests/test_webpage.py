@@ -3,7 +3,7 @@
 The browser is driven over the Chrome DevTools Protocol on ``--remote-debugging-pipe`` (NUL-
 separated JSON on fds 3/4), so the test needs nothing beyond Debian's ``chromium``: clicks and
 typing are real input events (``Input.dispatchMouseEvent`` / ``Input.insertText``).
-The server is the unfrozen runtime, ``python -m runtime --gguf SmolLM2 --server``.
+The server is the unfrozen runtime, ``python -m packer.runtime --gguf SmolLM2 --server``.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def _serve(tmp: Path, *extra: str) -> Iterator[str]:
     port = _free_port()
     log = (tmp / f"server-{port}.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "--gguf", str(smollm_gguf_path()), "--server"]
+        [sys.executable, "-m", "packer.runtime", "--gguf", str(smollm_gguf_path()), "--server"]
         + ["--port", str(port), "-c", "1024", "-t", "2", *extra],
         cwd=ROOT,
         stdout=log,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/server/run.py                    # the demo model.run (make demo)
     .venv/bin/python benchmarks/server/run.py --model-run m.run  # an existing model.run
-    .venv/bin/python benchmarks/server/run.py --unfrozen         # python -m runtime --gguf (dev)
+    .venv/bin/python benchmarks/server/run.py --unfrozen         # python -m packer.runtime --gguf (dev)
     .venv/bin/python benchmarks/server/run.py --quick            # smoke run
 
 Figures (see README.md next to this file):
@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--unfrozen",
         action="store_true",
-        help="run `python -m runtime --gguf` from this checkout instead of a model.run",
+        help="run `python -m packer.runtime --gguf` from this checkout instead of a model.run",
     )
     p.add_argument(
         "--llama-server",
@@ -177,7 +177,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = base.model_env(work / "cache")
     if args.unfrozen:
         gguf = args.gguf or base.default_gguf()
-        cmd = [sys.executable, "-m", "runtime", "--gguf", str(gguf)]
+        cmd = [sys.executable, "-m", "packer.runtime", "--gguf", str(gguf)]
         env["PYTHONPATH"] = str(ROOT)
     else:
         model_run = args.model_run

@@ -7,10 +7,10 @@ Two dialects, both checked against their public references:
 * OpenAI's API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
   ``/v1/embeddings``, errors as ``{"error": {"message", "type", "param", "code"}}``.
 
-(Ollama's dialect lives in :mod:`runtime.ollama_api`; its errors are ``{"error": "..."}``.)
+(Ollama's dialect lives in :mod:`packer.runtime.ollama_api`; its errors are ``{"error": "..."}``.)
 Constrained output (``grammar``, ``json_schema``, ``response_format``) becomes a GBNF grammar in
 :attr:`Sampling.grammar` via llama-cpp-python's JSON-schema converter; token log-probabilities
-come from :attr:`GenResult.probs`. Nothing here touches the model; see :mod:`runtime.generate`.
+come from :attr:`GenResult.probs`. Nothing here touches the model; see :mod:`packer.runtime.generate`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.generate import GenResult, PromptError, Sampling, TokenProb
+    from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb
 
 
 class ApiError(Exception):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from runtime.engine import Engine, Sampling
-from runtime.generate import PromptError
+from packer.runtime.engine import Engine, Sampling
+from packer.runtime.generate import PromptError
 
 HELP = "Type a message and press Enter. /reset forgets the conversation, /exit or Ctrl-D quits, Ctrl-C stops an answer."
 

@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from runtime.payload import Bundle, BundleError
+from packer.runtime.payload import Bundle, BundleError
 
-log = logging.getLogger("runtime.cache")
+log = logging.getLogger("packer.runtime.cache")
 
 CHUNK = 4 << 20
 KEEP_DAYS = 30  # an unused unpacked model is removed this long after its last start

@@ -1,8 +1,8 @@
 """The inference engine: one llama.cpp model (through llama-cpp-python) shared by the CLI and server.
 
-The rest of the runtime talks to :class:`Engine` and :mod:`runtime.generate`, never to
+The rest of the runtime talks to :class:`Engine` and :mod:`packer.runtime.generate`, never to
 ``llama_cpp`` directly. Generation goes through ``engine.scheduler``
-(:class:`runtime.scheduler.Scheduler`): ``n_parallel`` slots sharing one llama.cpp context,
+(:class:`packer.runtime.scheduler.Scheduler`): ``n_parallel`` slots sharing one llama.cpp context,
 decoded together. ``llama_cpp.Llama`` itself is kept for the model, its tokenizer, metadata and
 chat templates; its own context is made minimal, as nothing decodes with it.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from runtime.generate import (
+from packer.runtime.generate import (
     GenResult,
     Sampling,
     chat_tokens,
@@ -23,11 +23,11 @@ from runtime.generate import (
     completion_tokens,
     generate,
 )
-from runtime.scheduler import Scheduler
+from packer.runtime.scheduler import Scheduler
 
 __all__ = ["Engine", "EngineOptions", "GenResult", "Sampling", "default_threads"]
 
-log = logging.getLogger("runtime.engine")
+log = logging.getLogger("packer.runtime.engine")
 
 LLAMA_CTX = 64  # tokens of the Llama object's own context (unused: the scheduler decodes)
 
@@ -88,7 +88,7 @@ class Engine:
             threads,
             options.flash_attn,
         )
-        from runtime.backend import load_backends
+        from packer.runtime.backend import load_backends
 
         load_backends(verbose=options.verbose)  # no-op when main already chose (--gpu)
         self.llm = llama_cpp.Llama(
@@ -125,7 +125,7 @@ class Engine:
     # -- generation (streaming text pieces) -----------------------------------------------
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[str]:
         """Plain completion of ``prompt``; yields text pieces as they are decoded. Raises
-        :class:`runtime.generate.PromptError` when the prompt does not fit the context."""
+        :class:`packer.runtime.generate.PromptError` when the prompt does not fit the context."""
         yield from self._generate(completion_tokens(self, prompt), sampling)
 
     def chat(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
@@ -144,7 +144,7 @@ class Engine:
         yield from generate(self, tokens, sampling, result)
 
     def close(self) -> None:
-        """Free the model now. Must be called before interpreter shutdown (see runtime.main)."""
+        """Free the model now. Must be called before interpreter shutdown (see packer.runtime.main)."""
         if not self._closed:
             self._closed = True
             self.scheduler.close()

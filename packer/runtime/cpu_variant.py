@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("runtime.cpu_variant")
+log = logging.getLogger("packer.runtime.cpu_variant")
 
 __all__ = [
     "ENV",
@@ -227,8 +227,12 @@ def _write_verdict(path: Path, choice: Choice) -> None:
 
 # -- the self-test, parent side ---------------------------------------------------------------
 def self_test_command(library: Path) -> list[str]:
-    """This runtime, in self-test mode: the frozen executable itself, or ``python -m runtime``."""
-    me = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "runtime"]
+    """This runtime, in self-test mode: the frozen executable itself, or ``python -m packer.runtime``."""
+    me = (
+        [sys.executable]
+        if getattr(sys, "frozen", False)
+        else [sys.executable, "-m", "packer.runtime"]
+    )
     return [*me, SELF_TEST_FLAG, str(library)]
 
 

@@ -23,12 +23,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from runtime.generate import PromptError
+from packer.runtime.generate import PromptError
 
 if TYPE_CHECKING:
-    from runtime.engine import Engine
+    from packer.runtime.engine import Engine
 
-log = logging.getLogger("runtime.embed")
+log = logging.getLogger("packer.runtime.embed")
 
 
 class Embedder:
@@ -50,7 +50,7 @@ class Embedder:
             import llama_cpp
             from llama_cpp import _internals
 
-            from runtime.engine import default_threads, flash_attn_type
+            from packer.runtime.engine import default_threads, flash_attn_type
 
             engine = self.engine
             threads = engine.options.n_threads or default_threads()

@@ -17,7 +17,7 @@ ggml's own registry (``ggml_backend_load``), before any model is created:
 * The CPU: every ``libggml-cpu-*.so`` is scored with its own ``ggml_backend_score()`` (0 = this
   CPU lacks an instruction the variant needs, higher = more features used), as ggml does, and
   the best one that passes its self-test on this machine is registered, or the one pinned with
-  ``--cpu-variant`` / ``PACKER_CPU_VARIANT`` (:mod:`runtime.cpu_variant`).
+  ``--cpu-variant`` / ``PACKER_CPU_VARIANT`` (:mod:`packer.runtime.cpu_variant`).
 
 A wheel built without ``GGML_BACKEND_DL`` (backends linked in) is reported as such and works.
 """
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import cpu_variant
-from runtime.gpu_layers import auto_gpu_layers, read_layout
+from packer.runtime import cpu_variant
+from packer.runtime.gpu_layers import auto_gpu_layers, read_layout
 
 __all__ = [
     "GPU_CHOICES",
@@ -45,7 +45,7 @@ __all__ = [
     "parse_gpu_layers",
 ]
 
-log = logging.getLogger("runtime.backend")
+log = logging.getLogger("packer.runtime.backend")
 
 GPU_CHOICES = ("auto", "cpu", "vulkan", "cuda")
 GPU_PREFERENCE = ("cuda", "vulkan")  # --gpu auto tries these in order
@@ -206,14 +206,14 @@ def _load_cpu(
     pinned: str | None,
     cache_dir: Path | None,
 ) -> cpu_variant.Choice:
-    """Choose the CPU variant (:func:`runtime.cpu_variant.choose`) and register it."""
+    """Choose the CPU variant (:func:`packer.runtime.cpu_variant.choose`) and register it."""
     single = lib_dir / "libggml-cpu.so"  # a build without GGML_CPU_ALL_VARIANTS: nothing to choose
     if not scores and single.is_file():
         if not api.load(single):
             raise BackendError(f"cannot load the CPU backend {single}")
         return cpu_variant.Choice("base", "the only CPU backend in this runtime")
     if cache_dir is None:  # none at all: the self-test runs at every start
-        from runtime.cache import optional_cache_dir
+        from packer.runtime.cache import optional_cache_dir
 
         cache_dir = optional_cache_dir()
     try:

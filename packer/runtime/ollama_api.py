@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime.server_api import (
+from packer.runtime.server_api import (
     ApiError,
     bad_value,
     get_bool,
@@ -35,7 +35,7 @@ from runtime.server_api import (
 )
 
 if TYPE_CHECKING:
-    from runtime.generate import GenResult, Sampling, TokenProb
+    from packer.runtime.generate import GenResult, Sampling, TokenProb
 
 # the Ollama release whose API this follows (clients compare it against their minimum)
 OLLAMA_VERSION = "0.12.0"

@@ -6,8 +6,8 @@ import argparse
 import shlex
 from typing import Any
 
-from runtime.backend import GPU_CHOICES, parse_gpu_layers
-from runtime.engine import FLASH_ATTN_CHOICES
+from packer.runtime.backend import GPU_CHOICES, parse_gpu_layers
+from packer.runtime.engine import FLASH_ATTN_CHOICES
 
 DESCRIPTION = """\
 Run the language model inside this file: no installation, no network.

@@ -6,15 +6,15 @@ Endpoints (llama.cpp server / llamafile compatible, see ``/work/shared/anchors.m
 * ``POST /completion`` (llama.cpp; LangChain's ``Llamafile``), ``POST /tokenize``,
   ``POST /detokenize``;
 * ``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI);
-* ``POST /embedding``, ``POST /v1/embeddings``, Ollama's ``/api/embed`` (:mod:`runtime.embed`);
-* Ollama's ``/api/generate``, ``/api/chat``, ``/api/tags``... (:mod:`runtime.ollama_api`), also on
+* ``POST /embedding``, ``POST /v1/embeddings``, Ollama's ``/api/embed`` (:mod:`packer.runtime.embed`);
+* Ollama's ``/api/generate``, ``/api/chat``, ``/api/tags``... (:mod:`packer.runtime.ollama_api`), also on
   a second listener (``--ollama-port``) that answers ``GET /`` with "Ollama is running".
 
 Streaming is Server-Sent Events made of ``data: {json}`` lines only (Ollama's endpoints: NDJSON,
 one object per line). Requests are decoded together by the engine's scheduler
-(:mod:`runtime.scheduler`, ``-np`` slots, continuous batching); when every slot is busy and
+(:mod:`packer.runtime.scheduler`, ``-np`` slots, continuous batching); when every slot is busy and
 ``--max-queue`` requests wait, more get 503 with ``Retry-After``. Parsing and formatting live in
-:mod:`runtime.server_api`.
+:mod:`packer.runtime.server_api`.
 """
 
 from __future__ import annotations
@@ -38,19 +38,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from runtime import __version__
-from runtime import generate as gen
-from runtime import ollama_api as oll
-from runtime import server_api as api
-from runtime.embed import Embedder
-from runtime.generate import PromptError, Sampling
-from runtime.scheduler import QueueFull
-from runtime.server_api import ApiError
+from packer.runtime import __version__
+from packer.runtime import generate as gen
+from packer.runtime import ollama_api as oll
+from packer.runtime import server_api as api
+from packer.runtime.embed import Embedder
+from packer.runtime.generate import PromptError, Sampling
+from packer.runtime.scheduler import QueueFull
+from packer.runtime.server_api import ApiError
 
 if TYPE_CHECKING:
-    from runtime.engine import Engine
+    from packer.runtime.engine import Engine
 
-log = logging.getLogger("runtime.server")
+log = logging.getLogger("packer.runtime.server")
 
 DEFAULT_MAX_BODY = 8 << 20  # bytes of JSON we accept in one request (--max-body-mb)
 CANCEL_POLL_S = 0.2  # how often a generation checks whether its client is still there

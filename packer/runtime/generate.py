@@ -8,7 +8,7 @@ reports in its own way. Two steps:
 2. :func:`generate` them (the engine's scheduler), yielding text pieces and filling a
    :class:`GenResult` (token counts, why it stopped, timings).
 
-Decoding itself is :mod:`runtime.scheduler` (all requests batched together); :func:`generate`
+Decoding itself is :mod:`packer.runtime.scheduler` (all requests batched together); :func:`generate`
 hands a prompt to it.
 """
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.engine import Engine
+    from packer.runtime.engine import Engine
 
-log = logging.getLogger("runtime.generate")
+log = logging.getLogger("packer.runtime.generate")
 
 
 @dataclass
@@ -274,5 +274,5 @@ def generate(
     ``result`` is complete once the iterator is exhausted. ``cancelled`` is polled while
     waiting (client gone, server stopping); closing the iterator early frees the slot. Raises
     :class:`PromptError` (prompt too long, invalid grammar) or
-    :class:`runtime.scheduler.QueueFull` at once, before anything is queued."""
+    :class:`packer.runtime.scheduler.QueueFull` at once, before anything is queued."""
     return engine.scheduler.submit(prompt, params, result, cancelled)

@@ -12,18 +12,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime import __version__
-from runtime.backend import BackendError
-from runtime.cache import CacheError, ensure_gguf, optional_cache_dir, resolve_cache_dir
-from runtime.cli import parse
-from runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
-from runtime.generate import PromptError
-from runtime.payload import Bundle, BundleError, read_bundle
+from packer.runtime import __version__
+from packer.runtime.backend import BackendError
+from packer.runtime.cache import CacheError, ensure_gguf, optional_cache_dir, resolve_cache_dir
+from packer.runtime.cli import parse
+from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
+from packer.runtime.generate import PromptError
+from packer.runtime.payload import Bundle, BundleError, read_bundle
 
 if TYPE_CHECKING:
-    from runtime.server import HttpOptions
+    from packer.runtime.server import HttpOptions
 
-log = logging.getLogger("runtime")
+log = logging.getLogger("packer.runtime")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SERVER_SLOTS = 4  # --server's default -np: llama-server's default slot count
@@ -34,7 +34,7 @@ def _frozen() -> bool:
 
 
 def _prog() -> str:
-    return Path(sys.argv[0]).name if _frozen() else "python -m runtime"
+    return Path(sys.argv[0]).name if _frozen() else "python -m packer.runtime"
 
 
 def _dev_flag(argv: list[str], name: str) -> str | None:
@@ -60,7 +60,7 @@ def _find_bundle(argv: list[str]) -> Bundle | None:
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{_prog()}: %(message)s"))
-    root = logging.getLogger("runtime")
+    root = logging.getLogger("packer.runtime")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
@@ -101,7 +101,7 @@ def run(argv: list[str]) -> int:
     else:
         raise BundleError("this runtime has no model attached: build one with `packer build`")
 
-    from runtime.engine import Engine, EngineOptions, Sampling
+    from packer.runtime.engine import Engine, EngineOptions, Sampling
 
     sampling = Sampling(
         max_tokens=args.n_predict,
@@ -112,7 +112,7 @@ def run(argv: list[str]) -> int:
         repeat_penalty=args.repeat_penalty,
         seed=args.seed,
     )
-    from runtime.backend import plan
+    from packer.runtime.backend import plan
 
     _, placement = plan(
         args.gpu,
@@ -136,7 +136,7 @@ def run(argv: list[str]) -> int:
     engine = Engine(gguf, options, name=name)
     try:
         if args.server:
-            from runtime.server import serve
+            from packer.runtime.server import serve
 
             serve(
                 engine,
@@ -157,7 +157,7 @@ def run(argv: list[str]) -> int:
                 timings = engine.last_result.timings()
                 print(json.dumps({k: round(v, 3) for k, v in timings.items()}), file=sys.stderr)
             return code
-        from runtime.chat import chat_loop
+        from packer.runtime.chat import chat_loop
 
         return chat_loop(engine, sampling, system=args.system)
     finally:
@@ -167,7 +167,7 @@ def run(argv: list[str]) -> int:
 def _backend_info(args: argparse.Namespace) -> dict[str, object]:
     """What this machine would compute on (CPU variant, GPU devices), for --info. Logged as one
     line on stderr, returned in full; a backend problem is reported, never fatal here."""
-    from runtime import backend
+    from packer.runtime import backend
 
     try:
         backends = backend.load_backends(
@@ -190,7 +190,7 @@ def _backend_info(args: argparse.Namespace) -> dict[str, object]:
 
 def _http_options(args: argparse.Namespace) -> HttpOptions:
     """The server's --cors/--max-body-mb/--max-tokens/--no-webui/--ollama-port settings."""
-    from runtime.server import HttpOptions
+    from packer.runtime.server import HttpOptions
 
     cors = tuple(o.strip() for arg in args.cors for o in arg.split(",") if o.strip())
     if args.max_body_mb <= 0:
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     shutdown inside a frozen app, and the model has already been closed explicitly."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == [SELF_TEST_FLAG]:  # a child of runtime.cpu_variant: nothing else happens
+    if argv[:1] == [SELF_TEST_FLAG]:  # a child of packer.runtime.cpu_variant: nothing else happens
         os._exit(self_test_main(argv[1:]))
     try:
         code = run(argv)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{_prog()}: error: {exc}", file=sys.stderr)
         code = EXIT_ERROR
     except Exception as exc:  # a bug or llama.cpp refusing the model: one line, no traceback soup
-        logging.getLogger("runtime").debug("unexpected error", exc_info=True)
+        logging.getLogger("packer.runtime").debug("unexpected error", exc_info=True)
         print(
             f"{_prog()}: error: {type(exc).__name__}: {exc} (run with --verbose for details)",
             file=sys.stderr,

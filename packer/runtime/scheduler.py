@@ -12,7 +12,7 @@ loop; per step it
    that request's own sampler chain (penalties, grammar, top-k/typical/top-p/min-p/temp/dist or
    mirostat, as llama-cpp-python's ``Llama.generate`` builds it).
 
-Text handling per slot is :class:`runtime.textstream.TextStream` (UTF-8 safe, stop strings held
+Text handling per slot is :class:`packer.runtime.textstream.TextStream` (UTF-8 safe, stop strings held
 back). Each request's pieces reach its caller through a queue; the caller's iterator polls the
 optional ``cancelled`` callback while it waits, and closing the iterator frees the slot at the
 next step.
@@ -31,15 +31,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
-from runtime.textstream import TextStream
+from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
+from packer.runtime.textstream import TextStream
 
 if TYPE_CHECKING:
-    from runtime.engine import Engine
+    from packer.runtime.engine import Engine
 
 __all__ = ["QueueFull", "Scheduler", "SchedulerStats"]
 
-log = logging.getLogger("runtime.scheduler")
+log = logging.getLogger("packer.runtime.scheduler")
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size, so results match Llama.generate
 N_BATCH = 512  # tokens per llama_decode: every generating slot's token plus prompt chunks
@@ -114,7 +114,7 @@ class Scheduler:
     ) -> None:
         import llama_cpp
 
-        from runtime.engine import flash_attn_type  # engine imports this module
+        from packer.runtime.engine import flash_attn_type  # engine imports this module
 
         self._ll = llama_cpp
         self.engine = engine
@@ -311,7 +311,7 @@ class Scheduler:
         """The bytes of one token (cached; the vocabulary does not change)."""
         raw = self._pieces.get(token)
         if raw is None:
-            from runtime.generate import token_piece
+            from packer.runtime.generate import token_piece
 
             raw = self._pieces[token] = token_piece(self.engine, token)
         return raw

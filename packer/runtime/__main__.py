@@ -1,0 +1,3 @@
+from packer.runtime.main import main
+
+main()

@@ -1,3 +1,0 @@
-from runtime.main import main
-
-main()
