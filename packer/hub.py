@@ -195,7 +195,7 @@ def _split_tag(text: str, spec: str, *, strict: bool) -> tuple[str, str | None] 
             return None
         shown = f"{after!r} after the ':' is not a quant" if after else "nothing follows the ':'"
         raise UsageError(
-            f"{shown} in {spec}: write the repo's quant after one ':', e.g. {before}:Q4_K_M "
+            f"{shown} in {spec!r}: write the repo's quant after one ':', e.g. {before}:Q4_K_M "
             "(a branch or tag goes after '@')"
         )
     quant = normalise_quant(tag)
