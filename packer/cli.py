@@ -110,7 +110,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     "--quant",
     "-Q",
     metavar="TYPE",
-    help="Quantization type, case-insensitive (default Q5_K_M for checkpoints; a .gguf is packed as it is). See `packer quants`.",
+    help="Quantization type, case-insensitive (default Q5_K_M for checkpoints; a .gguf is packed as it is; in a GGUF repo it picks the file, like SOURCE:TYPE). See `packer quants`.",
 )
 @click.option(
     "-o",
@@ -160,9 +160,16 @@ def build(
     """Build one executable model file from SOURCE.
 
     SOURCE is a Hugging Face checkpoint folder (config.json + *.safetensors + tokenizer files),
-    a .gguf file, a model alias (`packer models`) or a hub id org/name[@revision], downloaded
-    into the shared Hugging Face cache (HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply).
-    For a GGUF repo, --quant picks the file. The output runs on any x86-64 Linux without Python:
+    a .gguf file, a model alias (`packer models`) or a hub model, downloaded into the shared
+    Hugging Face cache (HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply): org/name[@revision],
+    hf.co/org/name, or its page URL https://huggingface.co/org/name (also .../tree/REV and
+    .../blob/REV/FILE.gguf). An existing local path always wins, ':' in it or not.
+
+    In a GGUF repo, a :QUANT tag or --quant picks the file, as Ollama's and llama.cpp's
+    hf.co/org/name:Q4_K_M do (case-insensitive; a tag such as :UD-Q4_K_XL is matched in the
+    file names). Without either (or with :latest) the repo's only file, or its Q5_K_M, is used.
+    Given both, they must agree. A safetensors repo has no file to pick: to quantize it, give
+    --quant QUANT instead of the tag. The output runs on any x86-64 Linux without Python:
 
     \b
       packer build ./SmolLM2-135M-Instruct --quant Q5_K_M
@@ -173,6 +180,8 @@ def build(
       packer build TinyLlama --quant q4_k_m
       packer build HuggingFaceTB/SmolLM2-360M-Instruct@main
       packer build bartowski/Llama-3.2-1B-Instruct-GGUF --quant Q4_K_M
+      packer build hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M
+      packer build https://huggingface.co/HuggingFaceTB/SmolLM2-360M-Instruct
       packer build model.BF16.gguf --quant Q8_0 -o model.run
       packer build ./my-model --args "--temp 0.2 --system 'Responde en español.'"
       packer build ./my-model --quant IQ2_XS --imatrix imatrix.gguf
@@ -241,7 +250,8 @@ def convert(
 ) -> None:
     """Convert a Hugging Face checkpoint to a GGUF file (no quantization, no runtime).
 
-    SOURCE is a checkpoint folder, a model alias or a hub id org/name[@revision].
+    SOURCE is a checkpoint folder, a model alias or a hub model: org/name[@revision],
+    hf.co/org/name or https://huggingface.co/org/name.
 
     \b
     Examples:
@@ -273,8 +283,9 @@ def convert(
 def quants(source: str | None, params: float | None, token: str | None) -> None:
     """List the quantization types, with bits per weight and a quality note.
 
-    With SOURCE (a folder, .gguf, alias or hub id) or --params, also the expected weights size
-    for that model. Types marked "needs an importance matrix" need `packer build --imatrix FILE`.
+    With SOURCE (a folder, .gguf, alias, hub id or hf.co/ URL) or --params, also the expected
+    weights size for that model. Types marked "needs an importance matrix" need
+    `packer build --imatrix FILE`.
 
     \b
     Examples:
@@ -305,7 +316,8 @@ def quants(source: str | None, params: float | None, token: str | None) -> None:
 def models() -> None:
     """List the model aliases `packer build NAME` accepts, with their size and a note.
 
-    Any other hub model works too, as org/name[@revision]. Gated models need their licence
+    Any other hub model works too, as org/name[@revision], hf.co/org/name[:QUANT] or its
+    https://huggingface.co/org/name URL. Gated models need their licence
     accepted on the model page and HF_TOKEN (or --token) set.
 
     \b

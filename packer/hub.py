@@ -1,5 +1,9 @@
 """Models named on the Hugging Face hub: aliases, ``org/name[@revision]`` ids, downloads.
 
+Names are also taken as people paste them: ``hf.co/org/name:Q4_K_M`` (Ollama's and llama.cpp's
+form, ``:QUANT`` picks the file of a GGUF repo) and model page URLs
+(``https://huggingface.co/org/name[/tree/REV | /blob/REV/FILE]``); see :func:`split_name`.
+
 Everything goes through ``huggingface_hub`` so its shared cache (``HF_HOME`` / ``HF_HUB_CACHE``),
 ``HF_ENDPOINT`` mirrors, ``HF_TOKEN`` and ``HF_HUB_OFFLINE=1`` behave exactly as for every other
 Hugging Face tool. Only the files the converter reads are downloaded; a GGUF repo contributes the
@@ -23,6 +27,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from packer.errors import OutputError, PackerError, SourceError, UnsupportedModelError, UsageError
 from packer.quants import DEFAULT_QUANT, QUANT_TYPES
@@ -31,6 +36,13 @@ log = logging.getLogger(__name__)
 
 # ``org/name`` or ``org/name@revision`` (branch, tag or commit; a branch may contain "/").
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*)(?:@(?P<rev>[\w.\-/]+))?")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
+_REVISION = re.compile(r"[\w.\-/]+")
+_ALIAS_SHAPE = re.compile(r"[A-Za-z0-9][\w.\-]*")
+# What may follow ``org/name:`` (``Q4_K_M``, ``q8_0``, unsloth's ``UD-Q4_K_XL``).
+_TAG = re.compile(r"[A-Za-z0-9][\w.\-]*")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co", "www.hf.co")
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 # What the converter reads from a checkpoint repo (weights are chosen separately).
@@ -117,6 +129,135 @@ def parse_hub_id(spec: str) -> HubRef | None:
     return HubRef(m.group("repo"), m.group("rev"))
 
 
+# --------------------------------------------------------------------------------- pasted names
+
+
+@dataclass(frozen=True)
+class HubName:
+    """A hub model as the user wrote it, taken apart (aliases are not looked up yet)."""
+
+    name: str  # "org/name", or an alias when written without a host
+    revision: str | None = None  # "@REV" or a URL's /tree/REV, /blob/REV/...
+    quant: str | None = None  # the ":QUANT" tag, normalised ("Q4_K_M"); None for none or ":latest"
+    filename: str | None = None  # the file of a .../blob/REV/FILE or .../resolve/REV/FILE URL
+    url: bool = False  # written with a host: hf.co/..., https://huggingface.co/...
+
+
+def normalise_quant(text: str) -> str:
+    """``q4_k_m`` -> ``Q4_K_M``; the spellings GGUF uploaders use besides llama.cpp's (``fp16``)."""
+    name = text.strip().upper()
+    for canonical, spellings in _QUANT_SPELLINGS.items():
+        if name in spellings:
+            return canonical
+    return name
+
+
+def hub_hosts() -> set[str]:
+    """Host names whose URLs name hub models: huggingface.co, hf.co and HF_ENDPOINT's host."""
+    return {*HUB_HOSTS, urlsplit(endpoint()).netloc.lower()}
+
+
+def split_name(spec: str) -> HubName | None:
+    """Take apart ``name[@rev][:QUANT]``, ``hf.co/org/name[:QUANT]`` and model page URLs.
+
+    ``spec`` without a host gives None when it is not shaped like an alias or ``org/name`` (the
+    caller then says whether it looked like a path). A host form that names no model (a dataset,
+    a Space, another site, ``hf.co/name``) is a one-line :class:`SourceError`; a bad ``:QUANT``
+    after a well-formed name a :class:`UsageError`.
+    """
+    text = spec.strip()
+    scheme = _SCHEME.match(text)
+    rest = text[scheme.end() :] if scheme else text
+    host, _, path = rest.partition("/")
+    if host.lower() in hub_hosts():
+        return _split_url(path, spec)
+    if scheme:
+        raise SourceError(
+            f"{spec} is not a Hugging Face model URL: packer downloads from the hub at "
+            f"{endpoint()} (https://huggingface.co/ORG/NAME or hf.co/ORG/NAME[:QUANT]); "
+            "download anything else yourself and pass the file"
+        )
+    return _split_plain(text, spec)
+
+
+def _split_tag(text: str, spec: str, *, strict: bool) -> tuple[str, str | None] | None:
+    """``org/name:Q4_K_M@v1`` or ``org/name@v1:Q4_K_M`` -> (``org/name@v1``, ``Q4_K_M``).
+
+    Git forbids ':' in branch and tag names and the hub in repo names, so one ':' is the tag.
+    A bad tag raises when ``strict`` and gives None otherwise.
+    """
+    if ":" not in text:
+        return text, None
+    before, _, after = text.partition(":")
+    tag, at, rev = after.partition("@")
+    if not _TAG.fullmatch(tag):
+        if not strict:
+            return None
+        shown = f"{after!r} after the ':' is not a quant" if after else "nothing follows the ':'"
+        raise UsageError(
+            f"{shown} in {spec!r}: write the repo's quant after one ':', e.g. {before}:Q4_K_M "
+            "(a branch or tag goes after '@')"
+        )
+    quant = normalise_quant(tag)
+    return before + at + rev, None if quant == "LATEST" else quant
+
+
+def _split_plain(text: str, spec: str) -> HubName | None:
+    head = text.partition(":")[0].partition("@")[0]
+    strict = bool(REPO_ID.fullmatch(head)) or lookup_alias(head) is not None
+    split = _split_tag(text, spec, strict=strict)
+    if split is None:
+        return None
+    rest, quant = split
+    name, at, rev = rest.partition("@")
+    if not (REPO_ID.fullmatch(name) or _ALIAS_SHAPE.fullmatch(name)):
+        return None
+    if at and not _REVISION.fullmatch(rev):
+        return None
+    return HubName(name, rev or None, quant)
+
+
+def _split_url(path: str, spec: str) -> HubName:
+    path = re.split(r"[?#]", path, maxsplit=1)[0].strip("/")
+    first = path.split("/", 1)[0]
+    if first in ("datasets", "spaces"):
+        what = "dataset" if first == "datasets" else "Space"
+        raise SourceError(
+            f"{spec} is a Hugging Face {what}, not a model: give a model page "
+            "(https://huggingface.co/ORG/NAME) or hf.co/ORG/NAME[:QUANT]"
+        )
+    split = _split_tag(path, spec, strict=True)
+    assert split is not None
+    path, quant = split
+    path, at, at_rev = path.partition("@")
+    parts = path.split("/")
+    if len(parts) < 2 or not REPO_ID.fullmatch(f"{parts[0]}/{parts[1]}"):
+        raise SourceError(
+            f"{spec} names no model: write hf.co/ORG/NAME[:QUANT] or https://huggingface.co/ORG/NAME"
+        )
+    repo, tail = f"{parts[0]}/{parts[1]}", parts[2:]
+    revision, filename = None, None
+    if tail:
+        kind, rev, file_parts = tail[0], unquote(tail[1]) if len(tail) > 1 else "", tail[2:]
+        if kind not in ("tree", "blob", "resolve", "commit") or not rev:
+            raise SourceError(
+                f"{spec} is not a model page packer reads: give https://huggingface.co/{repo} "
+                "(or its /tree/REV, /blob/REV/FILE)"
+            )
+        revision = rev
+        if kind in ("blob", "resolve") and file_parts:
+            filename = unquote("/".join(file_parts))
+    if at:
+        if not _REVISION.fullmatch(at_rev):
+            raise SourceError(f"{spec}: {at_rev!r} is not a branch, tag or commit")
+        if revision and revision != at_rev:
+            raise UsageError(f"{spec} names two revisions, {revision!r} and {at_rev!r}: give one")
+        revision = at_rev
+    if quant and filename:
+        raise UsageError(f"{spec} names a file and a quant (:{quant}): give one")
+    return HubName(repo, revision or None, quant, filename, url=True)
+
+
 def endpoint() -> str:
     from huggingface_hub import constants
 
@@ -181,29 +322,75 @@ def model_ggufs(names: list[str]) -> list[str]:
     ]
 
 
-def _pick_gguf(ref: HubRef, ggufs: list[str], quant: str | None) -> str:
-    offered = sorted({q for f in ggufs if (q := gguf_quant_of(f))}, key=list(QUANT_TYPES).index)
-    offered_txt = ", ".join(offered) if offered else ", ".join(sorted(ggufs))
-    want = quant.strip().upper() if quant and quant.strip().lower() != "keep" else None
-    if want is None:
-        if len(ggufs) == 1:
-            return ggufs[0]
-        want = DEFAULT_QUANT
-        matches = [f for f in ggufs if _name_has_quant(Path(f).name, want)]
-        if not matches:
-            raise UsageError(
-                f"{ref} holds several GGUF files: choose one with --quant ({offered_txt})"
-            )
-    else:
-        if want not in QUANT_TYPES:
-            from packer.quants import parse_quant
+def _name_has_tag(name: str, tag: str) -> bool:
+    """A free-form ``:TAG`` (``UD-Q4_K_XL``) in a file name, between name boundaries."""
+    return bool(re.search(rf"(?<![a-z0-9]){re.escape(tag.lower())}(?![a-z0-9_])", name.lower()))
 
-            parse_quant(want)  # raises the usual "unknown quantization type" error
-        matches = [f for f in ggufs if _name_has_quant(Path(f).name, want)]
-        if not matches:
+
+def _offered(ggufs: list[str]) -> list[str]:
+    """What a GGUF repo offers: its quants in llama.cpp's order, then files of no known quant."""
+    quants = sorted({q for f in ggufs if (q := gguf_quant_of(f))}, key=list(QUANT_TYPES).index)
+    return quants + sorted(Path(f).name for f in ggufs if gguf_quant_of(f) is None)
+
+
+def _pick_gguf(
+    ref: HubRef,
+    ggufs: list[str],
+    quant: str | None,
+    *,
+    tag: str | None = None,
+    filename: str | None = None,
+) -> str:
+    """The GGUF file to use: the URL's ``filename``, else the ``:TAG``'s, else ``--quant``'s.
+
+    ``tag`` may also be a name no llama.cpp type has (unsloth's ``UD-Q4_K_XL``): then it is
+    matched in the file names as it is written.
+    """
+    offered_txt = ", ".join(_offered(ggufs))
+    want: str | None
+    if filename is not None:
+        if filename not in ggufs:
             raise UsageError(
-                f"{ref} has no {want} GGUF file; it offers {offered_txt}: pass one of them with --quant"
+                f"{ref} has no GGUF model file {filename}; it offers {offered_txt}: "
+                f"pick one on {endpoint()}/{ref.repo_id}/tree/{ref.rev}"
             )
+        matches = [filename]
+        want = gguf_quant_of(filename) or Path(filename).name
+    else:
+        if tag is not None:
+            want = tag
+        elif quant and quant.strip().lower() != "keep":
+            want = normalise_quant(quant)
+        else:
+            want = None
+        if want is None:
+            if len(ggufs) == 1:
+                return ggufs[0]
+            want = DEFAULT_QUANT
+            matches = [f for f in ggufs if _name_has_quant(Path(f).name, want)]
+            if not matches:
+                raise UsageError(
+                    f"{ref} holds several GGUF files: choose one with --quant or "
+                    f"{ref.repo_id}:QUANT ({offered_txt})"
+                )
+        else:
+            if want in QUANT_TYPES:
+                matches = [f for f in ggufs if _name_has_quant(Path(f).name, want)]
+            elif tag is not None:
+                matches = [f for f in ggufs if _name_has_tag(Path(f).name, want)]
+            else:
+                from packer.quants import parse_quant
+
+                parse_quant(want)  # raises the usual "unknown quantization type" error
+                matches = []
+            if not matches:
+                if tag is None:
+                    how = "pass one of them with --quant"
+                elif want in QUANT_TYPES:
+                    how = "put one of them after the ':'"
+                else:
+                    how = "put one of them after the ':' (a branch or tag goes after '@')"
+                raise UsageError(f"{ref} has no {want} GGUF file; it offers {offered_txt}: {how}")
     singles = [f for f in matches if not _SPLIT_GGUF.search(f)]
     if not singles:
         raise UnsupportedModelError(
@@ -213,6 +400,40 @@ def _pick_gguf(ref: HubRef, ggufs: list[str], quant: str | None) -> str:
         )
     # prefer files at the top of the repo, then the shortest name
     return sorted(singles, key=lambda f: (f.count("/"), len(f), f))[0]
+
+
+def _kind(
+    ref: HubRef,
+    names: list[str],
+    *,
+    quant: str | None,
+    tag: str | None,
+    filename: str | None,
+) -> Literal["checkpoint", "gguf"]:
+    """:func:`classify`, where a ``:TAG`` or a ``.gguf`` URL asks for a GGUF file.
+
+    A repo with both a checkpoint and GGUF files gives the GGUF then. A ``:TAG`` on a checkpoint
+    repo is refused unless ``--quant`` (which the caller checked agrees with it) says to quantize.
+    """
+    kind = classify(ref, names)
+    gguf_file = filename is not None and filename.lower().endswith(".gguf")
+    if kind == "gguf" or not (tag or gguf_file):
+        return kind
+    if model_ggufs(names):
+        return "gguf"
+    if gguf_file:
+        raise UsageError(f"{ref} has no GGUF file {filename}: it is a safetensors checkpoint")
+    if quant and quant.strip().lower() != "keep":
+        return kind  # --quant TYPE quantizes the checkpoint; the tag said the same
+    if tag in QUANT_TYPES:
+        raise UsageError(
+            f"{ref} is a safetensors checkpoint, not a GGUF repo, so it has no {tag} file: "
+            f"to quantize it to {tag}, give `{ref} --quant {tag}` instead of `:{tag}`"
+        )
+    raise UsageError(
+        f"{ref} is a safetensors checkpoint, not a GGUF repo: ':{tag}' picks a GGUF file and it "
+        "has none; drop it (a branch or tag goes after '@'), --quant TYPE sets the quantization"
+    )
 
 
 def classify(ref: HubRef, names: list[str]) -> Literal["checkpoint", "gguf"]:
@@ -485,15 +706,29 @@ def fetch(
     token: str | None = None,
     need_checkpoint: bool = False,
     spec_is_path_like: bool = False,
+    tag: str | None = None,
+    filename: str | None = None,
 ) -> Fetched:
-    """Download what packer needs of ``ref`` into the HF cache (or find it there when offline)."""
+    """Download what packer needs of ``ref`` into the HF cache (or find it there when offline).
+
+    ``quant`` is ``--quant``; ``tag`` the ``:QUANT`` of the name (the caller checked that the two
+    agree); ``filename`` the file a ``/blob/REV/FILE`` URL names. Each picks a GGUF repo's file.
+    """
+    pick = {"quant": quant, "tag": tag, "filename": filename}
     with _hub_errors(ref, spec_is_path_like), _quiet_client():
         if is_offline():
-            return _from_cache(ref, quant=quant, need_checkpoint=need_checkpoint)
-        return _download(ref, quant=quant, token=token, need_checkpoint=need_checkpoint)
+            return _from_cache(ref, need_checkpoint=need_checkpoint, **pick)
+        return _download(ref, token=token, need_checkpoint=need_checkpoint, **pick)
 
 
-def _from_cache(ref: HubRef, *, quant: str | None, need_checkpoint: bool) -> Fetched:
+def _from_cache(
+    ref: HubRef,
+    *,
+    quant: str | None,
+    need_checkpoint: bool,
+    tag: str | None = None,
+    filename: str | None = None,
+) -> Fetched:
     snapshot = cached_snapshot(ref)
     if snapshot is None:
         raise SourceError(
@@ -501,12 +736,12 @@ def _from_cache(ref: HubRef, *, quant: str | None, need_checkpoint: bool) -> Fet
             "HF_HUB_OFFLINE to download it, or copy the cache from a connected machine"
         )
     names = _listing(snapshot)
-    kind = classify(ref, names)
+    kind = _kind(ref, names, quant=quant, tag=tag, filename=filename)
     commit = snapshot.name
     if kind == "gguf":
         if need_checkpoint:
             raise UsageError(f"{ref} holds GGUF files, not a checkpoint: nothing to convert")
-        chosen = _pick_gguf(ref, model_ggufs(names), quant)
+        chosen = _pick_gguf(ref, model_ggufs(names), quant, tag=tag, filename=filename)
         log.info("using cached %s (%s, commit %s), offline", chosen, ref, commit[:10])
         return Fetched("gguf", snapshot / chosen, ref.repo_id, ref.revision, commit, True)
     index = None
@@ -527,7 +762,13 @@ def _from_cache(ref: HubRef, *, quant: str | None, need_checkpoint: bool) -> Fet
 
 
 def _download(
-    ref: HubRef, *, quant: str | None, token: str | None, need_checkpoint: bool
+    ref: HubRef,
+    *,
+    quant: str | None,
+    token: str | None,
+    need_checkpoint: bool,
+    tag: str | None = None,
+    filename: str | None = None,
 ) -> Fetched:
     from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 
@@ -537,7 +778,7 @@ def _download(
     for s in info.siblings or []:
         sizes[s.rfilename] = s.lfs.size if s.lfs is not None else s.size
     names = sorted(sizes)
-    kind = classify(ref, names)
+    kind = _kind(ref, names, quant=quant, tag=tag, filename=filename)
     if kind == "gguf" and need_checkpoint:
         raise UsageError(f"{ref} holds GGUF files, not a checkpoint: nothing to convert")
 
@@ -555,7 +796,7 @@ def _download(
         return path
 
     if kind == "gguf":
-        wanted = [_pick_gguf(ref, model_ggufs(names), quant)]
+        wanted = [_pick_gguf(ref, model_ggufs(names), quant, tag=tag, filename=filename)]
     else:
         config = get("config.json")  # small: fail early on gated repos and unknown models
         _check_architecture(ref, config)

@@ -1,8 +1,9 @@
 """Resolve what the user named into a Source: a local folder or .gguf file, an alias, a hub id.
 
-Resolvers are tried in order: local path -> alias (``TinyLlama``, see ``packer models``) ->
-Hugging Face hub id ``org/name[@revision]`` (downloaded into the shared HF cache by
-:mod:`packer.hub`).
+Resolvers are tried in order: local path (an existing path wins, ':' in it or not) -> alias
+(``TinyLlama``, see ``packer models``) -> Hugging Face hub id ``org/name[@revision][:QUANT]``,
+also written ``hf.co/org/name[:QUANT]`` or as a model page URL (downloaded into the shared HF
+cache by :mod:`packer.hub`). ``:QUANT`` picks the file of a GGUF repo, like ``--quant``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ class Source:
             commit = f" (commit {self.commit[:10]})" if self.commit else ""
             return f"{self.repo_id}{rev}{commit}"
         return self.spec
+
+
+@dataclass(frozen=True)
+class HubTarget:
+    """What a hub name asks for: the repo and revision, and maybe one GGUF file of it."""
+
+    ref: hub_mod.HubRef
+    quant: str | None = None  # the ":QUANT" tag ("Q4_K_M")
+    filename: str | None = None  # the file a .../blob/REV/FILE URL names
+    alias: hub_mod.Alias | None = None  # the alias it was written as
+    url: bool = False  # written with a host (hf.co/..., https://huggingface.co/...)
 
 
 def model_name_from_stem(stem: str) -> str:
@@ -103,9 +115,10 @@ def resolve(
 ) -> Source:
     """Find (and for hub models download) the model ``spec`` names.
 
-    ``quant`` picks the file of a GGUF repo; ``revision`` (or ``spec@revision``) pins a hub
-    branch, tag or commit; ``token`` overrides HF_TOKEN; ``need_checkpoint`` refuses GGUF-only
-    repos before downloading (for ``packer convert``).
+    ``quant`` (``--quant``) or ``spec:QUANT`` picks the file of a GGUF repo; given both, they
+    must agree. ``revision`` (or ``spec@revision``) pins a hub branch, tag or commit; ``token``
+    overrides HF_TOKEN; ``need_checkpoint`` refuses GGUF-only repos before downloading (for
+    ``packer convert``).
     """
     path = Path(spec).expanduser()
     if path.exists():
@@ -114,13 +127,29 @@ def resolve(
         return _local(path, spec)
     from packer import hub
 
-    ref = hub_ref(spec, revision)
+    target = hub_target(spec, revision)
+    ref, tag = target.ref, target.quant
+    if tag and quant and quant.strip().lower() != "keep":
+        asked = hub.normalise_quant(quant)
+        if asked != tag:
+            raise UsageError(
+                f"{spec} asks for {tag} but --quant says {asked}: give one of them "
+                f"({ref.repo_id}:{asked} or --quant {tag})"
+            )
+    if need_checkpoint and (tag or (target.filename or "").lower().endswith(".gguf")):
+        what = f"':{tag}'" if tag else target.filename
+        raise UsageError(
+            f"{spec}: {what} names a GGUF file, and a checkpoint is needed here (a GGUF has "
+            f"nothing to convert): give the repo, {ref}, without it"
+        )
     fetched = hub.fetch(
         ref,
         quant=quant,
         token=token,
         need_checkpoint=need_checkpoint,
-        spec_is_path_like="/" in spec,
+        spec_is_path_like="/" in spec and not target.url,
+        tag=tag,
+        filename=target.filename,
     )
     if fetched.kind == "gguf":
         src = _gguf_source(fetched.path, spec)
@@ -134,32 +163,38 @@ def resolve(
 
 
 def hub_ref(spec: str, revision: str | None = None) -> hub_mod.HubRef:
-    """The hub repo an alias or ``org/name[@rev]`` names; a helpful error for anything else."""
+    """The hub repo an alias, ``org/name[@rev][:QUANT]`` or hub URL names; see :func:`hub_target`."""
+    return hub_target(spec, revision).ref
+
+
+def hub_target(spec: str, revision: str | None = None) -> HubTarget:
+    """What an alias, ``org/name[@rev][:QUANT]``, ``hf.co/org/name[:QUANT]`` or a model page URL
+    asks for; a helpful one-line error for anything else."""
     from packer import hub
 
-    name, _, at_rev = spec.partition("@")
-    alias = hub.lookup_alias(name)
-    if alias is not None:
-        ref = hub.HubRef(alias.repo, at_rev or None)
+    named = hub.split_name(spec)
+    alias = hub.lookup_alias(named.name) if named is not None and not named.url else None
+    if named is not None and alias is not None:
+        ref = hub.HubRef(alias.repo, named.revision)
+    elif named is not None and hub.REPO_ID.fullmatch(named.name):
+        ref = hub.HubRef(named.name, named.revision)
     else:
-        parsed = hub.parse_hub_id(spec)
-        if parsed is None:
-            if _looks_like_path(spec):
-                raise SourceError(f"no such folder or .gguf file: {spec}")
-            close = hub.closest_aliases(name)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise SourceError(
-                f"{spec!r} is not a folder, a .gguf file, a model alias or a hub id (org/name)"
-                f"{hint} (`packer models` lists the aliases)"
-            )
-        ref = parsed
+        if _looks_like_path(spec):
+            raise SourceError(f"no such folder or .gguf file: {spec}")
+        name = named.name if named is not None else spec.partition("@")[0]
+        close = hub.closest_aliases(name)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise SourceError(
+            f"{spec!r} is not a folder, a .gguf file, a model alias or a hub id (org/name)"
+            f"{hint} (`packer models` lists the aliases)"
+        )
     if revision:
         if ref.revision and ref.revision != revision:
             raise UsageError(
                 f"{spec} names revision {ref.revision!r} but --revision says {revision!r}: give one"
             )
         ref = hub.HubRef(ref.repo_id, revision)
-    return ref
+    return HubTarget(ref, named.quant, named.filename, alias, named.url)
 
 
 def _local(path: Path, spec: str) -> Source:
@@ -193,10 +228,10 @@ def param_count(spec: str, *, token: str | None = None) -> tuple[int, str]:
         return inspect_checkpoint(src.path).n_params, "counted in the safetensors headers"
     from packer import hub
 
-    alias = hub.lookup_alias(spec.partition("@")[0])
+    target = hub_target(spec)
+    alias, ref = target.alias, target.ref
     if alias is not None:
         return int(alias.params_b * 1e9), f"{alias.repo}, from packer's alias table"
-    ref = hub_ref(spec)
     if hub.is_offline():
         raise SourceError(
             f"HF_HUB_OFFLINE is set: cannot ask the hub how big {ref} is; pass --params N"

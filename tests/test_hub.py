@@ -21,7 +21,7 @@ from packer.build import BuildPlan, plan
 from packer.errors import OutputError, SourceError, UnsupportedModelError, UsageError
 from packer.quants import parse_quant
 from packer.runtime.payload import read_bundle
-from packer.source import Source, hub_ref, resolve
+from packer.source import Source, hub_ref, hub_target, resolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -210,6 +210,8 @@ def test_revision_pinning(hub: FakeHub, tiny_llama_bpe: Path) -> None:
     assert b"0.9" in (latest.path / "generation_config.json").read_bytes()
     assert b"0.1" in (pinned.path / "generation_config.json").read_bytes()
     assert "@v1" in pinned.display and old[:10] in pinned.display
+    assert resolve("https://huggingface.co/org/tiny/tree/v1").commit == old
+    assert resolve("hf.co/org/tiny@v1").commit == old
 
     with pytest.raises(UsageError, match="--revision"):
         resolve("org/tiny@v1", revision="main")
@@ -263,6 +265,235 @@ def test_convert_refuses_gguf_repo_before_downloading(
     with pytest.raises(UsageError, match="nothing to convert"):
         resolve("org/tiny-GGUF", need_checkpoint=True)
     assert not [f for f in downloads(hub) if f.startswith("cdn:")]
+
+
+# ------------------------------------------------------------------------------ pasted names
+
+
+@pytest.mark.parametrize(
+    ("spec", "repo", "revision", "quant", "filename"),
+    [
+        # as before
+        ("org/name", "org/name", None, None, None),
+        ("org/name@v1", "org/name", "v1", None, None),
+        ("org/name@refs/pr/1", "org/name", "refs/pr/1", None, None),
+        ("TinyLlama", TINYLLAMA, None, None, None),
+        ("tinyllama@v2", TINYLLAMA, "v2", None, None),
+        # llama.cpp's -hf org/name:QUANT
+        ("org/name-GGUF:Q4_K_M", "org/name-GGUF", None, "Q4_K_M", None),
+        ("org/name-GGUF:q4_k_m", "org/name-GGUF", None, "Q4_K_M", None),
+        ("org/name-GGUF:fp16", "org/name-GGUF", None, "F16", None),
+        ("org/name-GGUF:UD-Q4_K_XL", "org/name-GGUF", None, "UD-Q4_K_XL", None),
+        ("org/name-GGUF:latest", "org/name-GGUF", None, None, None),
+        ("org/name-GGUF@v1:Q8_0", "org/name-GGUF", "v1", "Q8_0", None),
+        ("org/name-GGUF:Q8_0@v1", "org/name-GGUF", "v1", "Q8_0", None),
+        ("TinyLlama:Q8_0", TINYLLAMA, None, "Q8_0", None),
+        # Ollama's hf.co/org/name:QUANT
+        ("hf.co/org/name-GGUF", "org/name-GGUF", None, None, None),
+        ("hf.co/org/name-GGUF:Q4_K_M", "org/name-GGUF", None, "Q4_K_M", None),
+        ("HF.CO/org/name-GGUF:latest", "org/name-GGUF", None, None, None),
+        ("hf.co/org/name@v1", "org/name", "v1", None, None),
+        # model page URLs
+        ("https://huggingface.co/org/name", "org/name", None, None, None),
+        ("http://huggingface.co/org/name/", "org/name", None, None, None),
+        ("huggingface.co/org/name", "org/name", None, None, None),
+        ("https://www.huggingface.co/org/name?library=transformers", "org/name", None, None, None),
+        ("https://hf.co/org/name-GGUF:Q8_0", "org/name-GGUF", None, "Q8_0", None),
+        ("https://huggingface.co/org/name/tree/main", "org/name", "main", None, None),
+        ("https://huggingface.co/org/name/tree/v1/onnx", "org/name", "v1", None, None),
+        ("https://huggingface.co/org/name/tree/refs%2Fpr%2F3", "org/name", "refs/pr/3", None, None),
+        (
+            "https://huggingface.co/org/name-GGUF/blob/main/name.Q8_0.gguf",
+            "org/name-GGUF",
+            "main",
+            None,
+            "name.Q8_0.gguf",
+        ),
+        (
+            "https://huggingface.co/org/name-GGUF/resolve/v1/q8/name.Q8_0.gguf?download=true",
+            "org/name-GGUF",
+            "v1",
+            None,
+            "q8/name.Q8_0.gguf",
+        ),
+        (
+            "https://huggingface.co/org/name/blob/main/config.json",
+            "org/name",
+            "main",
+            None,
+            "config.json",
+        ),
+    ],
+)
+def test_pasted_names_parse(
+    spec: str, repo: str, revision: str | None, quant: str | None, filename: str | None
+) -> None:
+    target = hub_target(spec)
+    assert target.ref == hub_mod.HubRef(repo, revision)
+    assert target.quant == quant
+    assert target.filename == filename
+    assert hub_ref(spec) == target.ref
+
+
+def test_pasted_url_of_the_endpoint_host() -> None:
+    """An HF_ENDPOINT mirror's own URLs name models too (here huggingface.co's default)."""
+    named = hub_mod.split_name(f"{hub_mod.endpoint()}/org/name/tree/v2")
+    assert named == hub_mod.HubName("org/name", "v2", url=True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "says"),
+    [
+        ("https://huggingface.co/datasets/org/data", SourceError, "is a Hugging Face dataset"),
+        ("https://huggingface.co/spaces/org/app", SourceError, "is a Hugging Face Space"),
+        ("https://github.com/org/name", SourceError, "is not a Hugging Face model URL"),
+        ("hf.co/name-GGUF", SourceError, "names no model: write hf.co/ORG/NAME[:QUANT]"),
+        ("https://huggingface.co/org/name/discussions/3", SourceError, "not a model page"),
+        ("org/name-GGUF:", UsageError, "nothing follows the ':'"),
+        ("org/name-GGUF:Q4_K_M:Q8_0", UsageError, "e.g. org/name-GGUF:Q4_K_M"),
+        ("hf.co/org/name/tree/v1@v2", UsageError, "names two revisions"),
+        ("hf.co/org/name/blob/main/a.Q8_0.gguf:Q4_K_M", UsageError, "a file and a quant"),
+        ("TinyLama:Q4_K_M", SourceError, "did you mean TinyLlama"),
+        ("./models/x:Q4_K_M", SourceError, "no such folder or .gguf file"),
+        ("a/b/c:Q4_K_M", SourceError, "no such folder or .gguf file"),
+    ],
+)
+def test_pasted_name_errors(spec: str, error: type[Exception], says: str) -> None:
+    with pytest.raises(error) as err:
+        hub_target(spec)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pasted_revision_conflicts_with_the_option() -> None:
+    assert hub_ref("hf.co/org/name", revision="v1") == hub_mod.HubRef("org/name", "v1")
+    with pytest.raises(UsageError, match="--revision says 'v2'"):
+        hub_ref("https://huggingface.co/org/name/tree/v1", revision="v2")
+
+
+def test_existing_path_with_a_colon_is_a_path(
+    tmp_path: Path,
+    tiny_llama_bpe: Path,
+    tiny_ggufs: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = tmp_path / "org:Q4_K_M"
+    shutil.copytree(tiny_llama_bpe, folder)
+    src = resolve(str(folder))
+    assert src.kind == "checkpoint" and src.repo_id is None and src.path == folder
+    gguf = tmp_path / "tiny:Q8_0.gguf"
+    gguf.write_bytes(tiny_ggufs["tiny.Q8_0.gguf"])
+    assert resolve(str(gguf)).gguf_type == "Q8_0"
+    monkeypatch.chdir(tmp_path)  # a relative "org:Q4_K_M" is the folder too
+    assert resolve("org:Q4_K_M").path == folder
+
+
+@pytest.fixture
+def tagged_repo(hub: FakeHub, tiny_ggufs: dict[str, bytes]) -> dict[str, bytes]:
+    """A GGUF repo as people publish them: several quants, a projector, one quant split."""
+    q8 = tiny_ggufs["tiny.Q8_0.gguf"]
+    files = {
+        **tiny_ggufs,
+        "tiny-Q4_K_M.gguf": q8,  # stand-ins: the tests look at which file is picked
+        "tiny-UD-Q4_K_XL.gguf": q8,
+        "Q2_K/tiny-Q2_K-00001-of-00002.gguf": b"GGUF part 1",
+        "Q2_K/tiny-Q2_K-00002-of-00002.gguf": b"GGUF part 2",
+        "mmproj-tiny-Q4_K_M.gguf": b"vision projector",
+        "README.md": b"# tiny GGUF\n",
+    }
+    hub.add_repo("org/tiny-GGUF", files)
+    return files
+
+
+def cdn_gets(hub: FakeHub) -> int:
+    return len([f for f in downloads(hub) if f.startswith("cdn:")])
+
+
+def test_quant_tag_picks_the_gguf(hub: FakeHub, tagged_repo: dict[str, bytes]) -> None:
+    src = resolve("org/tiny-GGUF:Q4_K_M")
+    assert src.kind == "gguf" and src.path.name == "tiny-Q4_K_M.gguf"  # not the projector
+    assert src.repo_id == "org/tiny-GGUF" and src.spec == "org/tiny-GGUF:Q4_K_M"
+    assert src.name == "tiny" and src.revision is None
+    assert cdn_gets(hub) == 1
+    assert resolve("org/tiny-GGUF:q8_0").path.name == "tiny.Q8_0.gguf"
+    assert resolve("org/tiny-GGUF:fp16").path.name == "tiny.F16.gguf"
+    assert resolve("org/tiny-GGUF:ud-q4_k_xl").path.name == "tiny-UD-Q4_K_XL.gguf"
+    # the tag and --quant may both be given when they agree; "keep" packs the tagged file
+    assert resolve("org/tiny-GGUF:Q8_0", quant="q8_0").path.name == "tiny.Q8_0.gguf"
+    assert resolve("org/tiny-GGUF:Q8_0", quant="keep").path.name == "tiny.Q8_0.gguf"
+
+
+def test_hub_urls_resolve_like_ids(hub: FakeHub, tagged_repo: dict[str, bytes]) -> None:
+    src = resolve("hf.co/org/tiny-GGUF:Q8_0")
+    assert src.path.name == "tiny.Q8_0.gguf" and src.repo_id == "org/tiny-GGUF"
+    assert src.spec == "hf.co/org/tiny-GGUF:Q8_0"
+    assert resolve("https://huggingface.co/org/tiny-GGUF:q4_k_m").path.name == "tiny-Q4_K_M.gguf"
+    page = resolve("https://huggingface.co/org/tiny-GGUF/blob/main/tiny.F16.gguf")
+    assert page.path.name == "tiny.F16.gguf" and page.revision == "main"
+    assert page.gguf_type == "F16"
+    mirror = resolve(f"{hub.endpoint}/org/tiny-GGUF/resolve/main/tiny.Q8_0.gguf?download=true")
+    assert mirror.path.name == "tiny.Q8_0.gguf"
+    with pytest.raises(UsageError, match="has no GGUF model file nope.gguf"):
+        resolve("https://huggingface.co/org/tiny-GGUF/blob/main/nope.gguf")
+    with pytest.raises(SourceError) as err:
+        resolve("hf.co/org/missing:Q4_K_M")
+    assert "no model org/missing on" in str(err.value) and "local" not in str(err.value)
+
+
+def test_quant_tag_the_repo_lacks(hub: FakeHub, tagged_repo: dict[str, bytes]) -> None:
+    with pytest.raises(UsageError) as err:
+        resolve("hf.co/org/tiny-GGUF:Q5_K_S")
+    msg = str(err.value)
+    assert "org/tiny-GGUF has no Q5_K_S GGUF file; it offers F16, Q8_0, Q4_K_M, Q2_K" in msg
+    assert "tiny-UD-Q4_K_XL.gguf" in msg and "after the ':'" in msg and "\n" not in msg
+    with pytest.raises(UsageError, match="a branch or tag goes after '@'"):
+        resolve("org/tiny-GGUF:main")
+    with pytest.raises(UnsupportedModelError, match="split into parts"):
+        resolve("org/tiny-GGUF:Q2_K")
+    assert cdn_gets(hub) == 0
+
+
+def test_quant_tag_and_option_must_agree(hub: FakeHub, tagged_repo: dict[str, bytes]) -> None:
+    with pytest.raises(UsageError) as err:
+        resolve("hf.co/org/tiny-GGUF:Q8_0", quant="q4_k_m")
+    msg = str(err.value)
+    assert "asks for Q8_0 but --quant says Q4_K_M: give one of them" in msg and "\n" not in msg
+    with pytest.raises(UsageError, match="names a GGUF file"):
+        resolve("org/tiny-GGUF:Q8_0", need_checkpoint=True)  # packer convert
+    assert hub.requests == [], "refused before asking the hub"
+
+
+def test_quant_tag_on_a_checkpoint_repo(
+    hub: FakeHub, tiny_llama_bpe: Path, tiny_ggufs: dict[str, bytes]
+) -> None:
+    hub.add_repo("org/tiny", tiny_llama_bpe)
+    with pytest.raises(UsageError) as err:
+        resolve("hf.co/org/tiny:Q4_K_M")
+    msg = str(err.value)
+    assert "org/tiny is a safetensors checkpoint, not a GGUF repo" in msg
+    assert "--quant Q4_K_M" in msg and "\n" not in msg
+    with pytest.raises(UsageError, match="':UD-Q4_K_XL' picks a GGUF file"):
+        resolve("org/tiny:UD-Q4_K_XL")
+    assert downloads(hub) == [], "refused before the download"
+    # with --quant saying the same, the checkpoint is quantized to it
+    assert resolve("org/tiny:Q4_K_M", quant="Q4_K_M").kind == "checkpoint"
+
+    # a repo with both: the tag asks for its GGUF, no tag for the checkpoint
+    both = {p.name: p.read_bytes() for p in tiny_llama_bpe.iterdir() if p.is_file()}
+    hub.add_repo("org/both", {**both, "gguf/tiny.Q8_0.gguf": tiny_ggufs["tiny.Q8_0.gguf"]})
+    assert resolve("org/both:Q8_0").path.name == "tiny.Q8_0.gguf"
+    assert resolve("org/both").kind == "checkpoint"
+
+
+def test_quant_tag_offline(
+    hub: FakeHub, tagged_repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    online = resolve("org/tiny-GGUF:Q8_0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = len(hub.requests)
+    offline = resolve("hf.co/org/tiny-GGUF:q8_0")
+    assert offline.path == online.path and len(hub.requests) == before
+    with pytest.raises(UsageError, match="offers Q8_0"):
+        resolve("hf.co/org/tiny-GGUF:Q4_K_M")
 
 
 # ------------------------------------------------------------------------------ errors
@@ -484,6 +715,52 @@ def test_cli_build_gguf_repo_and_errors(
     assert code == 3 and "did you mean TinyLlama" in err
 
 
+def test_cli_build_pasted_names(
+    hub: FakeHub,
+    tiny_llama_bpe: Path,
+    tiny_ggufs: dict[str, bytes],
+    fake_stub: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub.add_repo("org/tiny-GGUF", tiny_ggufs)
+    hub.add_repo("org/tiny", tiny_llama_bpe)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out, err = run_cli(
+        "build", "hf.co/org/tiny-GGUF:q8_0", cwd=out_dir, monkeypatch=monkeypatch
+    )
+    assert code == 0, err
+    produced = Path(out.strip())
+    assert produced.name == "tiny.Q8_0.run"
+    manifest = read_bundle(produced).manifest
+    assert manifest["source"] == "hf.co/org/tiny-GGUF:q8_0"
+    assert manifest["source_repo"] == "org/tiny-GGUF" and manifest["quant"] == "Q8_0"
+    produced.unlink()
+
+    for args, says in [
+        (
+            ["https://huggingface.co/org/tiny-GGUF:Q8_0", "--quant", "F16"],
+            "asks for Q8_0 but --quant says F16",
+        ),
+        (["hf.co/org/tiny-GGUF:Q4_K_M"], "has no Q4_K_M GGUF file; it offers F16, Q8_0"),
+        (["hf.co/org/tiny:Q8_0"], "give `org/tiny --quant Q8_0` instead of `:Q8_0`"),
+        (["org/tiny-GGUF:"], "nothing follows the ':'"),
+    ]:
+        code, _, err = run_cli("build", *args, cwd=out_dir, monkeypatch=monkeypatch)
+        assert code == 2 and says in err and err.count("\n") == 1, err
+    code, _, err = run_cli(
+        "build", "https://huggingface.co/datasets/org/x", cwd=out_dir, monkeypatch=monkeypatch
+    )
+    assert code == 3 and "not a model" in err and err.count("\n") == 1, err
+    assert list(out_dir.iterdir()) == [], "nothing left behind"
+
+    code, out, _ = run_cli("build", "--help", cwd=out_dir, monkeypatch=monkeypatch)
+    assert code == 0
+    assert "packer build hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M" in out
+    assert "https://huggingface.co/" in out and ":QUANT" in out
+
+
 def test_cli_revision_and_token_options(
     hub: FakeHub, tiny_llama_bpe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -539,6 +816,12 @@ def test_cli_models_and_quants(
     code, out, err = run_cli("quants", "org/tiny", cwd=tmp_path, monkeypatch=monkeypatch)
     assert code == 0, err
     assert "~ 2.12 GB" in next(line for line in out.splitlines() if "Q8_0" in line)
+    code, out, err = run_cli(
+        "quants", "https://huggingface.co/org/tiny", cwd=tmp_path, monkeypatch=monkeypatch
+    )
+    assert code == 0 and "~ 2.12 GB" in out, err
+    code, _, err = run_cli("quants", "TinyLlama:Q8_0", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0 and "alias table" in err
     assert not [r for r in hub.requests if "/resolve/" in r.path], "metadata only"
 
     code, out, err = run_cli("quants", str(tiny_llama_bpe), cwd=tmp_path, monkeypatch=monkeypatch)
