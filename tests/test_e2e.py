@@ -85,6 +85,19 @@ def test_info_and_help(demo_run: Path, elsewhere: Path) -> None:
     assert manifest["quant"] == "Q5_K_M"
     assert manifest["architecture"] == "LlamaForCausalLM"
     assert len(manifest["gguf_sha256"]) == 64
+    version = run_clean(demo_run, "--version", cwd=elsewhere)
+    assert version.returncode == 0, version.stderr
+    from packer import __version__
+    from packer.stub import LLAMA_CPP_COMMITS
+
+    lines = version.stdout.splitlines()
+    assert lines[0] == f"packer {__version__}"
+    commit = LLAMA_CPP_COMMITS["0.3.36"][:12]
+    assert lines[1].startswith(f"llama.cpp {commit} (ggml "), lines  # the frozen library's ggml
+    assert lines[1].endswith("llama-cpp-python 0.3.36)")
+    assert lines[2] == (
+        f"runtime cpu stub {manifest['runtime']['stub']} (archive {read_bundle(demo_run).runtime_key})"
+    )
     helptext = run_clean(demo_run, "--help", cwd=elsewhere).stdout
     for flag in (
         "--server",

@@ -198,3 +198,24 @@ def test_glibc_needed_reads_the_newest_symbol_version(tmp_path: Path) -> None:
 def test_runtime_build_round_trips() -> None:
     b = _build_info()
     assert stub_mod.RuntimeBuild.from_json(b.to_json()) == b
+
+
+def test_a_stub_frozen_with_the_hosts_python_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+    import logging
+
+    stub = tmp_path / "stubs" / "linux-x86_64-cpu-0123456789abcdef" / stub_mod.STUB_FILE
+    stub.parent.mkdir(parents=True)
+    stub.write_bytes(b"#!/bin/sh\n")
+    newer = dataclasses.replace(_build_info(), glibc="2.36", frozen_with="this machine's Python")
+    (stub.parent / stub_mod.BUILD_INFO).write_bytes(newer.to_json())
+    monkeypatch.setattr(stub_mod, "SHIPPED", tmp_path / "none")
+    monkeypatch.setattr(stub_mod, "ensure_stub", lambda flavour="cpu", **kw: stub)
+    with caplog.at_level(logging.WARNING, logger="packer.stub"):
+        found = stub_mod.find_stub("cpu")
+    assert found.path == stub and not found.shipped and found.build == newer
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "needs glibc 2.36 or newer" in warning and "make install` as root" in warning
+    assert "\n" not in warning
