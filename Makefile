@@ -7,7 +7,7 @@ DEMO_CKPT := demo/SmolLM2-135M-Instruct
 DEMO_RUN := SmolLM2-135M-Instruct.Q5_K_M.run
 QUESTION ?= What is the capital of Japan?
 
-.PHONY: install install-test system-deps demo test test-fast lint format bench clean
+.PHONY: install install-test system-deps demo test test-fast lint format bench clean dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,5 +62,9 @@ bench: demo install-test
 	$(PY) benchmarks/convert/run.py --demo $(DEMO_CKPT)
 	$(PY) benchmarks/install/run.py --demo $(DEMO_CKPT)
 
+# the wheel users install (pipx/pip, no compiler): packer + the prebuilt cpu runtime stub
+dist: install
+	$(PY) build/dist.py --out dist
+
 clean:
-	rm -rf demo *.run .pytest_cache
+	rm -rf demo *.run .pytest_cache dist

@@ -1,3 +1,3 @@
 """packer: turn a Hugging Face checkpoint into one executable file that runs offline."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

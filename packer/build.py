@@ -166,9 +166,9 @@ def plan(
     revision: str | None = None,
     imatrix: str | os.PathLike[str] | None = None,
 ) -> BuildPlan:
-    from packer.stub import require_flavour
+    from packer.stub import check_runtime
 
-    require_flavour(flavour)  # before any download: a cuda runtime must be built first
+    check_runtime(flavour)  # before any download: a runtime that can run here, or how to get one
     qt = parse_quant(quant) if quant and quant.lower() != "keep" else None
     imx_path: Path | None = None
     imx_data = None
@@ -244,10 +244,11 @@ def execute(
     """Do the build; returns the manifest written into the output file."""
     from packer.pack import pack
     from packer.quantize import quantize
-    from packer.stub import ensure_stub, stub_key
+    from packer.stub import find_stub, runtime_command
 
-    stub = ensure_stub(p.flavour, verbose=verbose)
+    stub = find_stub(p.flavour, verbose=verbose)
     try:
+        p.output.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".packer-build-", dir=p.output.parent))
     except OSError as exc:
         raise OutputError(f"cannot write in {p.output.parent}: {exc.strerror}") from exc
@@ -268,6 +269,7 @@ def execute(
                 gguf,
                 work / f"model.{p.quant.name}.gguf",
                 p.quant,
+                runtime=runtime_command(stub.path, work),
                 threads=threads,
                 verbose=verbose,
                 imatrix=p.imatrix,
@@ -281,7 +283,11 @@ def execute(
             "n_params": p.n_params,
             "context_length": p.context_length,
             "args": p.args,
-            "runtime": {"flavour": p.flavour, "stub": stub_key(p.flavour)},
+            "runtime": {
+                "flavour": p.flavour,
+                "stub": stub.build.key,
+                "llama_cpp": stub.build.llama_cpp,
+            },
         }
         if p.imatrix is not None:
             manifest["imatrix"] = p.imatrix.name
@@ -289,7 +295,7 @@ def execute(
             manifest["source_repo"] = p.source.repo_id
             manifest["source_revision"] = p.source.revision
             manifest["source_commit"] = p.source.commit
-        return pack(stub, gguf, p.output, manifest)
+        return pack(stub.path, gguf, p.output, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -303,8 +309,17 @@ def convert_to_gguf(
     if outtype != "q8_0":
         convert_checkpoint(checkpoint, out, outtype=outtype, progress=progress)
         return out
+    from packer.host import check_host
     from packer.quantize import quantize
+    from packer.stub import require_checkout, runtime_command, shipped_stub
 
+    # the llama.cpp model.run files run with: the shipped runtime's, or in a checkout this
+    # Python's llama-cpp-python (the one its stubs freeze), unfrozen: no stub build needed
+    shipped = shipped_stub("cpu")
+    if shipped is not None:
+        check_host()
+    else:
+        require_checkout("cpu")
     try:
         work = Path(tempfile.mkdtemp(prefix=".packer-convert-", dir=out.parent))
     except OSError as exc:
@@ -312,6 +327,7 @@ def convert_to_gguf(
     try:
         full = work / "model.gguf"
         convert_checkpoint(checkpoint, full, outtype="auto", progress=progress)
-        return quantize(full, out, parse_quant("Q8_0"))
+        runtime = runtime_command(shipped.path, work) if shipped else None
+        return quantize(full, out, parse_quant("Q8_0"), runtime=runtime)
     finally:
         shutil.rmtree(work, ignore_errors=True)

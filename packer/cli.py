@@ -65,8 +65,26 @@ def _hub_options(f):  # type: ignore[no-untyped-def]
     )(f)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from packer.stub import describe_runtime
+
+    click.echo(f"packer {__version__}")
+    for line in describe_runtime("cpu"):
+        click.echo(line)
+    ctx.exit(0)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="packer")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show packer's version, the llama.cpp build it ships and its runtime stub, and exit.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and llama.cpp's own output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.pass_context

@@ -53,3 +53,9 @@ class OutputError(PackerError):
     """The output cannot be written (not writable, disk full)."""
 
     exit_code = 8
+
+
+class PlatformError(PackerError):
+    """This machine cannot run the shipped runtime (not x86-64 Linux, or glibc too old)."""
+
+    exit_code = 9

@@ -1,9 +1,12 @@
-"""Quantize a GGUF with llama.cpp's own quantizer (``llama_model_quantize``) via llama-cpp-python."""
+"""Quantize a GGUF with llama.cpp's own quantizer (``llama_model_quantize``), run by the runtime
+that will run the model (:mod:`packer.runtime.quantize`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,8 +14,11 @@ from pathlib import Path
 
 from packer.errors import OutputError, QuantizeError, UsageError
 from packer.quants import QuantType
+from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
 
 log = logging.getLogger(__name__)
+
+UNFROZEN = [sys.executable, "-m", "packer.runtime"]  # the runtime from this checkout's sources
 
 
 def needs_imatrix_message(quant: QuantType) -> str:
@@ -30,48 +36,72 @@ def quantize(
     dst: Path,
     quant: QuantType,
     *,
+    runtime: list[str] | None = None,
     threads: int = 0,
     verbose: bool = False,
     imatrix: Path | None = None,
 ) -> Path:
     """Write ``src`` quantized to ``quant`` at ``dst`` (atomically: nothing is left on failure).
 
+    ``runtime``: the command that starts the runtime that will run the model
+    (:func:`packer.stub.runtime_command`; None: this checkout's, unfrozen); llama.cpp's quantizer runs there, in its hidden
+    ``--packer-quantize`` mode (:mod:`packer.runtime.quantize`), so quantizer and inference are
+    the same build. A child process also keeps llama.cpp's abort() on input it rejects from
+    taking the CLI down; it logs every tensor on stderr (shown with --verbose, summarised on
+    failure).
+
     ``imatrix`` is an importance matrix file (GGUF or legacy .dat, see :mod:`packer.imatrix`),
-    required by the types marked ``needs_imatrix`` and used by llama.cpp to improve the others.
-    llama.cpp runs in a child process: it logs every tensor on stderr (shown with --verbose,
-    summarised on failure) and may abort() on input it rejects, which must not take the CLI down.
+    required by the types marked ``needs_imatrix`` and used by llama.cpp to improve the others;
+    it is read and checked here and handed to the runtime as plain arrays.
     """
     if quant.needs_imatrix and imatrix is None:
         raise UsageError(needs_imatrix_message(quant))
+    vectors = None
     if imatrix is not None:
         from packer import imatrix as imx
 
         imatrix = imx.check_file(imatrix)
-        covered = imx.check_model(imx.load(imatrix), src, imatrix.name)
+        vectors = imx.load(imatrix)
+        covered = imx.check_model(vectors, src, imatrix.name)
         log.info("using importance matrix %s (%d tensors)", imatrix.name, covered)
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        job_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.job-", dir=dst.parent))
     except OSError as exc:
         raise OutputError(f"cannot write to {dst.parent}: {exc.strerror}") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        job = {
+            "src": str(src.absolute()),
+            "dst": str(tmp.absolute()),
+            "ftype": quant.ftype,
+            "threads": threads,
+            "imatrix": None,
+            "imatrix_name": imatrix.name if imatrix is not None else "",
+        }
+        if vectors is not None:
+            import numpy as np
+
+            np.savez(job_dir / "imatrix.npz", **vectors)
+            job["imatrix"] = str((job_dir / "imatrix.npz").absolute())
+        job_file = job_dir / "job.json"
+        job_file.write_text(json.dumps(job), encoding="utf-8")
         log.info("quantizing to %s with llama.cpp", quant.name)
-        cmd = [
-            sys.executable,
-            "-m",
-            "packer.quantize",
-            str(src),
-            str(tmp),
-            str(quant.ftype),
-            str(threads),
-        ]
-        if imatrix is not None:
-            cmd.append(str(imatrix))
-        proc = subprocess.run(
-            cmd, stdout=subprocess.DEVNULL, stderr=None if verbose else subprocess.PIPE, text=True
-        )
+        try:
+            proc = subprocess.run(
+                [*(runtime or UNFROZEN), QUANTIZE_FLAG, str(job_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=None if verbose else subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            raise QuantizeError(
+                f"cannot start the runtime to quantize ({(runtime or UNFROZEN)[0]}: {exc.strerror}): "
+                "reinstall packer, or rebuild the runtime with `packer runtime build --force`"
+            ) from exc
         if proc.returncode != 0:
             free = _free_bytes(dst.parent)
             if free is not None and free < 64 << 20:
@@ -83,6 +113,8 @@ def quantize(
                 ": " + last[last.find("failed") :].strip()
                 if "failed" in last
                 else f": {last.strip()}"
+                if last
+                else f" (the runtime exited with status {proc.returncode})"
             )
             raise QuantizeError(
                 f"llama.cpp could not quantize {src.name} to {quant.name}{why} "
@@ -94,47 +126,8 @@ def quantize(
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
+        shutil.rmtree(job_dir, ignore_errors=True)
     return dst
-
-
-def _worker(argv: list[str]) -> int:
-    """Child process: ``python -m packer.quantize SRC DST FTYPE THREADS [IMATRIX]``."""
-    import ctypes
-
-    import llama_cpp
-
-    src, dst, ftype, threads, *rest = argv
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(ftype)
-    params.nthread = int(threads)
-    keep: list[object] = []  # the buffers llama.cpp reads during the call
-    if rest:
-        from packer.imatrix import load
-
-        vectors = load(Path(rest[0]))
-        entries = (llama_cpp.llama_model_imatrix_data * (len(vectors) + 1))()
-        for i, (name, vec) in enumerate(sorted(vectors.items())):
-            buf = (ctypes.c_float * vec.size).from_buffer_copy(vec.tobytes())
-            keep.append(buf)
-            entries[i].name = name.encode()
-            entries[i].data = ctypes.cast(buf, ctypes.POINTER(ctypes.c_float))
-            entries[i].size = vec.size  # floats: ne[0] per expert
-        # the last entry stays zeroed: name NULL ends the list
-        keep.append(entries)
-        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-        # recorded in the output's metadata, as llama-quantize does (an empty key ends the list)
-        kv = (llama_cpp.llama_model_kv_override * 3)()
-        kv[0].key = b"quantize.imatrix.file"
-        kv[0].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
-        kv[0].value.val_str = Path(rest[0]).name.encode()[:127]
-        kv[1].key = b"quantize.imatrix.entries_count"
-        kv[1].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
-        kv[1].value.val_i64 = len(vectors)
-        keep.append(kv)
-        params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
-    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params)
-    del keep
-    return 1 if rc else 0
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -143,7 +136,3 @@ def _free_bytes(folder: Path) -> int | None:
     except OSError:
         return None
     return st.f_bavail * st.f_frsize
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))

@@ -20,6 +20,12 @@ the Debian 11 build root (``build/build-root.sh``) has llama-cpp-python installe
 that root's Python, so every bundled library needs glibc 2.31 at most. Otherwise (no root
 privileges at install time, ``PACKER_BUILD_ROOT=0``, or the ``cuda`` flavour) it runs with this
 Python and model.run needs this machine's glibc.
+
+An installed packer (the wheel ``make dist`` builds, see ``build/dist.py``) has no ``build/``
+scripts and no llama-cpp-python: it ships the ``cpu`` stub prebuilt in ``packer/_stub/cpu/``
+with its :class:`RuntimeBuild` description. :func:`find_stub` prefers that one; the from-source
+path above is for checkouts (maintainers). Either way the stub's own runtime also quantizes
+(:func:`runtime_command`), so the build machine needs no llama.cpp of its own.
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.errors import RuntimeStubError
+from packer.host import GLIBC_FLOOR, version_tuple
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +63,13 @@ LAUNCHER_SRC = ROOT / "build" / "launcher" / "launcher.c"
 RUNTIME_EXE = "packer-runtime"  # the onedir executable; launcher.c execs <dir>/packer-runtime
 WHEEL_SCRIPT = ROOT / "build" / "llama-wheel.sh"
 BUILD_ROOT_SCRIPT = ROOT / "build" / "build-root.sh"
+SHIPPED = PACKAGE / "_stub"  # in an installed wheel: _stub/<flavour>/{packer-runtime,runtime.json}
+BUILD_INFO = "runtime.json"  # next to every stub: its RuntimeBuild
 FLAVOURS = ("cpu", "cuda")
+# The llama.cpp commit each llama-cpp-python release vendors (its sdist carries no version of
+# it that ggml reports: the library says "unknown"). 0.3.36: verified by comparing all 3665
+# files of vendor/llama.cpp with upstream's tree (git hash-object), every one identical.
+LLAMA_CPP_COMMITS = {"0.3.36": "0c1e57098bba43ac29e6e3b677cdceebdd22334f"}
 FLAVOUR_HELP = (
     "cpu: every CPU variant plus Vulkan (any GPU with a Vulkan driver); "
     "cuda: the same plus CUDA for NVIDIA GPUs (build it first: packer runtime build --flavour cuda)"
@@ -254,9 +269,270 @@ def _llama_build_id(site: Path | None = None) -> str:
 
 
 def stub_key(flavour: str = "cpu") -> str:
-    """The cache key of ``flavour``'s stub. For a flavour whose llama-cpp-python is not built
-    yet, :class:`RuntimeStubError` saying how to build it."""
+    """The key of the stub ``packer build --runtime flavour`` uses: the shipped one's, else the
+    cache key of the one built from source. For a flavour whose llama-cpp-python is not built
+    yet, or an install without a stub, :class:`RuntimeStubError` saying what to do."""
+    shipped = shipped_stub(flavour)
+    if shipped is not None:
+        return shipped.build.key
+    require_checkout(flavour)
     return _stub_key(flavour, require_flavour(flavour), freeze_root(flavour))
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeBuild:
+    """What a stub was built from, written next to it (``runtime.json``) when it is built and
+    carried into every model.run's manifest; ``packer --version`` and ``--info`` show it."""
+
+    flavour: str
+    key: str  # the stub's key (its cache folder's name ends with it)
+    llama_cpp_python: str  # "0.3.36"
+    llama_cpp_commit: str  # the vendored llama.cpp commit, "" when unknown
+    ggml: str  # ggml's version as its library reports it, "" when unknown
+    glibc: str  # the newest GLIBC_x.y any library in the runtime needs: the oldest it runs on
+    frozen_with: str  # "the Debian 11 build root (Python 3.11.13)" or "this machine's Python..."
+
+    @property
+    def llama_cpp(self) -> str:
+        """One line: ``llama.cpp 0c1e57098bba (ggml 0.25.3, llama-cpp-python 0.3.36)``."""
+        commit = self.llama_cpp_commit[:12] or "commit unknown"
+        extra = ", ".join(
+            p
+            for p in (
+                f"ggml {self.ggml}" if self.ggml else "",
+                f"llama-cpp-python {self.llama_cpp_python}",
+            )
+            if p
+        )
+        return f"llama.cpp {commit} ({extra})"
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RuntimeBuild:
+        data = json.loads(raw)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: str(data.get(k, "")) for k in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class Stub:
+    """The stub a build packs: its file, what it was built from, and where it came from."""
+
+    path: Path
+    build: RuntimeBuild
+    shipped: bool  # True: prebuilt in this install (packer/_stub); False: built from source here
+
+
+def is_checkout() -> bool:
+    """True when packer runs from a source checkout, which can build stubs (``build/``)."""
+    return LAUNCHER_SRC.is_file() and WHEEL_SCRIPT.is_file()
+
+
+def shipped_stub(flavour: str) -> Stub | None:
+    """The stub prebuilt in this install (the wheel), None in a checkout."""
+    folder = SHIPPED / flavour
+    exe, info = folder / STUB_FILE, folder / BUILD_INFO
+    if not (exe.is_file() and info.is_file()):
+        return None
+    try:
+        build = RuntimeBuild.from_json(info.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise RuntimeStubError(
+            f"the runtime shipped with packer is damaged ({info}: {exc}): reinstall packer"
+        ) from exc
+    return Stub(exe, build, shipped=True)
+
+
+def require_checkout(flavour: str) -> None:
+    if is_checkout():
+        return
+    raise RuntimeStubError(
+        f"this packer install has no {flavour} runtime ({SHIPPED / flavour} is missing): "
+        + (
+            "reinstall packer from its wheel (pipx install --force packer_llm-*.whl), or build "
+            "the runtime from a source checkout (make install)"
+            if flavour == "cpu"
+            else f"the {flavour} runtime is built from a source checkout only "
+            f"(packer runtime build --flavour {flavour}); use --runtime cpu"
+        )
+    )
+
+
+def check_runtime(flavour: str = "cpu") -> None:
+    """Cheap (builds nothing), before any download: this install can pack ``flavour`` here: its
+    shipped stub runs on this machine, or this checkout can build it (a cuda llama-cpp-python
+    must be built first). Otherwise a one-line :class:`PackerError` saying what to do."""
+    check_flavour(flavour)
+    if shipped_stub(flavour) is not None:
+        from packer.host import check_host
+
+        check_host()
+        return
+    require_checkout(flavour)
+    require_flavour(flavour)
+
+
+def find_stub(flavour: str = "cpu", *, verbose: bool = False) -> Stub:
+    """The stub ``packer build --runtime flavour`` packs: the one shipped with this install
+    (checked to run here: :func:`packer.host.check_host`), else the one built from source in
+    this checkout (built now if needed, cached). A from-source stub that needs a newer glibc
+    than model.run promises gets one warning line."""
+    shipped = shipped_stub(flavour)
+    if shipped is not None:
+        from packer.host import check_host
+
+        check_host()
+        return shipped
+    require_checkout(flavour)
+    path = ensure_stub(flavour, verbose=verbose)
+    build = read_build(path)
+    if version_tuple(build.glibc or "0") > GLIBC_FLOOR:
+        log.warning(
+            "warning: this %s runtime needs glibc %s or newer (frozen with %s), so model.run "
+            "will not start on older systems; `make install` as root freezes it in the Debian 11 "
+            "root (glibc %s)",
+            flavour,
+            build.glibc,
+            build.frozen_with,
+            ".".join(map(str, GLIBC_FLOOR)),
+        )
+    return Stub(path, build, shipped=False)
+
+
+def describe_runtime(flavour: str = "cpu") -> list[str]:
+    """Lines for ``packer --version``: the llama.cpp build and the stub ``packer build`` uses
+    (never builds anything)."""
+    shipped = shipped_stub(flavour)
+    if shipped is not None:
+        b = shipped.build
+        return [
+            b.llama_cpp,
+            f"runtime {flavour} stub {b.key} (shipped with packer; glibc {b.glibc}+)",
+        ]
+    if not is_checkout():
+        return [f"runtime {flavour}: not installed ({SHIPPED / flavour} is missing)"]
+    try:
+        key = stub_key(flavour)
+        path = stub_path(flavour)
+    except RuntimeStubError as exc:
+        return [f"runtime {flavour}: {exc}"]
+    if (path.parent / BUILD_INFO).is_file():
+        b = read_build(path)
+        return [b.llama_cpp, f"runtime {flavour} stub {key} (built from source; glibc {b.glibc}+)"]
+    version = _llama_build_id().split("|")[0]
+    line = RuntimeBuild(flavour, key, version, LLAMA_CPP_COMMITS.get(version, ""), "", "", "")
+    return [line.llama_cpp, f"runtime {flavour} stub {key} (from source, not built yet)"]
+
+
+def read_build(stub: Path) -> RuntimeBuild:
+    """The :class:`RuntimeBuild` written next to ``stub``."""
+    try:
+        return RuntimeBuild.from_json((stub.parent / BUILD_INFO).read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise RuntimeStubError(
+            f"the runtime stub {stub} has no readable {BUILD_INFO} ({exc}): rebuild it with "
+            "`packer runtime build --force`"
+        ) from exc
+
+
+_GLIBC_NEED = re.compile(rb"GLIBC_(2\.[0-9]+)(?:\.[0-9]+)?\x00")
+
+
+def glibc_needed(tree: Path) -> str:
+    """The newest ``GLIBC_2.x`` symbol version any ELF file in ``tree`` asks for ("" if none):
+    the oldest glibc the frozen runtime can start on."""
+    newest = ""
+    for path in sorted(tree.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                continue
+            data = f.read()
+        for m in _GLIBC_NEED.finditer(data):
+            found = m.group(1).decode()
+            if version_tuple(found) > version_tuple(newest or "0"):
+                newest = found
+    return newest
+
+
+def _ggml_version(libdir: Path) -> str:
+    """``ggml_version()`` of the libggml-base in ``libdir`` ("" if it cannot be asked)."""
+    import ctypes
+
+    libs = sorted(libdir.glob("libggml-base.so*"))
+    if not libs:
+        return ""
+    try:
+        fn = ctypes.CDLL(str(libs[0])).ggml_version
+    except (OSError, AttributeError):
+        return ""
+    fn.restype = ctypes.c_char_p
+    return (fn() or b"").decode("ascii", "replace")
+
+
+def _runtime_build(
+    flavour: str, key: str, tree: Path, root: Path | None, site: Path | None
+) -> RuntimeBuild:
+    version = _llama_build_id(_root_site(root) if root is not None else site).split("|")[0]
+    if root is not None:
+        frozen = f"the {root.name} build root's Python"
+    else:
+        frozen = f"this machine's Python {platform.python_version()}"
+    return RuntimeBuild(
+        flavour=flavour,
+        key=key,
+        llama_cpp_python=version,
+        llama_cpp_commit=LLAMA_CPP_COMMITS.get(version, ""),
+        ggml=_ggml_version(tree / "_internal" / "llama_cpp" / "lib"),
+        glibc=glibc_needed(tree),
+        frozen_with=frozen,
+    )
+
+
+def runtime_command(stub: Path, work: Path) -> list[str]:
+    """A command that starts ``stub``'s own runtime (for :mod:`packer.runtime.quantize`).
+
+    A real stub has no model, so the launcher would refuse it: this writes, in ``work``, a
+    model-less bundle ``[stub][empty payload][manifest {}][trailer]`` the launcher starts
+    (unpacking the runtime once into the user's cache, where model.run finds it later). A stub
+    without a footer (a test stand-in) has no runtime: this checkout's llama-cpp-python runs
+    the same code unfrozen, when it is installed."""
+    from packer.runtime.payload import pack_trailer, read_stub_footer
+
+    info = read_stub_footer(stub)
+    if info is None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise RuntimeStubError(
+                f"{stub} has no runtime to quantize with and llama-cpp-python is not installed"
+            )
+        return [sys.executable, "-m", "packer.runtime"]
+    size = info.launcher_size + info.archive_size
+    exe = work / "packer-runtime.run"
+    with open(stub, "rb") as src, open(exe, "wb") as dst:
+        left = size
+        while left and (chunk := src.read(min(8 << 20, left))):
+            dst.write(chunk)
+            left -= len(chunk)
+        if left:
+            raise RuntimeStubError(f"{stub} is truncated: rebuild or reinstall it")
+        manifest = b"{}"
+        dst.write(manifest)
+        dst.write(
+            pack_trailer(
+                size,
+                0,
+                size,
+                len(manifest),
+                runtime_offset=info.launcher_size,
+                runtime_size=info.archive_size,
+                runtime_key=info.key,
+            )
+        )
+    exe.chmod(0o700)
+    return [str(exe)]
 
 
 def _freezer_id(root: Path | None) -> str:
@@ -462,10 +738,19 @@ def ensure_stub(
     ``build_llama``: also compile the flavour's llama-cpp-python when it is missing (``packer
     runtime build``); otherwise a missing one is a :class:`RuntimeStubError` naming that
     command (``packer build`` must not start an hour-long compile by surprise)."""
+    if not is_checkout():  # an install has no build/ scripts: say so, not a traceback
+        raise RuntimeStubError(
+            "building a runtime needs packer's source checkout (clone it, then `make install`); "
+            + (
+                "this install ships a prebuilt cpu runtime, which packer build uses"
+                if shipped_stub("cpu") is not None
+                else "this install has none: reinstall packer from its wheel"
+            )
+        )
     site = build_flavour_site(flavour, verbose=verbose) if build_llama else require_flavour(flavour)
     root = freeze_root(flavour)
     target = _stub_path(flavour, site, root)
-    if target.is_file() and not rebuild:
+    if target.is_file() and (target.parent / BUILD_INFO).is_file() and not rebuild:
         log.debug("using cached runtime stub %s", target)
         return target
     log.info(
@@ -473,20 +758,17 @@ def ensure_stub(
         flavour,
         f"the build root's Python ({root.name})" if root else "this Python",
     )
-    if root is None and flavour == "cpu":
-        log.warning(
-            "no build root with llama-cpp-python (`make install` as root makes it): the runtime "
-            "is frozen with this machine's Python and model.run will need its glibc (%s) or newer",
-            platform.libc_ver()[1] or "?",
-        )
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     with _build_folder(target.parent.parent) as work:
         launcher = build_launcher(work / "launcher", verbose=verbose)
         tree = build_onedir(work, site=site, root=root, verbose=verbose)
         log.info("stripped %.1f MB of debug info", strip_debug_info(tree) / 1e6)
+        build = _runtime_build(flavour, target.parent.name.rsplit("-", 1)[-1], tree, root, site)
         built = work / "stub"
         assemble_stub(launcher, tree, built)
         target.parent.mkdir(parents=True, exist_ok=True)
+        (work / BUILD_INFO).write_bytes(build.to_json())
+        os.replace(work / BUILD_INFO, target.parent / BUILD_INFO)  # first: no stub without it
         os.replace(built, target)
     log.info("runtime stub ready: %s (%.1f MB)", target, target.stat().st_size / 1e6)
     return target

@@ -122,6 +122,17 @@ def fake_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     stub = tmp_path.parent / f"{tmp_path.name}-stub.sh"
     stub.write_bytes(b"#!/bin/sh\necho fake stub\nexit 0\n")
     stub.chmod(0o755)
+    build = stub_mod.RuntimeBuild(
+        flavour="cpu",
+        key="test",
+        llama_cpp_python="0.0",
+        llama_cpp_commit="",
+        ggml="",
+        glibc="2.31",
+        frozen_with="a test",
+    )
+    found = stub_mod.Stub(stub, build, shipped=False)
+    monkeypatch.setattr(stub_mod, "find_stub", lambda flavour="cpu", **kw: found)
     monkeypatch.setattr(stub_mod, "ensure_stub", lambda flavour="cpu", **kw: stub)
     monkeypatch.setattr(stub_mod, "stub_key", lambda flavour="cpu": "test")
     return stub

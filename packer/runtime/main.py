@@ -19,6 +19,8 @@ from packer.runtime.cli import parse
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
 from packer.runtime.payload import Bundle, BundleError, read_bundle
+from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
+from packer.runtime.quantize import run as quantize_main
 
 if TYPE_CHECKING:
     from packer.runtime.server import HttpOptions
@@ -57,6 +59,28 @@ def _find_bundle(argv: list[str]) -> Bundle | None:
     return read_bundle(path) if path else None
 
 
+def _version_text(bundle: Bundle | None) -> str:
+    """``--version``: packer's version, the llama.cpp build and the runtime this file carries."""
+    runtime = bundle.manifest.get("runtime") if bundle else None
+    if not isinstance(runtime, dict):
+        import importlib.metadata
+
+        try:
+            llama = f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+        except importlib.metadata.PackageNotFoundError:
+            llama = "llama-cpp-python (not installed)"
+        where = f"built by packer {bundle.manifest.get('packer_version', '?')}" if bundle else ""
+        return f"packer {__version__} (runtime from source{', ' if where else ''}{where})\n{llama}"
+    lines = [f"packer {bundle.manifest.get('packer_version', __version__)}"]  # type: ignore[union-attr]
+    if runtime.get("llama_cpp"):
+        lines.append(str(runtime["llama_cpp"]))
+    lines.append(
+        f"runtime {runtime.get('flavour', '?')} stub {runtime.get('stub', '?')}"
+        f" (archive {bundle.runtime_key})"  # type: ignore[union-attr]
+    )
+    return "\n".join(lines)
+
+
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{_prog()}: %(message)s"))
@@ -76,7 +100,7 @@ def run(argv: list[str]) -> int:
     _setup_logging(args.verbose)
 
     if args.version:
-        print(f"packer runtime {__version__}")
+        print(_version_text(bundle))
         return EXIT_OK
     if args.info:
         if not bundle and not args.gguf:
@@ -247,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [SELF_TEST_FLAG]:  # a child of packer.runtime.cpu_variant: nothing else happens
         os._exit(self_test_main(argv[1:]))
+    if argv[:1] == [QUANTIZE_FLAG]:  # packer build quantizing with this runtime (packer.quantize)
+        sys.stdout.flush()
+        os._exit(quantize_main(argv[1:]))
     try:
         code = run(argv)
     except (BundleError, CacheError, PromptError, BackendError) as exc:
