@@ -26,6 +26,7 @@ Run: .venv/bin/pytest -q tests/test_install.py
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -110,12 +111,10 @@ def _timed(name: str, started: float) -> float:
 def _report_times(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if TIMES:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         line = "test_install times: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items())
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line, file=sys.stderr)
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(f"\n{line}", file=sys.stderr)
 
 
 # -- fast: build/wheelhouse.py and build/debian-root.sh's names ---------------------------------

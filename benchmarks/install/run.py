@@ -191,15 +191,15 @@ def run(args: argparse.Namespace, work: Path, python: str) -> dict[str, Any]:
 
     print(f"\npacker wheel -> demo model.run ({QUANT}), {os.cpu_count()} CPUs")
     print(f"wheel: {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB)")
-    print(f"{'step':<44}{'s':>8}")
+    print(f"{'step':<48}{'s':>8}")
     for name, value in setup.items():
-        print(f"{name + ' (not counted)':<44}{value:>8.1f}")
-    print(f"{'fresh venv + pip install (offline)':<44}{install_s:>8.1f}")
-    print(f"{'first packer build (empty cache)':<44}{first_build_s:>8.1f}")
+        print(f"{name + ' (not counted)':<48}{value:>8.1f}")
+    print(f"{'fresh venv + pip install (offline)':<48}{install_s:>8.1f}")
+    print(f"{'first packer build (empty cache)':<48}{first_build_s:>8.1f}")
     verdict = "ok" if total <= TOTAL_TARGET_S else "MISS"
-    print(f"{'total: pip install -> model.run':<44}{total:>8.1f}  target <= 120 s: {verdict}")
-    print(f"{'first answer (unpack + generate; not counted)':<44}{answer_s:>8.1f}  {answer!r}")
-    print(f"{'checkout build warm-up (not counted)':<44}{warm_up_s:>8.1f}")
+    print(f"{'total: pip install -> model.run':<48}{total:>8.1f}  target <= 120 s: {verdict}")
+    print(f"{'first answer (unpack + generate; not counted)':<48}{answer_s:>8.1f}  {answer!r}")
+    print(f"{'checkout build warm-up (not counted)':<48}{warm_up_s:>8.1f}")
     print(f"\npacker build, warm caches, median of {args.repeat}:")
     print(f"{'installed s':>12}{'checkout s':>12}{'ratio':>8}")
     print(
