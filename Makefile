@@ -60,6 +60,7 @@ bench: demo install-test
 	$(PY) benchmarks/run.py --model-run $(DEMO_RUN)
 	$(PY) benchmarks/server/run.py --model-run $(DEMO_RUN)
 	$(PY) benchmarks/convert/run.py --demo $(DEMO_CKPT)
+	$(PY) benchmarks/install/run.py --demo $(DEMO_CKPT)
 
 # the wheel users install (pipx/pip, no compiler): packer + the prebuilt cpu runtime stub
 dist: install
