@@ -67,14 +67,16 @@ def stage(stage_dir: Path, stub: Path, build_info: Path) -> None:
     for rel in _package_files():
         dst = stage_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dst)
+        shutil.copyfile(ROOT / rel, dst)
+        dst.chmod(0o644)  # not the checkout's modes (its umask): the same wheel everywhere
     for name in TOP_FILES:
-        shutil.copy2(ROOT / name, stage_dir / name)
+        shutil.copyfile(ROOT / name, stage_dir / name)
     shipped = stage_dir / "packer" / "_stub" / "cpu"
     shipped.mkdir(parents=True)
-    shutil.copy2(stub, shipped / stub.name)
+    shutil.copyfile(stub, shipped / stub.name)
     (shipped / stub.name).chmod(0o755)
-    shutil.copy2(build_info, shipped / build_info.name)
+    shutil.copyfile(build_info, shipped / build_info.name)
+    (shipped / build_info.name).chmod(0o644)
 
 
 def build_wheel(stage_dir: Path, out: Path) -> Path:
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="folder for the wheel")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the stub build's log")
     args = parser.parse_args(argv)
+    os.umask(0o022)  # folders and build copies get the same modes whatever the caller's umask
 
     sys.path.insert(0, str(ROOT))
     from packer.errors import PackerError

@@ -567,3 +567,24 @@ def test_vulkan_demo_model_matches_exact_computation(demo_run: Path, tmp_path: P
         if prompt == DEMO_QUESTION:  # the README's answer, the same on CPU and GPU
             n = _tokens_through(exact_greedy["pieces"][i], DEMO_ANSWER)
             assert got[:n] == ref[:n] == cpu_greedy["seqs"][i][:n], prompt
+
+
+def test_a_frozen_loader_error_shows_the_missing_library() -> None:
+    """PyInstaller's ctypes replaces dlopen's message with a guess about freezing; the message
+    shown is the loader's own (e.g. a machine without the Vulkan loader)."""
+    from packer.runtime.backend import _loader_error
+
+    real = OSError("libvulkan.so.1: cannot open shared object file: No such file or directory")
+    try:
+        try:
+            raise real
+        except OSError as inner:
+            raise OSError(
+                "Failed to load dynlib/dll '/x/libggml-vulkan.so'. Most likely this dynlib/dll "
+                "was not found when the application was frozen."
+            ) from inner
+    except OSError as exc:
+        assert _loader_error(exc) == str(real)
+    assert _loader_error(OSError("/x/libggml-vulkan.so: undefined symbol: foo")) == (
+        "undefined symbol: foo"
+    )

@@ -238,7 +238,12 @@ def _load_failure(message: str) -> str:
 
 
 def _loader_error(exc: OSError) -> str:
-    """dlopen's message without the library path it starts with."""
+    """dlopen's message without the library path it starts with. A frozen runtime's ctypes
+    (PyInstaller) replaces it with a guess ("not found when the application was frozen");
+    the loader's own message, e.g. a missing libvulkan.so.1, is the exception's cause."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and "when the application was frozen" in str(exc):
+        exc = cause
     text = str(exc)
     return text.split(": ", 1)[1] if text.startswith("/") and ": " in text else text
 
