@@ -15,11 +15,11 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packer import source as sources
 from packer.errors import OutputError, UsageError
 from packer.quants import DEFAULT_QUANT, QuantType, parse_quant
+from packer.runtime.manifest import Manifest, RuntimeInfo
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def plan(
 
 def execute(
     p: BuildPlan, *, threads: int = 0, verbose: bool = False, progress: Progress | None = None
-) -> dict[str, Any]:
+) -> Manifest:
     """Do the build; returns the manifest written into the output file."""
     from packer.pack import pack
     from packer.quantize import quantize
@@ -272,23 +272,21 @@ def execute(
                 verbose=verbose,
                 imatrix=p.imatrix,
             )
-        manifest = {
-            "name": p.source.name,
-            "source": p.source.spec,
-            "source_kind": p.source.kind,
-            "architecture": p.architecture,
-            "quant": p.quant_label,
-            "n_params": p.n_params,
-            "context_length": p.context_length,
-            "args": p.args,
-            "runtime": {"flavour": p.flavour, "stub": stub_key(p.flavour)},
-        }
-        if p.imatrix is not None:
-            manifest["imatrix"] = p.imatrix.name
-        if p.source.repo_id:
-            manifest["source_repo"] = p.source.repo_id
-            manifest["source_revision"] = p.source.revision
-            manifest["source_commit"] = p.source.commit
+        manifest = Manifest(
+            name=p.source.name,
+            architecture=p.architecture,
+            n_params=p.n_params,
+            context_length=p.context_length,
+            quant=p.quant_label,
+            imatrix=p.imatrix.name if p.imatrix is not None else None,
+            source=p.source.spec,
+            source_kind=p.source.kind,
+            source_repo=p.source.repo_id,
+            source_revision=p.source.revision,
+            source_commit=p.source.commit,
+            args=tuple(p.args),
+            runtime=RuntimeInfo(flavour=p.flavour, stub=stub_key(p.flavour)),
+        )
         return pack(stub, gguf, p.output, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -62,11 +62,9 @@ FLAVOUR_HELP = (
 
 
 def stub_cache_root() -> Path:
-    env = os.environ.get("PACKER_STUB_CACHE")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "packer" / "stubs"
+    from packer.runtime.cache import cache_subdir
+
+    return cache_subdir("stubs", "PACKER_STUB_CACHE")
 
 
 def _inputs() -> list[Path]:

@@ -455,8 +455,8 @@ def test_cli_build_from_hub(
     assert sha[:10] in plan_line and "RAM" in plan_line and "quant Q8_0" in plan_line
     assert "HTTP Request" not in err  # the HTTP client's chatter stays hidden
     manifest = read_bundle(produced).manifest
-    assert manifest["source"] == "org/tiny" and manifest["source_commit"] == sha
-    assert manifest["quant"] == "Q8_0" and manifest["name"] == "tiny"
+    assert manifest.source == "org/tiny" and manifest.source_commit == sha
+    assert manifest.quant == "Q8_0" and manifest.name == "tiny"
 
 
 def test_cli_build_gguf_repo_and_errors(
@@ -472,7 +472,7 @@ def test_cli_build_gguf_repo_and_errors(
     )
     assert code == 0, err
     assert Path(out.strip()).name == "tiny.Q8_0.run"
-    assert read_bundle(Path(out.strip())).manifest["gguf_size"] == len(tiny_ggufs["tiny.Q8_0.gguf"])
+    assert read_bundle(Path(out.strip())).manifest.gguf_size == len(tiny_ggufs["tiny.Q8_0.gguf"])
 
     code, _, err = run_cli(
         "build", "org/tiny-GGUF", "--quant", "Q4_K_M", cwd=tmp_path, monkeypatch=monkeypatch

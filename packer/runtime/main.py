@@ -27,6 +27,7 @@ log = logging.getLogger("packer.runtime")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SERVER_SLOTS = 4  # --server's default -np: llama-server's default slot count
+COPY_CHUNK = 16 << 20  # --extract's copy buffer
 
 
 def _frozen() -> bool:
@@ -68,8 +69,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def run(argv: list[str]) -> int:
     bundle = _find_bundle(argv)
-    manifest = bundle.manifest if bundle else {}
-    baked = [str(a) for a in manifest.get("args", [])] + shlex.split(
+    baked = list(bundle.manifest.args if bundle else ()) + shlex.split(
         os.environ.get("PACKER_ARGS", "")
     )
     args = parse(argv, baked, prog=_prog())
@@ -82,7 +82,9 @@ def run(argv: list[str]) -> int:
         if not bundle and not args.gguf:
             raise BundleError("--info needs a model.run (or --bundle/--gguf FILE when unfrozen)")
         backend_info = _backend_info(args)  # a summary on stderr; details in the JSON (--verbose)
-        info = {**manifest, "backend": backend_info} if args.verbose else manifest
+        info = bundle.manifest.to_dict() if bundle else {}
+        if args.verbose:
+            info["backend"] = backend_info
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
 
@@ -92,7 +94,7 @@ def run(argv: list[str]) -> int:
             _copy_atomic(gguf, Path(args.extract))
             print(args.extract)
             return EXIT_OK
-        name = args.alias or str(manifest.get("name") or gguf.stem)
+        name = args.alias or bundle.manifest.name or gguf.stem
     elif args.gguf:
         gguf = Path(args.gguf)
         if not gguf.is_file():
@@ -208,20 +210,14 @@ def _http_options(args: argparse.Namespace) -> HttpOptions:
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     import shutil
-    import tempfile
+
+    from packer.runtime.atomic_write import atomic_write
 
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent or ".")
-        os.close(fd)
+        with open(src, "rb") as fin, atomic_write(dst) as fout:
+            shutil.copyfileobj(fin, fout, COPY_CHUNK)
     except OSError as exc:
         raise CacheError(f"cannot write {dst}: {exc.strerror}") from exc
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except OSError as exc:
-        raise CacheError(f"cannot write {dst}: {exc.strerror}") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _one_shot(engine, prompt: str, sampling, *, raw: bool, system: str | None) -> int:  # type: ignore[no-untyped-def]
