@@ -35,6 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import packer
+from packer.runtime.errors import BundleError
+from packer.runtime.manifest import Manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 N_CTX = 4096
 STORY = "Once upon a time, in a small village at the edge of a great forest, there lived"
@@ -202,7 +206,7 @@ def machine_facts() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
-        "packer": importlib.metadata.version("packer"),
+        "packer": packer.__version__,
         "pyinstaller": importlib.metadata.version("pyinstaller"),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
@@ -244,13 +248,16 @@ def model_env(cache: Path) -> dict[str, str]:
     return env
 
 
-def read_manifest(model_run: Path, env: dict[str, str]) -> dict[str, Any]:
+def read_manifest(model_run: Path, env: dict[str, str]) -> Manifest:
     res = _check(run_timed([str(model_run), "--info"], env, timeout=120), "model.run --info")
-    return json.loads(res.stdout)
+    try:
+        return Manifest.from_json(res.stdout, model_run.name)
+    except BundleError as exc:
+        raise BenchError(f"model.run --info: {exc}") from exc
 
 
-def cached_gguf(cache: Path, manifest: dict[str, Any]) -> Path:
-    sha = str(manifest.get("gguf_sha256", ""))
+def cached_gguf(cache: Path, manifest: Manifest) -> Path:
+    sha = manifest.gguf_sha256
     exact = cache / "models" / f"{sha[:32]}.gguf"
     if sha and exact.is_file():
         return exact
@@ -531,7 +538,7 @@ def print_report(r: dict[str, Any]) -> None:
         f"Python {m['python']}"
     )
     print(
-        f"model: {r['model_run']} ({r['manifest'].get('name')}, {r['manifest'].get('quant')}); "
+        f"model: {r['model_run']} ({r['manifest']['name']}, {r['manifest']['quant']}); "
         f"peer GGUF: {r['gguf']}"
     )
     print(
@@ -696,7 +703,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = model_env(cache)
 
     manifest = read_manifest(model_run, env)
-    r["manifest"] = manifest
+    r["manifest"] = manifest.to_dict()
     r["runtime_version"] = _check(run_timed([str(model_run), "--version"], env, 120), "--version").stdout.strip()  # fmt: skip
 
     log("cold start: the first run unpacks the model into an empty PACKER_CACHE")
@@ -709,9 +716,9 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raise BenchError(f"no such GGUF: {gguf}")
     r["gguf"] = str(gguf)
     size_run, size_gguf = model_run.stat().st_size, gguf.stat().st_size
-    if manifest.get("gguf_size") and int(manifest["gguf_size"]) != size_gguf:
+    if manifest.gguf_size != size_gguf:
         r["errors"].append(f"{gguf.name} is not the GGUF inside {model_run.name} (size differs)")
-    payload = int(manifest.get("payload_size") or 0)
+    payload = manifest.payload_size
     r["sizes"] = {
         "model_run": size_run,
         "gguf": size_gguf,

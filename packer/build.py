@@ -15,11 +15,11 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packer import source as sources
 from packer.errors import OutputError, UsageError
 from packer.quants import DEFAULT_QUANT, QuantType, parse_quant
+from packer.runtime.manifest import Manifest, RuntimeInfo
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def plan(
 
 def execute(
     p: BuildPlan, *, threads: int = 0, verbose: bool = False, progress: Progress | None = None
-) -> dict[str, Any]:
+) -> Manifest:
     """Do the build; returns the manifest written into the output file."""
     from packer.pack import pack
     from packer.quantize import quantize
@@ -274,27 +274,25 @@ def execute(
                 verbose=verbose,
                 imatrix=p.imatrix,
             )
-        manifest = {
-            "name": p.source.name,
-            "source": p.source.spec,
-            "source_kind": p.source.kind,
-            "architecture": p.architecture,
-            "quant": p.quant_label,
-            "n_params": p.n_params,
-            "context_length": p.context_length,
-            "args": p.args,
-            "runtime": {
-                "flavour": p.flavour,
-                "stub": stub.build.key,
-                "llama_cpp": stub.build.llama_cpp,
-            },
-        }
-        if p.imatrix is not None:
-            manifest["imatrix"] = p.imatrix.name
-        if p.source.repo_id:
-            manifest["source_repo"] = p.source.repo_id
-            manifest["source_revision"] = p.source.revision
-            manifest["source_commit"] = p.source.commit
+        manifest = Manifest(
+            name=p.source.name,
+            architecture=p.architecture,
+            n_params=p.n_params,
+            context_length=p.context_length,
+            quant=p.quant_label,
+            imatrix=p.imatrix.name if p.imatrix is not None else None,
+            # a hub id as given; a local folder or file by its name only: the same file from
+            # any folder (reproducible), and no user's home path inside files handed out
+            source=p.source.spec if p.source.repo_id else p.source.path.name,
+            source_kind=p.source.kind,
+            source_repo=p.source.repo_id,
+            source_revision=p.source.revision,
+            source_commit=p.source.commit,
+            args=tuple(p.args),
+            runtime=RuntimeInfo(
+                flavour=p.flavour, stub=stub.build.key, llama_cpp=stub.build.llama_cpp
+            ),
+        )
         return pack(stub.path, gguf, p.output, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

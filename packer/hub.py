@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from packer.errors import OutputError, PackerError, SourceError, UnsupportedModelError, UsageError
 from packer.quants import DEFAULT_QUANT, QUANT_TYPES
+from packer.runtime.cache import CacheError, cache_subdir
 
 log = logging.getLogger(__name__)
 
@@ -629,14 +630,8 @@ def _named_view(snapshot: Path, files: list[str], name: str, commit: str) -> Pat
 
     The converter names the model after its folder; a cache snapshot is named by commit hash.
     """
-    env = os.environ.get("PACKER_CACHE")
-    base = (
-        Path(env)
-        if env
-        else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "packer"
-    )
-    view = base / "hub" / commit[:16] / name
     try:
+        view = cache_subdir("hub") / commit[:16] / name
         for f in files:
             target = (snapshot / f).resolve()
             link = view / f
@@ -647,7 +642,7 @@ def _named_view(snapshot: Path, files: list[str], name: str, commit: str) -> Pat
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(target)
             tmp.replace(link)
-    except OSError as exc:
+    except (OSError, CacheError) as exc:
         log.debug("cannot make a named view of %s (%s); using the snapshot", snapshot, exc)
         return snapshot
     return view

@@ -7,31 +7,29 @@ A stub without a footer (a test stand-in) is copied whole and recorded as having
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import errno
 import hashlib
 import logging
 import os
-import stat
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from packer import __version__
 from packer.errors import OutputError
-from packer.runtime.payload import (
-    FORMAT_VERSION,
-    NO_RUNTIME_KEY,
-    STUB_FOOTER,
-    encode_manifest,
-    pack_trailer,
-    read_stub_footer,
-)
+from packer.runtime.atomic_write import atomic_write
+from packer.runtime.manifest import FORMAT_VERSION, Manifest
+from packer.runtime.payload import NO_RUNTIME_KEY, STUB_FOOTER, pack_trailer, read_stub_footer
 
 log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20
 ZSTD_LEVEL = 3  # quantized weights barely compress; level 3 is fast and still trims F16/embeddings
+# zstd's multi-threaded output is the same for any number of workers >= 1, but differs from
+# its single-threaded (0 workers) output. threads=-1 would give 0 where the CPU count is
+# unknown: ask for at least one worker so that every machine writes the same bytes.
+ZSTD_THREADS = max(1, os.cpu_count() or 1)
+EXECUTABLE = 0o755  # model.run's mode
 
 
 def sha256_file(path: Path) -> str:
@@ -42,7 +40,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _copy_prefix(src: Path, dst: Any, size: int) -> None:
+def _copy_prefix(src: Path, dst: BinaryIO, size: int) -> None:
     with open(src, "rb") as s:
         left = size
         while left and (chunk := s.read(min(CHUNK, left))):
@@ -52,8 +50,13 @@ def _copy_prefix(src: Path, dst: Any, size: int) -> None:
         raise OSError(errno.EIO, f"{src} shrank while being copied")
 
 
-def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write ``out`` atomically and return the full manifest written into it."""
+def pack(stub: Path, gguf: Path, out: Path, manifest: Manifest) -> Manifest:
+    """Write ``out`` atomically and return the full manifest written into it: ``manifest``
+    with the payload's fields (size, checksum, packer version) filled in.
+
+    The same stub, GGUF and manifest give the same bytes: nothing here depends on the time,
+    the output's path or the number of CPUs (see :data:`ZSTD_THREADS`).
+    """
     import zstandard
 
     info = read_stub_footer(stub)
@@ -64,21 +67,18 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[st
         runtime = (info.launcher_size, info.archive_size, info.key)
 
     out = out.resolve()
+    gguf_size = gguf.stat().st_size
+    started = False  # the temp file exists: errors from here on are write errors
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write {out}: {exc.strerror}: choose another place with -o"
-        ) from exc
-    tmp = Path(tmp_name)
-    gguf_size = gguf.stat().st_size
-    try:
-        with os.fdopen(fd, "wb") as dst:
+        with atomic_write(out, mode=EXECUTABLE) as dst:
+            started = True
             _copy_prefix(stub, dst, stub_bytes)
             payload_offset = dst.tell()
             digest = hashlib.sha256()
-            cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_content_size=True)
+            cctx = zstandard.ZstdCompressor(
+                level=ZSTD_LEVEL, threads=ZSTD_THREADS, write_content_size=True
+            )
             with (
                 open(gguf, "rb") as src,
                 cctx.stream_writer(dst, size=gguf_size, closefd=False) as zw,
@@ -87,17 +87,16 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[st
                     digest.update(chunk)
                     zw.write(chunk)
             payload_size = dst.tell() - payload_offset
-            full = {
-                **manifest,
-                "format": FORMAT_VERSION,
-                "gguf_size": gguf_size,
-                "gguf_sha256": digest.hexdigest(),
-                "payload_size": payload_size,
-                "compression": "zstd",
-                "packer_version": __version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            raw = encode_manifest(full)
+            full = dataclasses.replace(
+                manifest,
+                format=FORMAT_VERSION,
+                compression="zstd",
+                gguf_size=gguf_size,
+                gguf_sha256=digest.hexdigest(),
+                payload_size=payload_size,
+                packer_version=__version__,
+            )
+            raw = full.to_json()
             manifest_offset = dst.tell()
             dst.write(raw)
             dst.write(
@@ -111,21 +110,16 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict[str, Any]) -> dict[st
                     runtime_key=runtime[2],
                 )
             )
-            dst.flush()
-            os.fsync(dst.fileno())
-        mode = os.stat(tmp).st_mode
-        os.chmod(
-            tmp, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH
-        )
-        os.replace(tmp, out)
     except OSError as exc:
+        if not started:
+            raise OutputError(
+                f"cannot write {out}: {exc.strerror}: choose another place with -o"
+            ) from exc
         if exc.errno == errno.ENOSPC:
             raise OutputError(
                 f"disk full while writing {out}: free some space or write elsewhere with -o"
             ) from exc
         raise OutputError(f"cannot write {out}: {exc.strerror}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info(
         "packed %s: stub %.1f MB + model %.1f MB (zstd, from %.1f MB)",
         out.name,

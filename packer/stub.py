@@ -77,11 +77,9 @@ FLAVOUR_HELP = (
 
 
 def stub_cache_root() -> Path:
-    env = os.environ.get("PACKER_STUB_CACHE")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "packer" / "stubs"
+    from packer.runtime.cache import cache_subdir
+
+    return cache_subdir("stubs", "PACKER_STUB_CACHE")
 
 
 def _inputs() -> list[Path]:
@@ -500,6 +498,7 @@ def runtime_command(stub: Path, work: Path) -> list[str]:
     (unpacking the runtime once into the user's cache, where model.run finds it later). A stub
     without a footer (a test stand-in) has no runtime: this checkout's llama-cpp-python runs
     the same code unfrozen, when it is installed."""
+    from packer.runtime.manifest import Manifest, RuntimeInfo
     from packer.runtime.payload import pack_trailer, read_stub_footer
 
     info = read_stub_footer(stub)
@@ -518,7 +517,7 @@ def runtime_command(stub: Path, work: Path) -> list[str]:
             left -= len(chunk)
         if left:
             raise RuntimeStubError(f"{stub} is truncated: rebuild or reinstall it")
-        manifest = b"{}"
+        manifest = Manifest(name="(no model: the runtime alone)", runtime=RuntimeInfo()).to_json()
         dst.write(manifest)
         dst.write(
             pack_trailer(

@@ -103,9 +103,9 @@ def test_build_gguf_as_is(tmp_path: Path, fake_stub: Path) -> None:
     assert out.strip() == str(produced)
     assert listing(tmp_path) == [produced.name], "no temp/work files may remain"
     b = read_bundle(produced)
-    assert b.manifest["quant"] == "Q4_1"
-    assert b.manifest["args"] == ["--temp", "0.2"]
-    assert b.manifest["gguf_size"] == SMOLLM_GGUF.stat().st_size
+    assert b.manifest.quant == "Q4_1"
+    assert b.manifest.args == ("--temp", "0.2")
+    assert b.manifest.gguf_size == SMOLLM_GGUF.stat().st_size
     assert subprocess.run([str(produced)], capture_output=True, text=True).stdout == "fake stub\n"
 
 

@@ -332,12 +332,12 @@ def test_unwritable_output_simulated(
     tiny_llama_bpe: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Same as above but also when running as root: creating the temp file is refused."""
-    import packer.convert.output as output
+    import packer.runtime.atomic_write as atomic_write
 
     def refuse(path: object, *args: object, **kwargs: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(output.os, "open", refuse)
+    monkeypatch.setattr(atomic_write.os, "open", refuse)
     err = expect_failure(tiny_llama_bpe, out_dir, OutputError, str(out_dir), "Permission denied")
     assert isinstance(err.__cause__, PermissionError)
 

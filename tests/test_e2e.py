@@ -85,6 +85,10 @@ def test_info_and_help(demo_run: Path, elsewhere: Path) -> None:
     assert manifest["quant"] == "Q5_K_M"
     assert manifest["architecture"] == "LlamaForCausalLM"
     assert len(manifest["gguf_sha256"]) == 64
+    # what the file was built from: source, quant, packer version, runtime stub
+    assert manifest["source"].endswith("SmolLM2-135M-Instruct")
+    assert manifest["packer_version"] and manifest["runtime"]["stub"]
+    assert "created" not in manifest  # same inputs, same bytes
     version = run_clean(demo_run, "--version", cwd=elsewhere)
     assert version.returncode == 0, version.stderr
     from packer import __version__
@@ -284,7 +288,7 @@ def test_tiny_checkpoint_builds_and_runs(
 ) -> None:
     out = tmp_path / "tiny.run"
     packer("build", str(tiny_llama_bpe), "--quant", quant, "-o", str(out))
-    assert read_bundle(out).manifest["quant"] == quant.upper()
+    assert read_bundle(out).manifest.quant == quant.upper()
     p = run_clean(out, "-p", "hola", "--raw", "-n", "8", "--temp", "0", cwd=elsewhere)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
@@ -298,7 +302,7 @@ def test_spm_checkpoint_and_f16_gguf_requantized(
     out = tmp_path / "spm.run"
     packer("build", str(f16), "--quant", "Q8_0", "-o", str(out))
     m = read_bundle(out).manifest
-    assert m["quant"] == "Q8_0" and m["source_kind"] == "gguf"
+    assert m.quant == "Q8_0" and m.source_kind == "gguf"
     p = run_clean(out, "-p", "hello", "--raw", "-n", "8", cwd=elsewhere)
     assert p.returncode == 0, p.stderr
 

@@ -686,8 +686,8 @@ def test_cli_build_from_hub(
     assert sha[:10] in plan_line and "RAM" in plan_line and "quant Q8_0" in plan_line
     assert "HTTP Request" not in err  # the HTTP client's chatter stays hidden
     manifest = read_bundle(produced).manifest
-    assert manifest["source"] == "org/tiny" and manifest["source_commit"] == sha
-    assert manifest["quant"] == "Q8_0" and manifest["name"] == "tiny"
+    assert manifest.source == "org/tiny" and manifest.source_commit == sha
+    assert manifest.quant == "Q8_0" and manifest.name == "tiny"
 
 
 def test_cli_build_gguf_repo_and_errors(
@@ -703,7 +703,7 @@ def test_cli_build_gguf_repo_and_errors(
     )
     assert code == 0, err
     assert Path(out.strip()).name == "tiny.Q8_0.run"
-    assert read_bundle(Path(out.strip())).manifest["gguf_size"] == len(tiny_ggufs["tiny.Q8_0.gguf"])
+    assert read_bundle(Path(out.strip())).manifest.gguf_size == len(tiny_ggufs["tiny.Q8_0.gguf"])
 
     code, _, err = run_cli(
         "build", "org/tiny-GGUF", "--quant", "Q4_K_M", cwd=tmp_path, monkeypatch=monkeypatch
@@ -734,8 +734,8 @@ def test_cli_build_pasted_names(
     produced = Path(out.strip())
     assert produced.name == "tiny.Q8_0.run"
     manifest = read_bundle(produced).manifest
-    assert manifest["source"] == "hf.co/org/tiny-GGUF:q8_0"
-    assert manifest["source_repo"] == "org/tiny-GGUF" and manifest["quant"] == "Q8_0"
+    assert manifest.source == "hf.co/org/tiny-GGUF:q8_0"
+    assert manifest.source_repo == "org/tiny-GGUF" and manifest.quant == "Q8_0"
     produced.unlink()
 
     for args, says in [

@@ -278,8 +278,8 @@ def test_cli_build_with_imatrix(tiny_llama_bpe: Path, f32_gguf: Path, tmp_path: 
     produced = Path(out.strip())
     assert listing(tmp_path) == [produced.name] and produced.name.endswith(".IQ2_XS.run")
     b = read_bundle(produced)
-    assert b.manifest["quant"] == "IQ2_XS"
-    assert b.manifest["imatrix"] == imx.name
+    assert b.manifest.quant == "IQ2_XS"
+    assert b.manifest.imatrix == imx.name
 
 
 @pytest.mark.usefixtures("fake_stub")
@@ -292,7 +292,7 @@ def test_cli_gguf_source_with_imatrix(f32_gguf: Path, tmp_path: Path) -> None:
     )
     assert code == 0, err
     assert listing(tmp_path) == ["m.run"]
-    assert read_bundle(tmp_path / "m.run").manifest["imatrix"] == imx.name
+    assert read_bundle(tmp_path / "m.run").manifest.imatrix == imx.name
 
 
 def test_cli_refuses_without_imatrix(tiny_llama_bpe: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from packer.archive import read_archive
 from packer.pack import pack
+from packer.runtime.manifest import Manifest
 from packer.runtime.payload import read_bundle
 from packer.stub import assemble_stub
 
@@ -74,7 +75,7 @@ def model_run(launcher: Path, fake_tree: Path, tmp_path: Path) -> Path:
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF" + bytes(range(256)) * 100)
     out = tmp_path / "dist" / "model.run"
-    pack(stub, gguf, out, {"name": "tiny"})
+    pack(stub, gguf, out, Manifest(name="tiny"))
     return out
 
 
@@ -364,7 +365,7 @@ def test_stub_without_runtime(tmp_path: Path, launcher: Path, elsewhere: Path) -
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"GGUF" * 10)
     out = tmp_path / "bare.run"
-    pack(launcher, gguf, out, {"name": "x"})  # a launcher without a runtime archive behind it
+    pack(launcher, gguf, out, Manifest(name="x"))  # a launcher without a runtime archive behind it
     p = run(out, env={"PACKER_CACHE": str(tmp_path / "c")}, cwd=elsewhere)
     assert p.returncode == 1 and "no runtime attached" in p.stderr
 
@@ -526,7 +527,7 @@ def test_runtime_that_cannot_start_is_one_line(
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"GGUF" * 10)
     out = tmp_path / "broken.run"
-    pack(stub, gguf, out, {"name": "x"})
+    pack(stub, gguf, out, Manifest(name="x"))
     p = run(out, env={"PACKER_CACHE": str(tmp_path / "c")}, cwd=elsewhere)
     assert p.returncode == 1
     lines = p.stderr.strip().splitlines()

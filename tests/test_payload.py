@@ -15,6 +15,7 @@ import pytest
 from packer.errors import OutputError
 from packer.pack import pack, sha256_file
 from packer.runtime.cache import CacheError, cached_gguf_path, ensure_gguf, resolve_cache_dir
+from packer.runtime.manifest import Manifest
 from packer.runtime.payload import (
     MAGIC,
     MAGIC_V1,
@@ -22,7 +23,6 @@ from packer.runtime.payload import (
     TRAILER_V1,
     BundleError,
     StubInfo,
-    encode_manifest,
     pack_stub_footer,
     read_bundle,
     read_stub_footer,
@@ -47,7 +47,7 @@ def bundle_file(tmp_path: Path, fake_gguf: Path) -> Path:
     stub = tmp_path / "stub"
     stub.write_bytes(FAKE_STUB)
     out = tmp_path / "out" / "model.run"
-    pack(stub, fake_gguf, out, {"name": "tiny", "args": ["--temp", "0"]})
+    pack(stub, fake_gguf, out, Manifest(name="tiny", args=("--temp", "0")))
     return out
 
 
@@ -57,12 +57,12 @@ def test_pack_layout_roundtrip(bundle_file: Path, fake_gguf: Path) -> None:
     assert os.stat(bundle_file).st_mode & stat.S_IXUSR, "model.run must be executable"
     b = read_bundle(bundle_file)
     assert b.payload_offset == len(FAKE_STUB)
-    assert b.manifest["name"] == "tiny"
-    assert b.manifest["args"] == ["--temp", "0"]
-    assert b.manifest["gguf_sha256"] == sha256_file(fake_gguf)
-    assert b.manifest["gguf_size"] == fake_gguf.stat().st_size
-    assert b.manifest["compression"] == "zstd"
-    assert b.manifest["payload_size"] < fake_gguf.stat().st_size  # the zero tail compresses
+    assert b.manifest.name == "tiny"
+    assert b.manifest.args == ("--temp", "0")
+    assert b.manifest.gguf_sha256 == sha256_file(fake_gguf)
+    assert b.manifest.gguf_size == fake_gguf.stat().st_size
+    assert b.manifest.compression == "zstd"
+    assert b.manifest.payload_size < fake_gguf.stat().st_size  # the zero tail compresses
     assert not [p for p in bundle_file.parent.iterdir() if p.name != "model.run"], "temp files left"
 
 
@@ -215,14 +215,16 @@ def test_pack_to_unwritable_place(tmp_path: Path, fake_gguf: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot write"):
-        pack(stub, fake_gguf, blocker / "model.run", {"name": "x"})
+        pack(stub, fake_gguf, blocker / "model.run", Manifest(name="x"))
 
 
 def test_manifest_is_plain_json(bundle_file: Path) -> None:
     b = read_bundle(bundle_file)
     data = bundle_file.read_bytes()
-    start = data.rfind(b'{\n "args"')
-    assert json.loads(data[start : len(data) - TRAILER.size]) == b.manifest
+    raw = data[b.payload_offset + b.payload_size : len(data) - TRAILER.size]
+    assert raw == b.manifest.to_json()
+    assert json.loads(raw) == b.manifest.to_dict()
+    assert "created" not in json.loads(raw)
 
 
 def test_stub_footer_places_the_runtime_archive(tmp_path: Path, fake_gguf: Path) -> None:
@@ -232,7 +234,7 @@ def test_stub_footer_places_the_runtime_archive(tmp_path: Path, fake_gguf: Path)
     info = read_stub_footer(stub)
     assert info == StubInfo(len(launcher), len(archive), key)
     out = tmp_path / "model.run"
-    pack(stub, fake_gguf, out, {"name": "x"})
+    pack(stub, fake_gguf, out, Manifest(name="x"))
     b = read_bundle(out)
     data = out.read_bytes()
     assert data.startswith(launcher + archive), "the stub footer is not copied into model.run"
@@ -240,12 +242,15 @@ def test_stub_footer_places_the_runtime_archive(tmp_path: Path, fake_gguf: Path)
     assert b.payload_offset == len(launcher) + len(archive)
     assert data[-8:] == MAGIC and len(
         data
-    ) - TRAILER.size == b.payload_offset + b.payload_size + len(encode_manifest(b.manifest))
+    ) - TRAILER.size == b.payload_offset + b.payload_size + len(b.manifest.to_json())
     assert read_stub_footer(fake_gguf) is None
 
 
 def test_layout_v1_is_still_read(tmp_path: Path) -> None:
-    manifest = encode_manifest({"name": "old", "gguf_sha256": "0" * 64, "gguf_size": 3})
+    # as an old packer wrote it (with a timestamp the manifest no longer has)
+    manifest = json.dumps(
+        {"name": "old", "gguf_sha256": "0" * 64, "gguf_size": 3, "created": "2024-01-01"}
+    ).encode()
     body = FAKE_STUB + b"zzz"
     p = tmp_path / "old.run"
     p.write_bytes(
@@ -255,4 +260,4 @@ def test_layout_v1_is_still_read(tmp_path: Path) -> None:
     )
     b = read_bundle(p)
     assert (b.payload_offset, b.payload_size, b.runtime_size) == (len(FAKE_STUB), 3, 0)
-    assert b.manifest["name"] == "old"
+    assert b.manifest.name == "old"

@@ -2,10 +2,11 @@
  * packer launcher: the first bytes of every model.run.
  *
  * model.run = [this launcher][runtime archive][zstd GGUF][manifest JSON][trailer v2]
- * (the layout is described in runtime/payload.py). The launcher reads the trailer of its own
- * file (/proc/self/exe), unpacks the runtime archive (a PyInstaller onedir tree, see
+ * (the layout is described in packer/runtime/payload.py). The launcher reads the trailer of its
+ * own file (/proc/self/exe), unpacks the runtime archive (a PyInstaller onedir tree, see
  * packer/archive.py for the format) once into <cache>/runtime/<key>/, then execs the frozen
- * runtime with PACKER_BUNDLE=<this file>. The cache folder is chosen like runtime/cache.py:
+ * runtime with PACKER_BUNDLE=<this file>. The cache folder is chosen as resolve_cache_dir() in
+ * packer/runtime/cache.py chooses it (the one definition; keep resolve_cache_dir below in step):
  * --cache-dir DIR | PACKER_CACHE | $XDG_CACHE_HOME/packer | $HOME/.cache/packer (no $HOME: the
  * passwd file's entry) | $TMPDIR/packer-UID.
  *
@@ -209,6 +210,7 @@ static const char *explicit_cache_dir(int argc, char **argv) {
     return NULL;
 }
 
+/* The rules of resolve_cache_dir() in packer/runtime/cache.py, repeated in C. */
 static char *resolve_cache_dir(int argc, char **argv) {
     char *cand[3];
     int n = 0;

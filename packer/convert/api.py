@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,20 +151,16 @@ def convert_checkpoint(
             raw_dtype=t.qtype if t.qtype == gguf.GGMLQuantizationType.BF16 else None,
         )
     header = header_bytes(writer)
-    with atomic_output(out) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
-        try:
-            data = DataWriter(fd, writer.data_alignment)
-            data.write_padded(header)
-            done = 0
+    with atomic_output(out) as fh:
+        # straight to the file descriptor (os.write, copy_file_range): fh's buffer stays empty
+        data = DataWriter(fh.fileno(), writer.data_alignment)
+        data.write_padded(header)
+        done = 0
+        if progress is not None:
+            progress(0, total)
+        for t in planned:
+            write_tensor(data, t)
+            done += t.nbytes
             if progress is not None:
-                progress(0, total)
-            for t in planned:
-                write_tensor(data, t)
-                done += t.nbytes
-                if progress is not None:
-                    progress(done, total)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+                progress(done, total)
     return info

@@ -1,4 +1,4 @@
-"""Atomic output: write to a hidden temp file next to the target, rename at the end.
+"""Atomic output (:mod:`packer.runtime.atomic_write`) with the converter's checks and messages.
 
 On any failure (exception, KeyboardInterrupt, disk full) the temp file is removed, so the
 output folder never holds a partial GGUF. OS errors while writing become OutputError.
@@ -9,18 +9,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from packer.errors import OutputError
+from packer.runtime.atomic_write import atomic_write
 
 logger = logging.getLogger(__name__)
-
-
-def temp_path_for(out: Path) -> Path:
-    return out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
 
 
 def output_error(out: Path, err: OSError) -> OutputError:
@@ -46,33 +42,12 @@ def check_output_path(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(out: Path) -> Iterator[Path]:
-    """Yield a temp path to write; on success it replaces ``out``, on failure it is removed."""
+def atomic_output(out: Path) -> Iterator[BinaryIO]:
+    """Yield a binary file to write; on success it replaces ``out``, on failure it is removed."""
     check_output_path(out)
-    tmp = temp_path_for(out)
     try:
-        # create it ourselves (O_EXCL, mode honouring the umask) so the final file gets
-        # ordinary permissions, unlike tempfile's 0600
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        os.close(fd)
+        with atomic_write(out) as fh:
+            yield fh
     except OSError as err:
         raise output_error(out, err) from err
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    except OSError as err:
-        _remove(tmp)
-        raise output_error(out, err) from err
-    except BaseException:
-        _remove(tmp)
-        raise
     logger.info("wrote %s", out)
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as err:  # pragma: no cover - nothing more we can do
-        logger.warning("could not remove temporary file %s: %s", path, err)

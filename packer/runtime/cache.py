@@ -28,7 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from packer.runtime.payload import Bundle, BundleError
+from packer.runtime.atomic_write import TEMP_SUFFIX, atomic_write
+from packer.runtime.errors import BundleError
+from packer.runtime.payload import Bundle
 
 log = logging.getLogger("packer.runtime.cache")
 
@@ -76,7 +78,13 @@ def _usable(folder: Path) -> bool:
 
 
 def resolve_cache_dir(explicit: str | None = None) -> Path:
-    """The first writable candidate; explicit choices (--cache-dir, PACKER_CACHE) never fall back."""
+    """packer's cache root, created if needed: the first writable of :func:`candidate_dirs`;
+    explicit choices (--cache-dir, PACKER_CACHE) never fall back.
+
+    The one definition of where packer caches things, on both sides: model.run unpacks into
+    it, the build side keeps its folders under it (:func:`cache_subdir`); the launcher
+    (``build/launcher/launcher.c``, ``resolve_cache_dir``) repeats these rules in C.
+    """
     candidates = candidate_dirs(explicit)
     for i, folder in enumerate(candidates):
         if _usable(folder):
@@ -87,6 +95,13 @@ def resolve_cache_dir(explicit: str | None = None) -> Path:
     raise CacheError(
         f"no writable cache folder (tried {tried}): set PACKER_CACHE=/some/writable/dir or pass --cache-dir"
     )
+
+
+def cache_subdir(name: str, override_env: str | None = None) -> Path:
+    """``<cache root>/<name>``, or the folder that the environment variable ``override_env``
+    names when it is set (e.g. ``PACKER_STUB_CACHE``); the subfolder is not created."""
+    override = os.environ.get(override_env) if override_env else None
+    return Path(override) if override else resolve_cache_dir() / name
 
 
 def optional_cache_dir(explicit: str | None = None) -> Path | None:
@@ -161,7 +176,7 @@ def prune_models(models: Path, keep: Path, keep_days: float = KEEP_DAYS) -> list
         except OSError:
             continue
     day_ago = time.time() - 86400
-    for tmp in models.glob(".unpack-*.tmp"):  # left by an unpack that was killed
+    for tmp in models.glob(f".*{TEMP_SUFFIX}"):  # left by an unpack that was killed
         with contextlib.suppress(OSError):
             if tmp.stat().st_mtime < day_ago:
                 tmp.unlink()
@@ -205,12 +220,10 @@ def _unpack(bundle: Bundle, target: Path) -> None:
         bundle.gguf_size / 1e6,
         target.parent,
     )
-    fd, tmp_name = tempfile.mkstemp(prefix=".unpack-", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
-        written = 0
-        with open(bundle.path, "rb") as src, os.fdopen(fd, "wb") as dst:
+        with open(bundle.path, "rb") as src, atomic_write(target) as dst:
+            digest = hashlib.sha256()
+            written = 0
             src.seek(bundle.payload_offset)
             limited = _LimitedReader(src, bundle.payload_size)
             reader = zstandard.ZstdDecompressor().stream_reader(limited, read_across_frames=True)
@@ -218,13 +231,10 @@ def _unpack(bundle: Bundle, target: Path) -> None:
                 digest.update(chunk)
                 dst.write(chunk)
                 written += len(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        if written != bundle.gguf_size or digest.hexdigest() != bundle.gguf_sha256:
-            raise BundleError(
-                f"{bundle.path.name} is corrupted (model checksum mismatch): copy the file again"
-            )
-        os.replace(tmp, target)
+            if written != bundle.gguf_size or digest.hexdigest() != bundle.gguf_sha256:
+                raise BundleError(  # before the rename: the temp file goes, nothing is cached
+                    f"{bundle.path.name} is corrupted (model checksum mismatch): copy the file again"
+                )
     except zstandard.ZstdError as exc:
         raise BundleError(
             f"{bundle.path.name} is corrupted (cannot decompress the model: {exc}): copy the file again"
@@ -235,8 +245,6 @@ def _unpack(bundle: Bundle, target: Path) -> None:
                 f"disk full while unpacking the model to {target.parent}: free space or set PACKER_CACHE"
             ) from exc
         raise CacheError(f"cannot unpack the model to {target.parent}: {exc.strerror}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _LimitedReader:

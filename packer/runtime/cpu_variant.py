@@ -29,10 +29,11 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from packer.runtime.atomic_write import atomic_write
 
 log = logging.getLogger("packer.runtime.cpu_variant")
 
@@ -214,13 +215,8 @@ def _write_verdict(path: Path, choice: Choice) -> None:
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_write(path) as fh:
+            fh.write(json.dumps(data, indent=1).encode())
     except OSError as exc:
         log.debug("cannot remember the CPU variant in %s: %s", path, exc)
 

@@ -29,6 +29,7 @@ log = logging.getLogger("packer.runtime")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SERVER_SLOTS = 4  # --server's default -np: llama-server's default slot count
+COPY_CHUNK = 16 << 20  # --extract's copy buffer
 
 
 def _frozen() -> bool:
@@ -61,22 +62,21 @@ def _find_bundle(argv: list[str]) -> Bundle | None:
 
 def _version_text(bundle: Bundle | None) -> str:
     """``--version``: packer's version, the llama.cpp build and the runtime this file carries."""
-    runtime = bundle.manifest.get("runtime") if bundle else None
-    if not isinstance(runtime, dict):
+    if bundle is None or not bundle.manifest.runtime.stub:  # unfrozen, or a test stand-in
         import importlib.metadata
 
         try:
             llama = f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
         except importlib.metadata.PackageNotFoundError:
             llama = "llama-cpp-python (not installed)"
-        where = f"built by packer {bundle.manifest.get('packer_version', '?')}" if bundle else ""
-        return f"packer {__version__} (runtime from source{', ' if where else ''}{where})\n{llama}"
-    lines = [f"packer {bundle.manifest.get('packer_version', __version__)}"]  # type: ignore[union-attr]
-    if runtime.get("llama_cpp"):
-        lines.append(str(runtime["llama_cpp"]))
+        built = f", built by packer {bundle.manifest.packer_version}" if bundle else ""
+        return f"packer {__version__} (runtime from source{built})\n{llama}"
+    m = bundle.manifest
+    lines = [f"packer {m.packer_version or __version__}"]
+    if m.runtime.llama_cpp:
+        lines.append(m.runtime.llama_cpp)
     lines.append(
-        f"runtime {runtime.get('flavour', '?')} stub {runtime.get('stub', '?')}"
-        f" (archive {bundle.runtime_key})"  # type: ignore[union-attr]
+        f"runtime {m.runtime.flavour} stub {m.runtime.stub} (archive {bundle.runtime_key})"
     )
     return "\n".join(lines)
 
@@ -92,8 +92,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def run(argv: list[str]) -> int:
     bundle = _find_bundle(argv)
-    manifest = bundle.manifest if bundle else {}
-    baked = [str(a) for a in manifest.get("args", [])] + shlex.split(
+    baked = list(bundle.manifest.args if bundle else ()) + shlex.split(
         os.environ.get("PACKER_ARGS", "")
     )
     args = parse(argv, baked, prog=_prog())
@@ -106,7 +105,9 @@ def run(argv: list[str]) -> int:
         if not bundle and not args.gguf:
             raise BundleError("--info needs a model.run (or --bundle/--gguf FILE when unfrozen)")
         backend_info = _backend_info(args)  # a summary on stderr; details in the JSON (--verbose)
-        info = {**manifest, "backend": backend_info} if args.verbose else manifest
+        info = bundle.manifest.to_dict() if bundle else {}
+        if args.verbose:
+            info["backend"] = backend_info
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
 
@@ -116,7 +117,7 @@ def run(argv: list[str]) -> int:
             _copy_atomic(gguf, Path(args.extract))
             print(args.extract)
             return EXIT_OK
-        name = args.alias or str(manifest.get("name") or gguf.stem)
+        name = args.alias or bundle.manifest.name or gguf.stem
     elif args.gguf:
         gguf = Path(args.gguf)
         if not gguf.is_file():
@@ -232,20 +233,14 @@ def _http_options(args: argparse.Namespace) -> HttpOptions:
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     import shutil
-    import tempfile
+
+    from packer.runtime.atomic_write import atomic_write
 
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent or ".")
-        os.close(fd)
+        with open(src, "rb") as fin, atomic_write(dst) as fout:
+            shutil.copyfileobj(fin, fout, COPY_CHUNK)
     except OSError as exc:
         raise CacheError(f"cannot write {dst}: {exc.strerror}") from exc
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except OSError as exc:
-        raise CacheError(f"cannot write {dst}: {exc.strerror}") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _one_shot(engine, prompt: str, sampling, *, raw: bool, system: str | None) -> int:  # type: ignore[no-untyped-def]

@@ -15,19 +15,21 @@ Layout v1 (PyInstaller onefile stub, no runtime archive) is still read::
 
     magic(8) | payload_offset u64 | payload_size u64 | manifest_offset u64 | manifest_size u64 | magic(8)
 
-All integers little-endian. Readers find the trailer by seeking to the end, so no part needs to
-know its own length. The stub that ``packer.stub`` caches is ``[launcher][runtime archive]``
-followed by a :data:`STUB_FOOTER` telling ``packer.pack`` where the archive starts.
+The manifest is JSON (:mod:`packer.runtime.manifest`). All integers little-endian. Readers find
+the trailer by seeking to the end, so no part needs to know its own length. The stub that
+``packer.stub`` caches is ``[launcher][runtime archive]`` followed by a :data:`STUB_FOOTER`
+telling ``packer.pack`` where the archive starts.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from packer.runtime.errors import BundleError
+from packer.runtime.manifest import Manifest
 
 MAGIC_V1 = b"PACKER\x00\x01"
 MAGIC = b"PACKER\x00\x02"
@@ -37,11 +39,6 @@ KEY_LEN = 32
 NO_RUNTIME_KEY = "0" * KEY_LEN
 STUB_MAGIC = b"PKRSTUB\x01"
 STUB_FOOTER = struct.Struct("<8sQQ32s8s")  # magic | launcher_size | archive_size | key | magic
-FORMAT_VERSION = 2
-
-
-class BundleError(Exception):
-    """The file is not a (complete, intact) packer bundle. The message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -49,18 +46,18 @@ class Bundle:
     path: Path
     payload_offset: int
     payload_size: int
-    manifest: dict[str, Any]
+    manifest: Manifest
     runtime_offset: int = 0
     runtime_size: int = 0
     runtime_key: str = NO_RUNTIME_KEY
 
     @property
     def gguf_sha256(self) -> str:
-        return str(self.manifest["gguf_sha256"])
+        return self.manifest.gguf_sha256
 
     @property
     def gguf_size(self) -> int:
-        return int(self.manifest["gguf_size"])
+        return self.manifest.gguf_size
 
 
 @dataclass(frozen=True)
@@ -117,10 +114,6 @@ def read_stub_footer(path: str | os.PathLike[str]) -> StubInfo | None:
     return StubInfo(launcher, archive, key.decode("ascii"))
 
 
-def encode_manifest(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
-
-
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Read the trailer and manifest of ``path``. Raises :class:`BundleError` with a clear message."""
     path = Path(path)
@@ -168,21 +161,11 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
             raw = f.read(m_size)
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(
-            f"{name}: the model manifest is damaged: the file is corrupted; copy it again"
-        ) from exc
-    if int(manifest.get("format", 0)) > FORMAT_VERSION:
-        raise BundleError(
-            f"{name} was made by a newer packer (format {manifest.get('format')}); this runtime reads format {FORMAT_VERSION}"
-        )
     return Bundle(
         path=path,
         payload_offset=p_off,
         payload_size=p_size,
-        manifest=manifest,
+        manifest=Manifest.from_json(raw, name),
         runtime_offset=r_off,
         runtime_size=r_size,
         runtime_key=key,
