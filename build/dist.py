@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from packer.errors import PackerError
     from packer.host import GLIBC_FLOOR, version_tuple
+    from packer.runtime.atomic_write import atomic_write
     from packer.stub import BUILD_INFO, ensure_stub, read_build
 
     try:
@@ -132,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             _fail(f"{built.name} is {size / 1e6:.1f} MB, over the {MAX_BYTES / 1e6:.0f} MB limit")
         args.out.mkdir(parents=True, exist_ok=True)
         final = args.out / built.name
-        tmp_final = args.out / f".{built.name}.tmp"
-        shutil.copyfile(built, tmp_final)
-        os.replace(tmp_final, final)
+        with open(built, "rb") as src, atomic_write(final) as dst:
+            shutil.copyfileobj(src, dst)
     print(
         f"dist: {final.name}: {size / 1e6:.1f} MB, runtime stub {build.key} "
         f"({build.llama_cpp}, glibc {build.glibc}+)",

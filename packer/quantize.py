@@ -3,6 +3,7 @@ that will run the model (:mod:`packer.runtime.quantize`)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -11,9 +12,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from packer.errors import OutputError, QuantizeError, UsageError
 from packer.quants import QuantType
+from packer.runtime.atomic_write import atomic_path
 from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,8 @@ def quantize(
     """Write ``src`` quantized to ``quant`` at ``dst`` (atomically: nothing is left on failure).
 
     ``runtime``: the command that starts the runtime that will run the model
-    (:func:`packer.stub.runtime_command`; None: this checkout's, unfrozen); llama.cpp's quantizer runs there, in its hidden
-    ``--packer-quantize`` mode (:mod:`packer.runtime.quantize`), so quantizer and inference are
+    (:func:`packer.stub.runtime_command`; None: this checkout's, unfrozen); llama.cpp's
+    quantizer runs there, in its hidden ``--packer-quantize`` mode (:mod:`packer.runtime.quantize`), so quantizer and inference are
     the same build. A child process also keeps llama.cpp's abort() on input it rejects from
     taking the CLI down; it logs every tensor on stderr (shown with --verbose, summarised on
     failure).
@@ -64,70 +67,86 @@ def quantize(
         vectors = imx.load(imatrix)
         covered = imx.check_model(vectors, src, imatrix.name)
         log.info("using importance matrix %s (%d tensors)", imatrix.name, covered)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        dst.parent.mkdir(parents=True, exist_ok=True)
         job_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.job-", dir=dst.parent))
     except OSError as exc:
         raise OutputError(f"cannot write to {dst.parent}: {exc.strerror}") from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        job = {
-            "src": str(src.absolute()),
-            "dst": str(tmp.absolute()),
-            "ftype": quant.ftype,
-            "threads": threads,
-            "imatrix": None,
-            "imatrix_name": imatrix.name if imatrix is not None else "",
-        }
-        if vectors is not None:
-            import numpy as np
-
-            np.savez(job_dir / "imatrix.npz", **vectors)
-            job["imatrix"] = str((job_dir / "imatrix.npz").absolute())
-        job_file = job_dir / "job.json"
-        job_file.write_text(json.dumps(job), encoding="utf-8")
-        log.info("quantizing to %s with llama.cpp", quant.name)
-        try:
-            proc = subprocess.run(
-                [*(runtime or UNFROZEN), QUANTIZE_FLAG, str(job_file)],
-                stdout=subprocess.DEVNULL,
-                stderr=None if verbose else subprocess.PIPE,
-                text=True,
-                errors="replace",
+        with atomic_path(dst) as tmp:
+            _run_quantizer(
+                src, tmp, quant, runtime or UNFROZEN, job_dir, threads, verbose, imatrix, vectors
             )
-        except OSError as exc:
-            raise QuantizeError(
-                f"cannot start the runtime to quantize ({(runtime or UNFROZEN)[0]}: {exc.strerror}): "
-                "reinstall packer, or rebuild the runtime with `packer runtime build --force`"
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(
+                f"disk full while quantizing into {dst.parent}: free some space"
             ) from exc
-        if proc.returncode != 0:
-            free = _free_bytes(dst.parent)
-            if free is not None and free < 64 << 20:
-                raise OutputError(f"disk full while quantizing into {dst.parent}: free some space")
-            lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
-            errors = [ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower()]
-            last = (errors or lines)[-1] if lines else ""
-            why = (
-                ": " + last[last.find("failed") :].strip()
-                if "failed" in last
-                else f": {last.strip()}"
-                if last
-                else f" (the runtime exited with status {proc.returncode})"
-            )
-            raise QuantizeError(
-                f"llama.cpp could not quantize {src.name} to {quant.name}{why} "
-                "(run with --verbose to see llama.cpp's log)"
-            )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temp file, not the result
-        os.replace(tmp, dst)
+        raise OutputError(f"cannot write {dst}: {exc.strerror}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
         shutil.rmtree(job_dir, ignore_errors=True)
     return dst
+
+
+def _run_quantizer(
+    src: Path,
+    tmp: Path,
+    quant: QuantType,
+    runtime: list[str],
+    job_dir: Path,
+    threads: int,
+    verbose: bool,
+    imatrix: Path | None,
+    vectors: dict[str, Any] | None,
+) -> None:
+    """Run the runtime's quantizer: ``src`` quantized into ``tmp``; one-line errors."""
+    job = {
+        "src": str(src.absolute()),
+        "dst": str(tmp.absolute()),
+        "ftype": quant.ftype,
+        "threads": threads,
+        "imatrix": None,
+        "imatrix_name": imatrix.name if imatrix is not None else "",
+    }
+    if vectors is not None:
+        import numpy as np
+
+        np.savez(job_dir / "imatrix.npz", **vectors)
+        job["imatrix"] = str((job_dir / "imatrix.npz").absolute())
+    job_file = job_dir / "job.json"
+    job_file.write_text(json.dumps(job), encoding="utf-8")
+    log.info("quantizing to %s with llama.cpp", quant.name)
+    try:
+        proc = subprocess.run(
+            [*runtime, QUANTIZE_FLAG, str(job_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=None if verbose else subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+    except OSError as exc:
+        raise QuantizeError(
+            f"cannot start the runtime to quantize ({runtime[0]}: {exc.strerror}): "
+            "reinstall packer, or rebuild the runtime with `packer runtime build --force`"
+        ) from exc
+    if proc.returncode != 0:
+        free = _free_bytes(tmp.parent)
+        if free is not None and free < 64 << 20:
+            raise OutputError(f"disk full while quantizing into {tmp.parent}: free some space")
+        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower()]
+        last = (errors or lines)[-1] if lines else ""
+        why = (
+            ": " + last[last.find("failed") :].strip()
+            if "failed" in last
+            else f": {last.strip()}"
+            if last
+            else f" (the runtime exited with status {proc.returncode})"
+        )
+        raise QuantizeError(
+            f"llama.cpp could not quantize {src.name} to {quant.name}{why} "
+            "(run with --verbose to see llama.cpp's log)"
+        )
 
 
 def _free_bytes(folder: Path) -> int | None:

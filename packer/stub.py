@@ -52,6 +52,7 @@ from typing import Any
 
 from packer.errors import RuntimeStubError
 from packer.host import GLIBC_FLOOR, version_tuple
+from packer.runtime.atomic_write import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -766,8 +767,8 @@ def ensure_stub(
         built = work / "stub"
         assemble_stub(launcher, tree, built)
         target.parent.mkdir(parents=True, exist_ok=True)
-        (work / BUILD_INFO).write_bytes(build.to_json())
-        os.replace(work / BUILD_INFO, target.parent / BUILD_INFO)  # first: no stub without it
+        with atomic_write(target.parent / BUILD_INFO) as fh:  # first: no stub without it
+            fh.write(build.to_json())
         os.replace(built, target)
     log.info("runtime stub ready: %s (%.1f MB)", target, target.stat().st_size / 1e6)
     return target

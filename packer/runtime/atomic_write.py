@@ -56,6 +56,15 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[Path]:
+    """:func:`atomic_write` for a writer that takes a path, not a file (a child process, e.g.
+    llama.cpp's quantizer): yields the temp file's path, already created (the writer opens it
+    for writing, truncating), then fsyncs and renames it over ``target`` the same way."""
+    with _atomic(target, mode) as (_fh, tmp):
+        yield tmp
+
+
+@contextlib.contextmanager
 def atomic_write(target: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[BinaryIO]:
     """Yield a binary file to write ``target``'s new content into; when the block ends without
     an exception it is flushed, fsynced and renamed over ``target``.
@@ -65,11 +74,17 @@ def atomic_write(target: str | os.PathLike[str], *, mode: int | None = None) -> 
     folder must exist. Raises OSError (from creating, writing or renaming) unchanged; the temp
     file never outlives the block. Writing through ``fh.fileno()`` directly is fine.
     """
+    with _atomic(target, mode) as (fh, _tmp):
+        yield fh
+
+
+@contextlib.contextmanager
+def _atomic(target: str | os.PathLike[str], mode: int | None) -> Iterator[tuple[BinaryIO, Path]]:
     target = Path(target)
     fd, tmp = _create(target)
     try:
         with os.fdopen(fd, "wb") as fh:
-            yield fh
+            yield fh, tmp
             fh.flush()
             if mode is not None:
                 os.fchmod(fh.fileno(), mode)
