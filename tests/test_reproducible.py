@@ -117,4 +117,4 @@ def test_demo_build_is_reproducible(demo_checkpoint: Path, tmp_path: Path) -> No
     assert [p.parent for p in outs] == [tmp_path / "a", tmp_path / "b"]
     assert sha256_file(outs[0]) == sha256_file(outs[1])
     m = read_bundle(outs[0]).manifest
-    assert m.source == str(demo_checkpoint) and m.quant == "Q5_K_M" and m.runtime.stub
+    assert m.source == demo_checkpoint.name and m.quant == "Q5_K_M" and m.runtime.stub
