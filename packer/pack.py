@@ -76,8 +76,8 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: Manifest) -> Manifest:
             _copy_prefix(stub, dst, stub_bytes)
             payload_offset = dst.tell()
             digest = hashlib.sha256()
-            cctx = zstandard.ZstdCompressor(
-                level=ZSTD_LEVEL, threads=ZSTD_THREADS, write_content_size=True
+            cctx = zstandard.ZstdCompressor(  # the checksum: a damaged payload is an error
+                level=ZSTD_LEVEL, threads=ZSTD_THREADS, write_content_size=True, write_checksum=True
             )
             with (
                 open(gguf, "rb") as src,

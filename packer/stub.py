@@ -91,7 +91,7 @@ def _inputs() -> list[Path]:
         SPEC,
         PACKAGE / "templates" / "chat.html",
         LAUNCHER_SCRIPT,
-        LAUNCHER_SRC,
+        *sorted(LAUNCHER_SRC.parent.glob("*.[ch]")),
         ROOT / "packer" / "archive.py",
     ]
 

@@ -321,7 +321,7 @@ def test_no_writable_cache_is_one_clear_line(
         assert p.returncode == 1
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1, p.stderr
-        assert lines[0].startswith("model.run: error: no writable cache folder"), lines
+        assert lines[0].startswith("model.run: error: no usable cache folder"), lines
         assert "PACKER_CACHE" in lines[0] and "--cache-dir" in lines[0]
 
 
@@ -368,6 +368,144 @@ def test_stub_without_runtime(tmp_path: Path, launcher: Path, elsewhere: Path) -
     pack(launcher, gguf, out, Manifest(name="x"))  # a launcher without a runtime archive behind it
     p = run(out, env={"PACKER_CACHE": str(tmp_path / "c")}, cwd=elsewhere)
     assert p.returncode == 1 and "no runtime attached" in p.stderr
+
+
+# ---- hostile archives and trailers (#14 Low: launcher unpack) ---------------------------------
+
+
+def craft_model_run(launcher: Path, entries: list[tuple[str, str, int, bytes]], out: Path) -> Path:
+    """A model.run whose runtime archive holds exactly ``entries`` (type, path, mode, content or
+    link target), in the format of packer/archive.py, behind the real launcher; its key is the
+    archive's true sha256, so only the entries themselves can be wrong."""
+    import hashlib
+
+    import zstandard
+
+    from packer.archive import ENTRY, MAGIC
+    from packer.runtime.payload import KEY_LEN, pack_stub_footer
+
+    raw = bytearray(MAGIC)
+    for kind, rel, mode, data in entries:
+        path = rel.encode()
+        raw += ENTRY.pack(ord(kind), mode, len(path), len(data)) + path + data
+    raw += ENTRY.pack(ord("e"), 0, 0, 0)
+    archive = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(raw))
+    key = hashlib.sha256(archive).hexdigest()[:KEY_LEN]
+    head = launcher.read_bytes()
+    stub = out.with_suffix(".stub")
+    stub.write_bytes(head + archive + pack_stub_footer(len(head), len(archive), key))
+    gguf = out.with_suffix(".gguf")
+    gguf.write_bytes(b"GGUF" * 10)
+    pack(stub, gguf, out, Manifest(name="crafted"))
+    return out
+
+
+RUNTIME_ENTRY = ("f", "packer-runtime", 0o755, FAKE_RUNTIME.encode())
+DATA_ENTRIES = [("d", "data", 0o755, b""), ("f", "data/hello.txt", 0o644, b"hello\n")]
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("l", "up", 0o777, b"../../.."), ("f", "up/planted", 0o644, b"x")],
+        # lexically inside, but "a" is a link to "." so a/a/../.. climbs two folders out
+        [("l", "a", 0o777, b"."), ("l", "b", 0o777, b"a/a/../.."), ("f", "b/planted", 0o644, b"x")],
+        [("l", "data/lib.so", 0o777, b"../../../../../../../tmp/lib.so")],
+        [("l", "data/lib.so", 0o777, b"/tmp/lib.so")],
+        [("l", "d", 0o777, b"data"), ("f", "d/planted", 0o644, b"x")],  # under a linked folder
+    ],
+    ids=["dotdot", "dotdot-through-link", "link-out", "absolute", "under-link"],
+)
+def test_archive_entries_leaving_the_tree_are_refused(
+    launcher: Path,
+    tmp_path: Path,
+    elsewhere: Path,
+    entries: list[tuple[str, str, int, bytes]],
+) -> None:
+    """A symlink whose target leaves the runtime folder (``..`` above it, an absolute path, or
+    through another link), and any entry under a symlinked folder, make the archive corrupt:
+    nothing is written outside the folder and nothing is renamed into place."""
+    exe = craft_model_run(launcher, [RUNTIME_ENTRY, *DATA_ENTRIES, *entries], tmp_path / "x.run")
+    cache = tmp_path / "cache"
+    p = run(exe, env={"PACKER_CACHE": str(cache)}, cwd=elsewhere)
+    assert p.returncode == 1, p.stdout
+    assert p.stderr.strip().splitlines() == [
+        "x.run: error: x.run is corrupted (cannot unpack its runtime): copy the file again"
+    ]
+    assert not list(tmp_path.rglob("planted")), "written outside the runtime folder"
+    assert not runtime_dir(cache, exe).exists()
+
+
+def test_archive_links_inside_the_tree_still_work(
+    launcher: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    """What real runtimes hold: ``..`` that stays inside, links to links, links to folders."""
+    entries = [
+        RUNTIME_ENTRY,
+        *DATA_ENTRIES,
+        ("d", "data/sub", 0o755, b""),
+        ("l", "data/sub/up.txt", 0o777, b"../hello.txt"),
+        ("l", "chain.txt", 0o777, b"data/sub/up.txt"),
+        ("l", "dir-link", 0o777, b"data/sub"),
+        ("l", "data/sub/self", 0o777, b".."),
+    ]
+    exe = craft_model_run(launcher, entries, tmp_path / "ok.run")
+    cache = tmp_path / "cache"
+    p = run(exe, env={"PACKER_CACHE": str(cache)}, cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    target = runtime_dir(cache, exe)
+    assert (target / "chain.txt").read_text() == "hello\n"
+    assert (target / "dir-link" / "up.txt").read_text() == "hello\n"
+
+
+def test_unpacked_modes_lose_setuid_and_write_for_others(
+    launcher: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    entries = [
+        ("f", "packer-runtime", 0o6755, FAKE_RUNTIME.encode()),
+        ("d", "data", 0o755, b""),
+        ("f", "data/hello.txt", 0o1666, b"hello\n"),
+    ]
+    exe = craft_model_run(launcher, entries, tmp_path / "suid.run")
+    cache = tmp_path / "cache"
+    p = run(exe, env={"PACKER_CACHE": str(cache)}, cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    target = runtime_dir(cache, exe)
+    assert oct((target / "packer-runtime").stat().st_mode & 0o7777) == oct(0o755)
+    assert oct((target / "data" / "hello.txt").stat().st_mode & 0o7777) == oct(0o644)
+
+
+@pytest.mark.parametrize("field", ["runtime", "payload", "manifest"])
+def test_trailer_offsets_that_wrap_around_are_inconsistent(
+    model_run: Path, tmp_path: Path, elsewhere: Path, field: str
+) -> None:
+    """offset + size computed in 64 bits must not wrap around to pass the layout check (the
+    runtime's reader, with Python's integers, already said "inconsistent layout")."""
+    from packer.runtime.payload import TRAILER, BundleError
+
+    data = bytearray(model_run.read_bytes())
+    t = list(TRAILER.unpack(data[-TRAILER.size :]))
+    b = read_bundle(model_run)
+    if field == "runtime":  # runtime_off + runtime_size wraps to 0
+        t[2] = 2**64 - b.runtime_offset
+    elif field == "payload":
+        t[4] = 2**64 - 1
+    else:  # manifest_off + manifest_size wraps to the trailer's offset; manifest_off is huge
+        end = len(data) - TRAILER.size
+        t[5] = 2**64 - 16
+        t[6] = end + 16
+    data[-TRAILER.size :] = TRAILER.pack(*t)
+    bad = tmp_path / "wrapped.run"
+    bad.write_bytes(bytes(data))
+    bad.chmod(0o755)
+    with pytest.raises(BundleError, match="inconsistent layout"):
+        read_bundle(bad)
+    p = run(bad, env={"PACKER_CACHE": str(tmp_path / "cache")}, cwd=elsewhere)
+    assert p.returncode == 1, p.stdout
+    assert p.stderr.strip().splitlines() == [
+        "wrapped.run: error: wrapped.run has an inconsistent layout: the file is corrupted; copy "
+        "it again"
+    ]
 
 
 def _mount_read_only(src: Path, dst: Path) -> bool:
@@ -533,3 +671,39 @@ def test_runtime_that_cannot_start_is_one_line(
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("broken.run: error: cannot start the runtime")
     assert "run again" in lines[0]
+
+
+@pytest.mark.slow
+def test_runs_without_proc(tmp_path: Path) -> None:
+    """In a root without /proc mounted (#14 Low) the real model.run answers. Before, the frozen
+    runtime's bootloader looked for itself through /proc/self/exe, fell back to argv[0] (the
+    model.run) and stopped with "Could not load PyInstaller's embedded PKG archive from the
+    executable"; now the launcher gives it its own path as argv[0] there, and its name for
+    messages in PACKER_PROG."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: chroot")
+    from answers import ANSWER, QUESTION
+    from conftest import smollm_gguf_path
+    from test_noinstall import _root_tarball
+
+    from packer.stub import ensure_stub
+
+    root = tmp_path / "root"
+    root.mkdir()
+    tarball = _root_tarball("bookworm")
+    subprocess.run(
+        ["tar", "--numeric-owner", "--exclude=./dev/*", "-xzf", str(tarball), "-C", str(root)],
+        check=True,
+    )
+    assert not (root / "proc" / "self").exists(), "no /proc in the root"
+    pack(ensure_stub(), smollm_gguf_path(), root / "model.run", Manifest(name="smol"))
+    p = subprocess.run(
+        ["chroot", str(root), "/usr/bin/env", "-i", "HOME=/root"]
+        + ["/model.run", "-p", QUESTION, "--temp", "0", "-n", "16"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    assert ANSWER in p.stdout, (p.stdout, p.stderr)
+    assert all(line.startswith("model.run: ") for line in p.stderr.strip().splitlines()), p.stderr

@@ -5,6 +5,12 @@ writing to a temp file and renaming it atomically; later runs reuse it without r
 payload. A file lock makes two copies started at once wait for one another instead of both
 writing (or one reading a half-written file).
 
+Trust: a cache folder must be a real folder (not a symlink) owned by the effective uid that no
+one else can write, on a filesystem that allows running programs (the launcher execs its
+runtime from there); one that is not is skipped, or refused in one line when it was named by
+--cache-dir or PACKER_CACHE. ``models/`` is made 0700, and only a model file this uid owns
+counts as unpacked: it was written here after its sha256 matched the manifest.
+
 Old models: a running model.run holds a shared lock on ``models/<id>.inuse`` until it exits
 and sets that file's mtime (its last use). Unpacking a new model removes the other models that
 nobody holds and nobody started for KEEP_DAYS days, as the launcher does for old runtimes. Lock
@@ -22,6 +28,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -65,36 +72,96 @@ def candidate_dirs(explicit: str | None = None) -> list[Path]:
     home = _home()
     if home is not None:
         out.append(home / ".cache" / "packer")
+    if os.environ.get("XDG_RUNTIME_DIR"):  # private to this user, unlike the temp folder
+        out.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "packer")
     out.append(Path(tempfile.gettempdir()) / f"packer-{os.getuid()}")
     return out
 
 
-def _usable(folder: Path) -> bool:
+CACHE_ADVICE = (
+    "set PACKER_CACHE=/some/dir or pass --cache-dir (a folder of your own that no one else can "
+    "write, on a filesystem that allows running programs)"
+)
+
+
+def _not_ours(st: os.stat_result) -> str | None:
+    """Why ``st`` (from lstat) is no folder of ours: a real folder owned by the effective uid."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a folder"
+    if st.st_uid != os.geteuid():
+        return "is owned by another user"
+    return None
+
+
+def cache_dir_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be the cache folder, as a phrase that follows its name, or None
+    when it can; created (0700) when missing. The launcher's ``cache_dir_problem`` checks the
+    same."""
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
+    except FileExistsError:
+        pass  # a symlink to nothing, or a file: said below
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror})"
+    try:
+        st = os.lstat(folder)
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror})"
+    problem = _not_ours(st)
+    if problem:
+        return problem
+    if st.st_mode & 0o022:
+        return "is writable by other users"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "is not writable"
+    if os.statvfs(folder).f_flag & os.ST_NOEXEC:
+        return "is on a filesystem mounted noexec (no program can start from there)"
+    return None
 
 
 def resolve_cache_dir(explicit: str | None = None) -> Path:
-    """packer's cache root, created if needed: the first writable of :func:`candidate_dirs`;
-    explicit choices (--cache-dir, PACKER_CACHE) never fall back.
+    """packer's cache root, created if needed: the first of :func:`candidate_dirs` without a
+    :func:`cache_dir_problem`; explicit choices (--cache-dir, PACKER_CACHE) never fall back.
 
     The one definition of where packer caches things, on both sides: model.run unpacks into
     it, the build side keeps its folders under it (:func:`cache_subdir`); the launcher
     (``build/launcher/launcher.c``, ``resolve_cache_dir``) repeats these rules in C.
     """
-    candidates = candidate_dirs(explicit)
-    for i, folder in enumerate(candidates):
-        if _usable(folder):
-            if i:
-                log.warning("cache: %s is not writable, using %s", candidates[0], folder)
+    problems = []
+    for folder in candidate_dirs(explicit):
+        problem = cache_dir_problem(folder)
+        if problem is None:
+            if problems:
+                log.warning("cache: using %s (%s)", folder, "; ".join(problems))
             return folder
-    tried = ", ".join(str(f) for f in candidates)
-    raise CacheError(
-        f"no writable cache folder (tried {tried}): set PACKER_CACHE=/some/writable/dir or pass --cache-dir"
-    )
+        problems.append(f"{folder} {problem}")
+    raise CacheError(f"no usable cache folder ({'; '.join(problems)}): {CACHE_ADVICE}")
+
+
+def private_subdir(folder: Path) -> Path:
+    """A subfolder of the cache root: created 0700 if missing; it must be a real folder of ours,
+    and is made 0700 if it is not (from then on only this uid can write under it; what others
+    wrote there before is not owned by us, and nothing not owned by us is used). The launcher's
+    ``private_subdir`` does the same for ``runtime/``."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise CacheError(f"cannot create {folder}: {exc.strerror}") from exc
+    try:
+        st = os.lstat(folder)
+        problem = _not_ours(st)
+        if problem:
+            raise CacheError(f"the cache folder {folder} {problem}: remove it, or {CACHE_ADVICE}")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise CacheError(f"cannot use {folder}: {exc.strerror}") from exc
+    return folder
 
 
 def cache_subdir(name: str, override_env: str | None = None) -> Path:
@@ -127,10 +194,19 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def _is_complete(path: Path, bundle: Bundle) -> bool:
+    """The unpacked model is there: a regular file of this uid (written here after its sha256
+    matched, see :func:`_unpack`), of the right size, with no other name (a hard link made by
+    someone else while the folder was open to them)."""
     try:
-        return path.stat().st_size == bundle.gguf_size
+        st = os.lstat(path)
     except OSError:
         return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and st.st_nlink == 1
+        and st.st_size == bundle.gguf_size
+    )
 
 
 def hold(target: Path) -> None:
@@ -187,7 +263,7 @@ def ensure_gguf(bundle: Bundle, cache_dir: Path) -> Path:
     """Return the path of the bundle's GGUF in ``cache_dir``, unpacking it first if needed.
     The model is held (see :func:`hold`) until this process exits."""
     target = cached_gguf_path(cache_dir, bundle)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_subdir(target.parent)
     hold(target)  # before the check: a pruning model.run cannot remove it under us
     if _is_complete(target, bundle):  # fast path: no lock, no payload read
         return target
@@ -228,9 +304,14 @@ def _unpack(bundle: Bundle, target: Path) -> None:
             limited = _LimitedReader(src, bundle.payload_size)
             reader = zstandard.ZstdDecompressor().stream_reader(limited, read_across_frames=True)
             while chunk := reader.read(CHUNK):
+                written += len(chunk)
+                if written > bundle.gguf_size:  # never more than declared: not a disk filler
+                    raise BundleError(
+                        f"{bundle.path.name} is corrupted (its model is larger than its manifest "
+                        "says): copy the file again"
+                    )
                 digest.update(chunk)
                 dst.write(chunk)
-                written += len(chunk)
             if written != bundle.gguf_size or digest.hexdigest() != bundle.gguf_sha256:
                 raise BundleError(  # before the rename: the temp file goes, nothing is cached
                     f"{bundle.path.name} is corrupted (model checksum mismatch): copy the file again"

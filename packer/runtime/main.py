@@ -37,7 +37,9 @@ def _frozen() -> bool:
 
 
 def _prog() -> str:
-    return Path(sys.argv[0]).name if _frozen() else "python -m packer.runtime"
+    # PACKER_PROG: the launcher gives the runtime its own path as argv[0] where /proc is missing
+    name = os.environ.get("PACKER_PROG") or Path(sys.argv[0]).name
+    return name if _frozen() else "python -m packer.runtime"
 
 
 def _dev_flag(argv: list[str], name: str) -> str | None:
