@@ -7,7 +7,9 @@ Every :class:`~packer.errors.PackerError` is caught by :func:`main` and printed 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -453,10 +455,58 @@ def runtime_prune(everything: bool, dry_run: bool) -> None:
     click.echo(line, err=True)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is (as Ctrl-C raises KeyboardInterrupt) so
+    that the ``finally`` blocks remove the build's scratch folder and temp files: the default
+    action of these signals ends the process without running them. A BaseException, so that no
+    ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    # one exception only: a second signal must not cut the clean-up short
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+def _catch_stop_signals() -> dict[int, object]:
+    """Route SIGINT/SIGTERM/SIGHUP to :func:`_stop`; a signal the caller ignores (``nohup``)
+    stays ignored. Returns the handlers to put back."""
+    previous: dict[int, object] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous  # only the main thread may set handlers (packer called as a library)
+    for sig in STOP_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, _stop)
+    return previous
+
+
 def main() -> None:
     """Console entry point: one handler for every packer error, stable exit codes."""
+    previous = _catch_stop_signals()
+    try:
+        _main()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _main() -> None:
     try:
         cli.main(standalone_mode=False, prog_name="packer")
+    except Terminated as exc:
+        click.echo(f"packer: stopped by {signal.Signals(exc.signum).name}", err=True)
+        sys.exit(128 + exc.signum)
     except PackerError as exc:
         click.echo(f"packer: error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -8,7 +8,9 @@ Everything goes through ``huggingface_hub`` so its shared cache (``HF_HOME`` / `
 ``HF_ENDPOINT`` mirrors, ``HF_TOKEN`` and ``HF_HUB_OFFLINE=1`` behave exactly as for every other
 Hugging Face tool. Only the files the converter reads are downloaded; a GGUF repo contributes the
 one file of the asked quant. Files already in the cache are not fetched again; a connection that
-drops mid-file is resumed with an HTTP Range request by huggingface_hub.
+drops mid-file is resumed with an HTTP Range request by huggingface_hub. Every file is checked
+against the sha256 (LFS) or git blob id the hub lists before it is used (:mod:`packer.digests`,
+once per file); offline, the cached LFS files against the sha256 their blobs are named after.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from packer import digests
 from packer.errors import OutputError, PackerError, SourceError, UnsupportedModelError, UsageError
 from packer.quants import DEFAULT_QUANT, QUANT_TYPES
 from packer.runtime.cache import CacheError, cache_subdir
@@ -737,6 +740,7 @@ def _from_cache(
         if need_checkpoint:
             raise UsageError(f"{ref} holds GGUF files, not a checkpoint: nothing to convert")
         chosen = _pick_gguf(ref, model_ggufs(names), quant, tag=tag, filename=filename)
+        _verify_cached(ref, snapshot, [chosen])
         log.info("using cached %s (%s, commit %s), offline", chosen, ref, commit[:10])
         return Fetched("gguf", snapshot / chosen, ref.repo_id, ref.revision, commit, True)
     index = None
@@ -751,6 +755,7 @@ def _from_cache(
         )
     files = [n for n in names if n in CHECKPOINT_EXTRAS or n in weights]
     files += [n for n in ("config.json", SAFETENSORS_INDEX) if n in names]
+    _verify_cached(ref, snapshot, files)
     log.info("using cached %s (commit %s), offline", ref, commit[:10])
     view = _named_view(snapshot, sorted(set(files)), model_title(ref.repo_id, "checkpoint"), commit)
     return Fetched("checkpoint", view, ref.repo_id, ref.revision, commit, True)
@@ -770,8 +775,12 @@ def _download(
     info = HfApi().model_info(ref.repo_id, revision=ref.revision, files_metadata=True, token=token)
     commit = info.sha
     sizes: dict[str, int | None] = {}
+    published: dict[str, digests.Digest] = {}
     for s in info.siblings or []:
         sizes[s.rfilename] = s.lfs.size if s.lfs is not None else s.size
+        digest = digests.published(s.blob_id, s.lfs.sha256 if s.lfs is not None else None)
+        if digest is not None:
+            published[s.rfilename] = digest
     names = sorted(sizes)
     kind = _kind(ref, names, quant=quant, tag=tag, filename=filename)
     if kind == "gguf" and need_checkpoint:
@@ -788,6 +797,8 @@ def _download(
                 f"{ref} changed on the hub while downloading (commit {commit[:10]} -> "
                 f"{path.parent.name[:10]}): run the command again"
             )
+        if filename in published:
+            _verify(ref, filename, path, published[filename], offline=False)
         return path
 
     if kind == "gguf":
@@ -840,6 +851,28 @@ def _download(
         snapshot, sorted(wanted), model_title(ref.repo_id, "checkpoint"), commit or snapshot.name
     )
     return Fetched("checkpoint", view, ref.repo_id, ref.revision, commit)
+
+
+def _verify(ref: HubRef, name: str, path: Path, digest: digests.Digest, *, offline: bool) -> None:
+    """Refuse a file whose bytes are not the ones the hub published (removing it from the
+    cache, so that the next run downloads it again)."""
+    actual = digests.check(path, digest)
+    if actual is None:
+        return
+    digests.discard(path)
+    again = "unset HF_HUB_OFFLINE and run again" if offline else "run again"
+    raise SourceError(
+        f"{name} of {ref} is damaged: its {digest.label} is {actual[:16]}..., the hub lists "
+        f"{digest.value[:16]}...; it was removed from the cache: {again} to download it again"
+    )
+
+
+def _verify_cached(ref: HubRef, snapshot: Path, files: list[str]) -> None:
+    """Offline: check the cached LFS files against the sha256 their blobs are named after."""
+    for name in files:
+        digest = digests.from_blob_name(snapshot / name)
+        if digest is not None:
+            _verify(ref, name, snapshot / name, digest, offline=True)
 
 
 def _check_architecture(ref: HubRef, config_path: Path) -> None:

@@ -723,6 +723,8 @@ def assemble_stub(launcher: Path, tree: Path, out: Path) -> str:
     key = h.hexdigest()[:KEY_LEN]
     with open(out, "ab") as dst:
         dst.write(pack_stub_footer(launcher_size, archive_size, key))
+        dst.flush()
+        os.fsync(dst.fileno())  # durable before ensure_stub renames it into the cache
     return key
 
 

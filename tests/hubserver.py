@@ -11,6 +11,8 @@ Endpoints (what ``HfApi.model_info`` and ``hf_hub_download`` call):
 - ``GET /cdn/{sha256}`` on the CDN origin: the bytes, with ``Range`` support (``206``), and an
   optional one-time drop of the connection half-way through a file (``drop_once``) or one-time
   ``500`` (``fail_once``).
+- ``corrupt``: file names served with one byte changed (same size), on the CDN and the resolve
+  URL alike, while the API keeps listing the true sha256 / blob id: a damaged download.
 - Errors as the hub sends them: ``404`` + ``X-Error-Code: RepoNotFound`` / ``RevisionNotFound``
   / ``EntryNotFound``; gated repos ``401``/``403`` + ``X-Error-Code: GatedRepo`` on downloads.
 
@@ -64,6 +66,14 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def damaged(data: bytes) -> bytes:
+    """The same bytes with the middle one changed: the size still matches."""
+    if not data:
+        return data
+    mid = len(data) // 2
+    return data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :]
+
+
 def folder_files(folder: Path) -> dict[str, bytes]:
     """All files of a folder, by posix relative path."""
     return {
@@ -82,6 +92,7 @@ class FakeHub:
         self.requests: list[Recorded] = []
         self.drop_once: set[str] = set()  # file names whose first CDN GET is cut half-way
         self.fail_once: set[str] = set()  # file names whose first CDN GET answers 500
+        self.corrupt: set[str] = set()  # file names served damaged (one byte changed)
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
@@ -329,12 +340,10 @@ class _Handler(BaseHTTPRequestHandler):
                 head,
             )
             return
-        self._send(
-            200,
-            data,
-            {**common, "ETag": f'"{_git_blob_sha(data)}"', "Content-Type": "text/plain"},
-            head,
-        )
+        etag = _git_blob_sha(data)
+        if filename in self.hub.corrupt:
+            data = damaged(data)
+        self._send(200, data, {**common, "ETag": f'"{etag}"', "Content-Type": "text/plain"}, head)
 
     def _cdn(self, path: str, head: bool) -> None:
         digest = path.rsplit("/", 1)[-1]
@@ -343,6 +352,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"no such blob", head=head)
             return
         name = unquote(urlsplit(self.path).query.partition("name=")[2])
+        if name in self.hub.corrupt:
+            data = damaged(data)
         rng = self.headers.get("Range")
         start = 0
         end = len(data) - 1

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -177,6 +177,8 @@ def find_weight_files(folder: Path) -> list[Path]:
             raise ConversionError(
                 f"cannot use {index}: {err}; re-download the checkpoint's index file"
             ) from err
+        for name in names:
+            _check_shard_name(name, index)
         files = [folder / n for n in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -196,6 +198,17 @@ def find_weight_files(folder: Path) -> list[Path]:
             "re-save the model with save_pretrained(..., safe_serialization=True)"
         )
     raise SourceError(f"no model*.safetensors weights in {folder}; download the full checkpoint")
+
+
+def _check_shard_name(name: str, index: Path) -> None:
+    """A shard named by the index must be a file inside the checkpoint folder: no absolute
+    path, no ``..``, so that an index cannot make the converter read files elsewhere."""
+    parts = PurePosixPath(name).parts
+    if not name or "\\" in name or name.startswith("/") or ".." in parts or "\0" in name:
+        raise ConversionError(
+            f"{index} names the shard {name!r}, which is not a file inside the checkpoint "
+            "folder: shard names must be relative and without '..'; re-download the index file"
+        )
 
 
 class Checkpoint:

@@ -4,10 +4,14 @@ The llama-cpp-python wheel (build/llama-wheel.sh) is built with ``GGML_BACKEND_D
 backend is its own library in ``llama_cpp/lib`` (frozen: ``_internal/llama_cpp/lib``), one
 ``libggml-cpu-VARIANT.so`` per x86-64 instruction-set level plus ``libggml-vulkan.so`` (and
 ``libggml-cuda.so`` in the cuda flavour). Nothing is registered when ``llama_cpp`` is imported;
-``Llama()`` then calls ``llama_backend_init()``, whose ``ggml_backend_load_all()`` only searches
-the executable's folder (python's, or the frozen stub's) and the working directory: neither
-holds the libraries. So :func:`load_backends` loads them from the right folder first, through
-ggml's own registry (``ggml_backend_load``), before any model is created:
+``Llama()`` then calls ``llama_backend_init()``, which runs ggml's default loader
+``ggml_backend_load_all()`` when no backend is registered yet. That loader dlopen()s every
+``libggml-*.so`` in the executable's folder and in the *working directory* (and
+``$GGML_BACKEND_PATH``): it must never run, or a library planted in the folder a user runs
+model.run from would execute as that user. So :func:`load_backends` registers the backends by
+absolute path from the runtime's own folder, through ggml's registry (``ggml_backend_load``),
+before any model is created, and fails rather than leave the registry empty; llama.cpp then
+skips its loader (tests/test_backend_isolation.py plants such libraries):
 
 * GPU backends, preferred in the order CUDA, Vulkan. One that cannot be loaded (no
   ``libvulkan.so.1``, no driver) or finds no device is noted, not fatal: the CPU remains.

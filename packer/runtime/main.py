@@ -128,6 +128,9 @@ def run(argv: list[str]) -> int:
     else:
         raise BundleError("this runtime has no model attached: build one with `packer build`")
 
+    from packer.runtime import sandbox  # what model.run gives up, in two steps
+
+    sandbox.before_backends(optional_cache_dir(args.cache_dir), args.gpu)
     from packer.runtime.engine import Engine, EngineOptions, Sampling
 
     sampling = Sampling(
@@ -160,6 +163,7 @@ def run(argv: list[str]) -> int:
         n_parallel=args.parallel or (SERVER_SLOTS if args.server else 1),
         max_queue=args.max_queue,
     )
+    sandbox.before_model(gpu=placement.backend != "cpu")  # from here on: no writes
     engine = Engine(gguf, options, name=name)
     try:
         if args.server:
