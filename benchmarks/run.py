@@ -396,6 +396,16 @@ def start_server(
 ) -> Iterator[str]:
     """Start a server command (``--host``/``--port`` are added here); yield its URL once
     ``/health`` answers 200; stop it (and its children) on the way out."""
+    with start_server_process(cmd, env, what) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def start_server_process(
+    cmd: list[str], env: dict[str, str], what: str = "model.run --server"
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`start_server`, yielding the process too (the launcher execs the runtime, so its
+    pid is the server's: /proc/<pid> has its memory, descriptors and threads)."""
     port = free_port()
     cmd = [*cmd, "--host", "127.0.0.1", "--port", str(port)]
     with tempfile.TemporaryFile() as err:
@@ -417,7 +427,7 @@ def start_server(
                     break  # 200 (urllib raises HTTPError, an OSError, on 503 while loading)
                 time.sleep(0.1)
             log(f"server healthy after {time.perf_counter() - t0:.1f} s on port {port}")
-            yield url
+            yield url, proc
         finally:
             _kill_group(proc)
 
