@@ -61,6 +61,7 @@ bench: demo install-test
 	$(PY) benchmarks/server/run.py --model-run $(DEMO_RUN)
 	$(PY) benchmarks/convert/run.py --demo $(DEMO_CKPT)
 	$(PY) benchmarks/install/run.py --demo $(DEMO_CKPT)
+	$(PY) benchmarks/soak/run.py --model-run $(DEMO_RUN)
 
 # the wheel users install (pipx/pip, no compiler): packer + the prebuilt cpu runtime stub
 dist: install
