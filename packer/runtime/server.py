@@ -376,6 +376,7 @@ class Handler(BaseHTTPRequestHandler):
         if self._requests:  # the next request on a kept-alive connection
             self._reader.expect_within(KEEPALIVE_S)
         self._requests += 1
+        self.path = None  # type: ignore[assignment]  # set again once a request line parses
         super().handle_one_request()
 
     def parse_request(self) -> bool:
@@ -397,7 +398,9 @@ class Handler(BaseHTTPRequestHandler):
         return self._path() in _OPENAI
 
     def _is_ollama(self) -> bool:
-        path = urlsplit(getattr(self, "path", "") or "").path
+        if self.path is None:
+            return self.server.ollama
+        path = urlsplit(self.path).path
         return path.startswith("/api/") or (self.server.ollama and not self._is_openai())
 
     def _cors(self) -> None:
@@ -449,8 +452,12 @@ class Handler(BaseHTTPRequestHandler):
             self.request_version = "HTTP/1.0"
         type_ = "not_supported_error" if code == 501 else "invalid_request_error"
         err = ApiError(code, message or explain or "bad request", type_)
+        if self.path is None:  # the request line was unreadable: the listener's dialect
+            body = err.ollama_body() if self.server.ollama else err.body(False)
+        else:
+            body = err.ollama_body() if self._is_ollama() else err.body(self._is_openai())
         with suppress(OSError):
-            self._send_json(code, err.ollama_body() if self.server.ollama else err.body(False))
+            self._send_json(code, body)
 
     def _announces_body(self) -> bool:
         h = self.headers
