@@ -559,7 +559,11 @@ def test_model_work_waits_in_a_bounded_line(path: str, body: dict[str, Any]) -> 
         for t in threads:
             t.start()
         assert engine.llm.entered.acquire(timeout=5)  # the first one runs
-        time.sleep(0.3)  # the other two wait
+        line = srv.token_line if "tokenize" in path else srv.embed_line
+        deadline = time.monotonic() + 10
+        while line._queued < 2:  # the other two wait
+            assert time.monotonic() < deadline, "the requests did not queue"
+            time.sleep(0.02)
         st, headers, answer = send(srv, "POST", path, raw)
         assert st == 503 and int(headers["Retry-After"]) >= 1, answer
         engine.llm.hold.set()
