@@ -612,6 +612,7 @@ def test_baked_key_is_never_shown(
     manifest = SimpleNamespace(args=tuple(baked), to_dict=lambda: {"name": "m", "args": baked})
     monkeypatch.setattr(main, "_find_bundle", lambda argv: SimpleNamespace(manifest=manifest))
     monkeypatch.setattr(main, "_backend_info", lambda args: {})
+    monkeypatch.setattr(main, "_setup_logging", lambda verbose: None)  # keep pytest's handlers
     assert main.run(["--info"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["args"] == ["--temp", "0", "--api-key", "REDACTED", "--api-key=REDACTED"]
