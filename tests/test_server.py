@@ -258,7 +258,7 @@ def test_a_client_going_away_prints_no_traceback_block(
     # end to end: a keep-alive client that resets its connection after an answer; the server,
     # waiting for its next request line, gets ECONNRESET (this printed the block before)
     sock = socket.create_connection(server.server_address[:2])
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()  # RST
@@ -591,7 +591,9 @@ def test_garbage_on_the_socket(url: str) -> None:
         reply = s.recv(4096)
     assert reply.startswith(b"HTTP/1.1 400")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b'POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"pro')
+        s.sendall(
+            b'POST /completion HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"pro'
+        )
         s.shutdown(socket.SHUT_WR)  # a body cut short
         s.recv(4096)
     assert requests.get(url + "/health", timeout=10).json() == {"status": "ok"}
@@ -612,7 +614,7 @@ def test_client_disconnects(url: str, engine: Engine, caplog: pytest.LogCaptureF
     host, port = url.removeprefix("http://").split(":")
     long = {"prompt": "Write a very long story.", "n_predict": 2000, "ignore_eos": True}
     body = json.dumps(long | {"stream": True}).encode()
-    head = f"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = f"POST /completion HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
 
     # mid-stream: read a first event, hang up; the generation must stop (free the lock) soon
     s = socket.create_connection((host, int(port)), timeout=60)

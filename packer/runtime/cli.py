@@ -7,7 +7,10 @@ import shlex
 from typing import Any
 
 from packer.runtime.backend import GPU_CHOICES, parse_gpu_layers
+from packer.runtime.connections import CONNECTIONS_MARGIN
 from packer.runtime.engine import FLASH_ATTN_CHOICES
+
+SECRET_FLAGS = ("--api-key",)  # never shown by --help or --info
 
 DESCRIPTION = """\
 Run the language model inside this file: no installation, no network.
@@ -148,7 +151,10 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     )
     srv.add_argument("--port", type=int, default=8080, help="default: %(default)s")
     srv.add_argument(
-        "--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' (all but /health)"
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' (all but /health); --info and --help never "
+        "show a key baked into the file",
     )
     srv.add_argument(
         "--alias", metavar="NAME", help="model name reported by the API (default: the model's name)"
@@ -165,7 +171,16 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         default=[],
         metavar="ORIGIN",
         help="let web pages from ORIGIN call the API (repeat or comma-separate; * = any); "
-        "default: none",
+        "default: none, only the server's own page",
+    )
+    srv.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="on a loopback --host, also answer requests whose Host header is NAME, e.g. the "
+        "public name a reverse proxy passes on (repeat or comma-separate; * = any); default: "
+        "localhost and loopback addresses only",
     )
     srv.add_argument(
         "--max-body-mb",
@@ -204,6 +219,14 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     srv.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="connections served at once; more get HTTP 503 at once, 0 = slots + --max-queue + "
+        f"{CONNECTIONS_MARGIN} (default: %(default)s)",
+    )
+    srv.add_argument(
         "--nobrowser",
         action="store_true",
         help="accepted for llamafile compatibility; no browser is opened",
@@ -228,8 +251,38 @@ def parse(argv: list[str], baked: list[str], prog: str = "model.run") -> argpars
     if baked:
         base = parser.parse_args(baked)
         parser.set_defaults(**_explicit(vars(base), parser))
-        parser.epilog = "defaults baked into this file: " + shlex.join(baked)
-    return parser.parse_args(argv)
+        parser.epilog = "defaults baked into this file: " + shlex.join(redact_args(baked))
+    args = parser.parse_args(argv)
+    key = args.api_key
+    if key is not None and (not key.strip() or key != key.strip()):
+        what = "empty" if not key.strip() else "padded with spaces, which clients cannot send"
+        raise UsageError(
+            f"--api-key is {what}: give the key clients must send, or leave --api-key out to "
+            "serve without one"
+        )
+    return args
+
+
+class UsageError(ValueError):
+    """A command line that parses but cannot be right; ``str()`` is one line for the user."""
+
+
+def redact_args(args: list[str] | tuple[str, ...]) -> list[str]:
+    """``args`` with the values of secret flags (``--api-key``) replaced by ``REDACTED``."""
+    out: list[str] = []
+    hide_next = False
+    for arg in args:
+        if hide_next:
+            out.append("REDACTED")
+            hide_next = False
+        elif arg in SECRET_FLAGS:
+            out.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(f"{flag}=" for flag in SECRET_FLAGS)):
+            out.append(arg.split("=", 1)[0] + "=REDACTED")
+        else:
+            out.append(arg)
+    return out
 
 
 def _explicit(values: dict[str, Any], parser: argparse.ArgumentParser) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from packer.runtime import __version__
 from packer.runtime.backend import BackendError
 from packer.runtime.cache import CacheError, ensure_gguf, optional_cache_dir, resolve_cache_dir
-from packer.runtime.cli import parse
+from packer.runtime.cli import UsageError, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
 from packer.runtime.payload import Bundle, BundleError, read_bundle
@@ -108,6 +108,8 @@ def run(argv: list[str]) -> int:
             raise BundleError("--info needs a model.run (or --bundle/--gguf FILE when unfrozen)")
         backend_info = _backend_info(args)  # a summary on stderr; details in the JSON (--verbose)
         info = bundle.manifest.to_dict() if bundle else {}
+        if "args" in info:
+            info["args"] = redact_args(info["args"])
         if args.verbose:
             info["backend"] = backend_info
         print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -220,7 +222,8 @@ def _backend_info(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _http_options(args: argparse.Namespace) -> HttpOptions:
-    """The server's --cors/--max-body-mb/--max-tokens/--no-webui/--ollama-port settings."""
+    """The server's --cors/--allowed-host/--max-body-mb/--max-tokens/--max-connections/
+    --no-webui/--ollama-port settings."""
     from packer.runtime.server import HttpOptions
 
     cors = tuple(o.strip() for arg in args.cors for o in arg.split(",") if o.strip())
@@ -228,12 +231,17 @@ def _http_options(args: argparse.Namespace) -> HttpOptions:
         raise BundleError("--max-body-mb must be above 0")
     if args.ollama_port is not None and not 0 <= args.ollama_port <= 65535:
         raise BundleError("--ollama-port must be a port number from 0 to 65535")
+    if args.max_connections < 0:
+        raise BundleError("--max-connections must be 0 (automatic) or more")
+    hosts = tuple(h.strip() for arg in args.allowed_host for h in arg.split(",") if h.strip())
     return HttpOptions(
         cors=cors,
         max_body=int(args.max_body_mb * 2**20),
         max_tokens=args.max_tokens,
         webui=not args.no_webui,
         ollama_port=args.ollama_port,
+        max_connections=args.max_connections,
+        allowed_hosts=hosts,
     )
 
 
@@ -277,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(quantize_main(argv[1:]))
     try:
         code = run(argv)
+    except UsageError as exc:
+        print(f"{_prog()}: error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
     except (BundleError, CacheError, PromptError, BackendError) as exc:
         print(f"{_prog()}: error: {exc}", file=sys.stderr)
         code = EXIT_ERROR

@@ -13,8 +13,15 @@ Endpoints (llama.cpp server / llamafile compatible, see ``/work/shared/anchors.m
 Streaming is Server-Sent Events made of ``data: {json}`` lines only (Ollama's endpoints: NDJSON,
 one object per line). Requests are decoded together by the engine's scheduler
 (:mod:`packer.runtime.scheduler`, ``-np`` slots, continuous batching); when every slot is busy and
-``--max-queue`` requests wait, more get 503 with ``Retry-After``. Parsing and formatting live in
-:mod:`packer.runtime.server_api`.
+``--max-queue`` requests wait, more get 503 with ``Retry-After``; embeddings and tokenizing wait
+in lines of the same length (:class:`packer.runtime.connections.WorkLimit`). Parsing and
+formatting live in :mod:`packer.runtime.server_api`.
+
+What a client cannot do: hold more than ``--max-connections`` connections (503 at once), take
+over :data:`HEAD_TIMEOUT_S` to send a request's head or :data:`BODY_TIMEOUT_S` for its body, send
+more than ``--max-body-mb`` however the body is framed (:mod:`packer.runtime.request_body`), reach
+a loopback-only server through a foreign Host name or call it from a foreign web page
+(:mod:`packer.runtime.browser_guard`).
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hmac
+import io
 import json
 import logging
-import select
 import signal
 import socket
 import sys
@@ -39,11 +46,21 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from packer.runtime import __version__
+from packer.runtime import browser_guard as guard
 from packer.runtime import generate as gen
 from packer.runtime import ollama_api as oll
 from packer.runtime import server_api as api
+from packer.runtime.connections import (
+    CONNECTIONS_MARGIN,
+    ConnectionLimit,
+    DeadlineReader,
+    Lingerer,
+    WorkLimit,
+    client_gone,
+)
 from packer.runtime.embed import Embedder
 from packer.runtime.generate import PromptError, Sampling
+from packer.runtime.request_body import content_type_refusal, parse_json_object, read_body
 from packer.runtime.scheduler import QueueFull
 from packer.runtime.server_api import ApiError
 
@@ -55,6 +72,11 @@ log = logging.getLogger("packer.runtime.server")
 DEFAULT_MAX_BODY = 8 << 20  # bytes of JSON we accept in one request (--max-body-mb)
 CANCEL_POLL_S = 0.2  # how often a generation checks whether its client is still there
 DRAIN_TIMEOUT_S = 15.0  # how long serve() waits for in-flight requests on shutdown
+HEAD_TIMEOUT_S = 10.0  # a new connection's request line and headers must arrive within this
+KEEPALIVE_S = 30.0  # an open connection's next request (idle time included) must arrive within
+BODY_TIMEOUT_S = 60.0  # a request body must arrive within this once its headers are in
+STALL_S = 30.0  # no single read may wait longer than this
+WRITE_TIMEOUT_S = 120.0  # a client that reads nothing for this long is dropped
 
 
 @dataclass(frozen=True)
@@ -65,13 +87,18 @@ class HttpOptions:
     no CORS headers, so browsers refuse cross-site calls); ``max_body``: request size limit in
     bytes (413 above); ``max_tokens``: most tokens one request may ask for (> 0; also the
     default when a request sets none); ``webui``: serve the chat page at ``/`` (else ``/``
-    answers like Ollama); ``ollama_port``: also listen there for the Ollama API."""
+    answers like Ollama); ``ollama_port``: also listen there for the Ollama API;
+    ``max_connections``: connections served at once (0: slots + max queue +
+    ``CONNECTIONS_MARGIN``); ``allowed_hosts``: Host names a loopback-only server answers
+    besides localhost and loopback addresses (``*``: any)."""
 
     cors: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
     max_tokens: int = -1
     webui: bool = True
     ollama_port: int | None = None
+    max_connections: int = 0
+    allowed_hosts: tuple[str, ...] = ()
 
 
 class ServeError(OSError):
@@ -130,13 +157,23 @@ class PackerHTTPServer(ThreadingHTTPServer):
         http: HttpOptions | None = None,
         ollama: bool = False,
     ) -> None:
+        if api_key is not None and not api_key.strip():
+            raise ValueError("an empty API key would let anyone in: pass None for no key")
         self.address_family = family
         self.http = http or HttpOptions()
         self.ollama = ollama  # the --ollama-port listener: Ollama's API (and OpenAI's /v1) only
         self.embedder = Embedder(engine)
         self.engine = engine
         self.model_name = model_alias or engine.name
-        self.api_key = api_key or None
+        self.api_key = api_key
+        slots = max(1, engine.options.n_parallel)
+        queue = max(0, engine.options.max_queue)
+        self.connections = ConnectionLimit(
+            self.http.max_connections or slots + queue + CONNECTIONS_MARGIN
+        )
+        self.lingerer = Lingerer()
+        self.embed_line = WorkLimit(1, queue)  # one embeddings context
+        self.token_line = WorkLimit(slots, queue)  # tokenize/detokenize
         self.defaults = (
             dataclasses.replace(sampling, stop=list(sampling.stop)) if sampling else Sampling()
         )
@@ -146,6 +183,44 @@ class PackerHTTPServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         host, port = self.server_address[:2]
         self.url = f"http://{_url_host(str(host))}:{port}"
+        self.loopback_only = guard.listens_on_loopback(str(host))
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, up to ``--max-connections``; one more is answered 503."""
+        if not self.connections.try_acquire():
+            who = client_address[0] if isinstance(client_address, tuple) else client_address
+            self.connections.warn_full(str(who))
+            self.lingerer.refuse(request, self._busy_response())
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def _busy_response(self) -> bytes:
+        err = ApiError(
+            503,
+            f"the server has {self.connections.limit} connections open (--max-connections): "
+            "retry in a moment",
+            "unavailable_error",
+        )
+        body = json.dumps(err.ollama_body() if self.ollama else err.body(False)).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\n"
+            f"Server: packer/{__version__}\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Retry-After: 1\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        return head.encode() + body
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """socketserver's default prints a traceback block on stderr for any exception that
@@ -166,9 +241,14 @@ class PackerHTTPServer(ThreadingHTTPServer):
         )
 
     def share_with(self, other: PackerHTTPServer) -> None:
-        """Make this listener use ``other``'s model state (shutdown gate, embeddings context)."""
+        """Make this listener use ``other``'s model state (shutdown gate, embeddings context)
+        and limits (connections, waiting lines)."""
         self.gate = other.gate
         self.embedder = other.embedder
+        self.connections = other.connections
+        self.lingerer = other.lingerer
+        self.embed_line = other.embed_line
+        self.token_line = other.token_line
 
     def card(self) -> oll.ModelCard:
         """The model as Ollama's listings describe it."""
@@ -279,9 +359,31 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "packer"
     disable_nagle_algorithm = True
-    timeout = 600  # seconds a connection may sit idle or stall a write
+    timeout = WRITE_TIMEOUT_S  # the socket's timeout while writing; reads: DeadlineReader
 
     # -- plumbing ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the stdlib's reader: replaced by one that enforces deadlines
+        self._reader = DeadlineReader(
+            self.connection, stall_s=STALL_S, write_timeout=WRITE_TIMEOUT_S
+        )
+        self.rfile = io.BufferedReader(self._reader)
+        self._reader.expect_within(HEAD_TIMEOUT_S)
+        self._requests = 0
+
+    def handle_one_request(self) -> None:
+        if self._requests:  # the next request on a kept-alive connection
+            self._reader.expect_within(KEEPALIVE_S)
+        self._requests += 1
+        self.path = None  # type: ignore[assignment]  # set again once a request line parses
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._reader.expect_within(None)  # the head is in; a body gets its own deadline
+        return ok
+
     def version_string(self) -> str:
         return f"packer/{__version__}"
 
@@ -296,7 +398,9 @@ class Handler(BaseHTTPRequestHandler):
         return self._path() in _OPENAI
 
     def _is_ollama(self) -> bool:
-        path = urlsplit(getattr(self, "path", "") or "").path
+        if self.path is None:
+            return self.server.ollama
+        path = urlsplit(self.path).path
         return path.startswith("/api/") or (self.server.ollama and not self._is_openai())
 
     def _cors(self) -> None:
@@ -348,64 +452,49 @@ class Handler(BaseHTTPRequestHandler):
             self.request_version = "HTTP/1.0"
         type_ = "not_supported_error" if code == 501 else "invalid_request_error"
         err = ApiError(code, message or explain or "bad request", type_)
+        if self.path is None:  # the request line was unreadable: the listener's dialect
+            body = err.ollama_body() if self.server.ollama else err.body(False)
+        else:
+            body = err.ollama_body() if self._is_ollama() else err.body(self._is_openai())
         with suppress(OSError):
-            self._send_json(code, err.ollama_body() if self.server.ollama else err.body(False))
+            self._send_json(code, body)
+
+    def _announces_body(self) -> bool:
+        h = self.headers
+        return h.get("Transfer-Encoding") is not None or h.get("Content-Length", "0").strip() != "0"
 
     def _read_body(self) -> bytes:
+        """The request's body, within --max-body-mb and BODY_TIMEOUT_S; a framing error closes
+        the connection (where the next request would start is unknown)."""
         self._body_read = True
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        length_s = self.headers.get("Content-Length")
-        if not length_s:
-            return b""
+        if self.headers.get("Transfer-Encoding") and self.headers.get("Content-Length"):
+            self.close_connection = True  # both: a request smuggling attempt or a broken proxy
+        self._reader.expect_within(BODY_TIMEOUT_S)
         try:
-            length = int(length_s)
-        except ValueError:
+            return read_body(self.rfile, self.headers, self.server.http.max_body)
+        except ApiError:
             self.close_connection = True
-            raise ApiError(400, "bad Content-Length header") from None
-        if length < 0 or length > self.server.http.max_body:
-            self.close_connection = True
-            raise self._too_large()
-        return self.rfile.read(length)
-
-    def _read_chunked(self) -> bytes:
-        out = bytearray()
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise ApiError(400, "bad chunked request body") from None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass
-                return bytes(out)
-            if len(out) + size > self.server.http.max_body:
-                self.close_connection = True
-                raise self._too_large()
-            out += self.rfile.read(size)
-            self.rfile.readline(1024)
-
-    def _too_large(self) -> ApiError:
-        limit = self.server.http.max_body
-        return ApiError(
-            413,
-            f"the request body is over {limit / 2**20:g} MB: send less, or start the server "
-            "with a larger --max-body-mb",
-            "request_too_large",
-        )
+            raise
+        finally:
+            self._reader.expect_within(None)
 
     def _json_body(self) -> dict[str, Any]:
-        raw = self._read_body()
-        try:
-            body = json.loads(raw.decode("utf-8")) if raw.strip() else None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            what = "UTF-8" if isinstance(exc, UnicodeDecodeError) else "JSON"
-            raise ApiError(400, f"the request body is not valid {what}: {exc}"[:300]) from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        return body
+        """The request's body as a JSON object (400 otherwise), sent as JSON (else 415)."""
+        refusal = content_type_refusal(self.headers)
+        if refusal is not None:
+            raise ApiError(415, refusal, "invalid_request_error")
+        return parse_json_object(self._read_body())
+
+    def _browser_refusal(self) -> str | None:
+        """Why this request is refused as DNS rebinding or a foreign web page (see
+        :mod:`packer.runtime.browser_guard`), or None."""
+        srv = self.server
+        host = self.headers.get("Host")
+        if srv.loopback_only:
+            refusal = guard.host_refusal(host, srv.http.allowed_hosts)
+            if refusal is not None:
+                return refusal
+        return guard.origin_refusal(self.headers.get("Origin"), host, srv.http.cors)
 
     def _authorized(self) -> bool:
         key = self.server.api_key
@@ -419,13 +508,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _client_gone(self) -> bool:
         """True once the client has closed its end (checked without consuming anything)."""
-        try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            if not readable:
-                return False
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
+        return client_gone(self.connection)
 
     def _cancel_check(self) -> Callable[[], bool]:
         last = [0.0]
@@ -463,7 +546,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data) if data else b"0\r\n\r\n")
             elif data:
                 self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError) as exc:
+        except (ConnectionError, TimeoutError) as exc:
             self.close_connection = True
             raise ClientGone from exc
 
@@ -512,6 +595,15 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- dispatch ---------------------------------------------------------------------------
     def do_OPTIONS(self) -> None:  # noqa: N802 - stdlib naming
+        self._body_read = False
+        refusal = self._browser_refusal()
+        if refusal is not None:
+            self.close_connection = True
+            log.info("OPTIONS %s -> 403: %s", self._path(), refusal)
+            self._send_api_error(ApiError(403, refusal, "permission_error"))
+            return
+        if self._announces_body():
+            self.close_connection = True  # a preflight has no body; this one is left unread
         self.send_response(204)
         self._cors()
         self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
@@ -536,9 +628,14 @@ class Handler(BaseHTTPRequestHandler):
         path = self._path()
         self._body_read = False
         self._ndjson = False  # set by the Ollama handlers before streaming
+        if self.command != "POST" and self._announces_body():
+            self.close_connection = True  # a body nobody reads: the connection cannot go on
         t0 = time.perf_counter()
         status = 200
         try:
+            refusal = self._browser_refusal()
+            if refusal is not None:
+                raise ApiError(403, refusal, "permission_error")
             name = routes.get(path)
             if self.server.ollama and name not in _ON_OLLAMA_PORT:
                 name = None
@@ -564,7 +661,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise Busy(exc) from None
         except ApiError as err:
             status = err.status
-            if self.command == "POST" and not self._body_read:
+            if not self._body_read and self._announces_body():
                 self.close_connection = True  # its body is still in the socket
             log.log(
                 logging.WARNING if err.status >= 500 else logging.INFO,
@@ -575,7 +672,7 @@ class Handler(BaseHTTPRequestHandler):
                 err.message,
             )
             self._send_api_error(err)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ClientGone):
+        except (ConnectionError, TimeoutError, ClientGone):
             self.close_connection = True
             log.info("%s %s: client went away", self.command, path)
         except Exception as exc:  # a bug: answer 500 and keep serving
@@ -689,7 +786,7 @@ class Handler(BaseHTTPRequestHandler):
         parse_special = api.get_bool(body, "parse_special", True)
         with_pieces = api.get_bool(body, "with_pieces", False)
         engine = self.server.engine
-        with self.server.gate.use():
+        with self.server.gate.use(), self.server.token_line.use():
             tokens = gen.tokenize(
                 engine, content, add_special=add_special, parse_special=parse_special
             )
@@ -711,13 +808,13 @@ class Handler(BaseHTTPRequestHandler):
         tokens = body.get("tokens", [])
         if not isinstance(tokens, list):
             raise ApiError(400, "'tokens' must be a list of token ids", param="tokens")
-        with self.server.gate.use():
+        with self.server.gate.use(), self.server.token_line.use():
             ids = gen.check_tokens(self.server.engine, tokens)
             self._send_json(200, {"content": gen.detokenize(self.server.engine, ids)})
 
     # -- embeddings -------------------------------------------------------------------------
     def _embed(self, texts: list[str], truncate: bool = False) -> tuple[list[list[float]], int]:
-        with self.server.gate.use():
+        with self.server.gate.use(), self.server.embed_line.use():
             return self.server.embedder.embed(texts, truncate=truncate)
 
     def _h_embedding(self) -> None:
