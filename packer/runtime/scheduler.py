@@ -20,6 +20,7 @@ next step.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import math
@@ -44,6 +45,10 @@ log = logging.getLogger("packer.runtime.scheduler")
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size, so results match Llama.generate
 N_BATCH = 512  # tokens per llama_decode: every generating slot's token plus prompt chunks
 POLL_S = 0.1  # how often a waiting caller checks its ``cancelled`` callback
+GRAMMAR_DEAD_END = (
+    "the grammar allows no token at this point of the answer (it asks for something no token "
+    "of this model produces, such as \\x00): change the grammar or the schema"
+)
 _DONE = object()
 
 
@@ -145,6 +150,7 @@ class Scheduler:
         self._use = itertools.count(1)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._candidates: _Candidates | None = None  # for grammar requests, decode thread only
         self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
         self._avg_s = 5.0  # running mean of request durations, for Retry-After
         self.stats = SchedulerStats()
@@ -454,7 +460,14 @@ class Scheduler:
         req = slot.req
         assert req is not None and slot.text is not None
         result = req.result
-        token = ll.llama_sampler_sample(req.sampler, self._ctx, idx)
+        if req.params.grammar is None:
+            token = ll.llama_sampler_sample(req.sampler, self._ctx, idx)
+        else:
+            picked = self._sample_grammar(req.sampler, idx)
+            if picked is None:
+                self._refuse(slot, PromptError(GRAMMAR_DEAD_END))
+                return
+            token = picked
         now = time.perf_counter()
         if slot.t_first is None:
             slot.t_first = now
@@ -473,6 +486,39 @@ class Scheduler:
             self._finish(slot, "limit")
         else:
             slot.next_token = token
+
+    def _sample_grammar(self, sampler: Any, idx: int) -> int | None:
+        """``llama_sampler_sample`` in its two steps, for a chain with a grammar: when the
+        grammar allows no token here, llama.cpp would accept a refused one anyway and throw
+        through its C API, which aborts the whole process. None in that case."""
+        import numpy as np
+
+        ll = self._ll
+        if self._candidates is None:
+            self._candidates = _Candidates(ll, self.n_vocab)
+        ptr = ll.llama_get_logits_ith(self._ctx, idx)
+        cur = self._candidates.fill(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+        ll.llama_sampler_apply(sampler, ctypes.byref(cur))
+        sel = cur.selected
+        # the grammar sets the logit of every token it refuses to -inf; no sampler after it
+        # makes one finite again
+        if not 0 <= sel < cur.size or not cur.data[sel].logit > -math.inf:
+            return None
+        token = int(cur.data[sel].id)
+        ll.llama_sampler_accept(sampler, token)
+        return token
+
+    def _refuse(self, slot: _Slot, exc: Exception) -> None:
+        """End the slot's request with ``exc`` for its caller (under the lock); what the slot
+        decoded stays cached."""
+        req = slot.req
+        assert req is not None
+        self._ll.llama_sampler_free(req.sampler)
+        req.sampler = None
+        slot.req = None
+        slot.next_token = None
+        slot.text = None
+        self._emit(req, exc)
 
     def _emit(self, req: _Request, item: Any) -> None:
         """Queue ``item`` for ``req``'s caller; delivered by :meth:`_flush` at the end of the
@@ -551,6 +597,35 @@ class Scheduler:
         req.result.stop_type = "abort"
         self._ll.llama_sampler_free(req.sampler)
         self._emit(req, _DONE)
+
+
+class _Candidates:
+    """One ``llama_token_data_array`` over the whole vocabulary, refilled for each token."""
+
+    def __init__(self, ll: Any, n_vocab: int) -> None:
+        import numpy as np
+
+        self._ll = ll
+        self._n = n_vocab
+        fields = [("id", np.intc), ("logit", np.single), ("p", np.single)]
+        self._data = np.zeros(n_vocab, dtype=np.dtype(fields, align=True))
+        self._ids = np.arange(n_vocab, dtype=np.intc)
+        self._array = ll.llama_token_data_array(
+            data=self._data.ctypes.data_as(ll.llama_token_data_p),
+            size=n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+
+    def fill(self, logits: Any) -> Any:
+        self._data["id"] = self._ids
+        self._data["logit"] = logits
+        self._data["p"] = 0.0
+        arr = self._array
+        arr.size = self._n
+        arr.selected = -1
+        arr.sorted = False
+        return arr
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

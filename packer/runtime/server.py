@@ -577,6 +577,8 @@ class Handler(BaseHTTPRequestHandler):
                 log.info("%s %s: client went away, generation stopped", self.command, self._path())
                 return
             except Exception as exc:
+                if isinstance(exc, PromptError):  # e.g. a grammar that allows no next token
+                    exc = api.prompt_error(exc)
                 err = (
                     exc
                     if isinstance(exc, ApiError)

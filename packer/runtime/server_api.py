@@ -16,13 +16,14 @@ come from :attr:`GenResult.probs`. Nothing here touches the model; see :mod:`pac
 from __future__ import annotations
 
 import base64
-import json
 import math
 import struct
 import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+from packer.runtime import grammar_limits as limits
 
 if TYPE_CHECKING:
     from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb
@@ -159,7 +160,18 @@ def get_stop(body: dict[str, Any], default: list[str]) -> list[str]:
         v = [v]
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
         raise bad_value("stop", "a string or a list of strings", v)
-    return [s for s in v if s]
+    stops = [s for s in v if s]
+    _within_limits(limits.check_stop, stops, "stop")
+    return stops
+
+
+def _within_limits(check: Any, value: Any, param: str) -> Any:
+    """``check(value)`` from :mod:`packer.runtime.grammar_limits`; over a limit is a 400
+    naming ``param``."""
+    try:
+        return check(value)
+    except limits.LimitError as exc:
+        raise ApiError(400, f"'{param}': {exc.message}", param=param) from None
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -176,10 +188,11 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 
 def schema_grammar(schema: Any, param: str) -> str:
     """A JSON schema as a GBNF grammar (root rule "root"), or a 400 naming ``param``. Only local
-    ``$ref``s (``#/...``) are followed: the converter would fetch remote ones over the network."""
+    ``$ref``s (``#/...``) are followed: the converter would fetch remote ones over the network.
+    Schemas and grammars over :mod:`packer.runtime.grammar_limits` are refused."""
     if not isinstance(schema, dict):
         raise bad_value(param, "a JSON schema object", schema)
-    text = json.dumps(schema)
+    text = _within_limits(limits.schema_json, schema, param)
     if any(isinstance(ref, str) and not ref.startswith("#") for ref in _find_refs(schema)):
         raise ApiError(400, f"'{param}': only local '$ref's (#/...) are supported", param=param)
     from llama_cpp import llama_grammar
@@ -194,6 +207,7 @@ def schema_grammar(schema: Any, param: str) -> str:
         raise ApiError(
             400, f"'{param}' is not a JSON schema this server can follow: {exc}"[:300], param=param
         ) from None
+    _within_limits(limits.check_gbnf, grammar, param)
     # the converter lets raw control characters into strings, which JSON forbids (json.loads
     # refuses them): keep them out, as llama.cpp's own converter does
     return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
@@ -203,16 +217,15 @@ _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
-def _find_refs(node: Any, depth: int = 0) -> list[Any]:
-    if depth > 64:
-        raise ApiError(400, "the JSON schema is nested too deeply")
+def _find_refs(node: Any) -> list[Any]:
+    """Every ``$ref`` in a schema (its depth is already within the limits)."""
     if isinstance(node, dict):
         refs = [node["$ref"]] if "$ref" in node else []
         for v in node.values():
-            refs += _find_refs(v, depth + 1)
+            refs += _find_refs(v)
         return refs
     if isinstance(node, list):
-        return [r for v in node for r in _find_refs(v, depth + 1)]
+        return [r for v in node for r in _find_refs(v)]
     return []
 
 
@@ -228,6 +241,7 @@ def _grammar_field(body: dict[str, Any]) -> str | None:
         return None
     if not isinstance(g, str):
         raise bad_value("grammar", "a GBNF grammar (a string)", g)
+    _within_limits(limits.check_gbnf, g, "grammar")
     return g
 
 
