@@ -224,3 +224,18 @@ def test_model_run_runs_confined(smollm_run: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-3000:]
     assert_two_steps(proc.stderr, tmp_path / "cache")
     assert_two_steps(_check_server([str(smollm_run)], tmp_path, env), tmp_path / "cache")
+
+
+def test_no_landlock_where_dev_null_is_not_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare root with an empty /dev (tests/test_noinstall.py's): libraries create /dev/null
+    as a plain file there, which Landlock would refuse; the sandbox leaves writes alone."""
+    from packer.runtime import sandbox
+
+    monkeypatch.setattr(sandbox, "_dev_null_is_a_device", lambda: False)
+    monkeypatch.setattr(sandbox, "_set_no_new_privs", lambda libc: True)
+    called: list[object] = []
+    monkeypatch.setattr(sandbox, "_landlock", lambda *a: called.append(a))
+    result = sandbox.restrict([None])
+    assert result.no_new_privs and result.landlock_abi == 0 and not called
+    assert result.why_not == "/dev/null is not a device here"
+    assert "no Landlock (/dev/null is not a device here)" in result.describe()

@@ -156,7 +156,12 @@ def restrict(writable: Iterable[Path | None], *, gpu: bool = False) -> Sandbox:
         log.debug("%s", result.describe())
         return result
     result.no_new_privs = _set_no_new_privs(libc)
-    if result.no_new_privs:
+    if result.no_new_privs and not _dev_null_is_a_device():
+        # a bare root or container with an empty /dev: libraries (llama-cpp-python's quiet
+        # mode) open /dev/null for writing and, as root, create it as a plain file; Landlock,
+        # which forbids creating files, would make that fail. Leave writes alone there.
+        result.why_not = "/dev/null is not a device here"
+    elif result.no_new_privs:
         folders = [Path(p) for p in writable if p is not None]
         if gpu:
             folders += gpu_driver_caches()
@@ -165,6 +170,13 @@ def restrict(writable: Iterable[Path | None], *, gpu: bool = False) -> Sandbox:
         result.why_not = "it needs no_new_privs"
     log.debug("%s", result.describe())
     return result
+
+
+def _dev_null_is_a_device() -> bool:
+    try:
+        return stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    except OSError:
+        return False
 
 
 def _set_no_new_privs(libc: ctypes.CDLL) -> bool:
