@@ -250,6 +250,7 @@ def test_unwritable_cache_falls_back(demo_run: Path, tmp_path: Path, elsewhere: 
     p = run_clean(demo_run, "-p", "Hi", "-n", "4", cwd=elsewhere, env=env)
     assert p.returncode == 0, p.stderr
     assert f"cache: using {tmpdir / f'packer-{os.getuid()}'} (" in p.stderr
+    assert p.stderr.count("cache: using") == 1, p.stderr  # said once, not per use of the cache
     assert list((tmpdir / f"packer-{os.getuid()}" / "models").glob("*.gguf"))
     # an explicit choice that is unusable says what to set
     p = run_clean(demo_run, "-p", "Hi", cwd=elsewhere, env={"PACKER_CACHE": str(blocked)})

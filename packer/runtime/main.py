@@ -115,14 +115,18 @@ def run(argv: list[str]) -> int:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
 
+    # resolved once: each resolution checks every candidate folder and warns about a fallback
+    cache_dir: Path | None
     if bundle:
-        gguf = ensure_gguf(bundle, resolve_cache_dir(args.cache_dir))
+        cache_dir = resolve_cache_dir(args.cache_dir)  # required: the model is unpacked there
+        gguf = ensure_gguf(bundle, cache_dir)
         if args.extract:
             _copy_atomic(gguf, Path(args.extract))
             print(args.extract)
             return EXIT_OK
         name = args.alias or bundle.manifest.name or gguf.stem
     elif args.gguf:
+        cache_dir = optional_cache_dir(args.cache_dir)  # only the CPU verdict goes there
         gguf = Path(args.gguf)
         if not gguf.is_file():
             raise BundleError(f"no such GGUF file: {gguf}")
@@ -132,7 +136,7 @@ def run(argv: list[str]) -> int:
 
     from packer.runtime import sandbox  # what model.run gives up, in two steps
 
-    sandbox.before_backends(optional_cache_dir(args.cache_dir), args.gpu)
+    sandbox.before_backends(cache_dir, args.gpu)
     from packer.runtime.engine import Engine, EngineOptions, Sampling
 
     sampling = Sampling(
@@ -153,7 +157,7 @@ def run(argv: list[str]) -> int:
         args.ctx_size,
         verbose=args.verbose,
         cpu=args.cpu_variant,
-        cache_dir=optional_cache_dir(args.cache_dir),
+        cache_dir=cache_dir,
     )
     options = EngineOptions(
         n_ctx=args.ctx_size,
