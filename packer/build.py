@@ -307,16 +307,13 @@ def convert_to_gguf(
     if outtype != "q8_0":
         convert_checkpoint(checkpoint, out, outtype=outtype, progress=progress)
         return out
-    from packer.host import check_host
     from packer.quantize import quantize
-    from packer.stub import require_checkout, runtime_command, shipped_stub
+    from packer.stub import require_checkout, runtime_command, usable_shipped_stub
 
     # the llama.cpp model.run files run with: the shipped runtime's, or in a checkout this
     # Python's llama-cpp-python (the one its stubs freeze), unfrozen: no stub build needed
-    shipped = shipped_stub("cpu")
-    if shipped is not None:
-        check_host()
-    else:
+    shipped = usable_shipped_stub("cpu")
+    if shipped is None:
         require_checkout("cpu")
     try:
         work = Path(tempfile.mkdtemp(prefix=".packer-convert-", dir=out.parent))

@@ -40,7 +40,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _copy_prefix(src: Path, dst: BinaryIO, size: int) -> None:
+def copy_prefix(src: Path, dst: BinaryIO, size: int) -> None:
+    """The first ``size`` bytes of ``src`` into ``dst``; OSError (EIO) if it has fewer."""
     with open(src, "rb") as s:
         left = size
         while left and (chunk := s.read(min(CHUNK, left))):
@@ -73,7 +74,7 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: Manifest) -> Manifest:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out, mode=EXECUTABLE) as dst:
             started = True
-            _copy_prefix(stub, dst, stub_bytes)
+            copy_prefix(stub, dst, stub_bytes)
             payload_offset = dst.tell()
             digest = hashlib.sha256()
             cctx = zstandard.ZstdCompressor(  # the checksum: a damaged payload is an error

@@ -295,15 +295,9 @@ class RuntimeBuild:
     def llama_cpp(self) -> str:
         """One line: ``llama.cpp 0c1e57098bba (ggml 0.25.3, llama-cpp-python 0.3.36)``."""
         commit = self.llama_cpp_commit[:12] or "commit unknown"
-        extra = ", ".join(
-            p
-            for p in (
-                f"ggml {self.ggml}" if self.ggml else "",
-                f"llama-cpp-python {self.llama_cpp_python}",
-            )
-            if p
-        )
-        return f"llama.cpp {commit} ({extra})"
+        parts = [f"ggml {self.ggml}"] if self.ggml else []
+        parts.append(f"llama-cpp-python {self.llama_cpp_python}")
+        return f"llama.cpp {commit} ({', '.join(parts)})"
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True).encode() + b"\n"
@@ -344,6 +338,17 @@ def shipped_stub(flavour: str) -> Stub | None:
     return Stub(exe, build, shipped=True)
 
 
+def usable_shipped_stub(flavour: str) -> Stub | None:
+    """:func:`shipped_stub`, checked to run on this machine (:func:`packer.host.check_host`:
+    it quantizes here, at build time); None in a checkout."""
+    shipped = shipped_stub(flavour)
+    if shipped is not None:
+        from packer.host import check_host
+
+        check_host()
+    return shipped
+
+
 def require_checkout(flavour: str) -> None:
     if is_checkout():
         return
@@ -364,10 +369,7 @@ def check_runtime(flavour: str = "cpu") -> None:
     shipped stub runs on this machine, or this checkout can build it (a cuda llama-cpp-python
     must be built first). Otherwise a one-line :class:`PackerError` saying what to do."""
     check_flavour(flavour)
-    if shipped_stub(flavour) is not None:
-        from packer.host import check_host
-
-        check_host()
+    if usable_shipped_stub(flavour) is not None:
         return
     require_checkout(flavour)
     require_flavour(flavour)
@@ -378,11 +380,8 @@ def find_stub(flavour: str = "cpu", *, verbose: bool = False) -> Stub:
     (checked to run here: :func:`packer.host.check_host`), else the one built from source in
     this checkout (built now if needed, cached). A from-source stub that needs a newer glibc
     than model.run promises gets one warning line."""
-    shipped = shipped_stub(flavour)
+    shipped = usable_shipped_stub(flavour)
     if shipped is not None:
-        from packer.host import check_host
-
-        check_host()
         return shipped
     require_checkout(flavour)
     path = ensure_stub(flavour, verbose=verbose)
@@ -413,10 +412,10 @@ def describe_runtime(flavour: str = "cpu") -> list[str]:
     if not is_checkout():
         return [f"runtime {flavour}: not installed ({SHIPPED / flavour} is missing)"]
     try:
-        key = stub_key(flavour)
         path = stub_path(flavour)
     except RuntimeStubError as exc:
         return [f"runtime {flavour}: {exc}"]
+    key = _key_of(path)
     if (path.parent / BUILD_INFO).is_file():
         b = read_build(path)
         return [b.llama_cpp, f"runtime {flavour} stub {key} (built from source; glibc {b.glibc}+)"]
@@ -495,7 +494,7 @@ def runtime_command(stub: Path, work: Path) -> list[str]:
     """A command that starts ``stub``'s own runtime (for :mod:`packer.runtime.quantize`).
 
     A real stub has no model, so the launcher would refuse it: this writes, in ``work``, a
-    model-less bundle ``[stub][empty payload][manifest {}][trailer]`` the launcher starts
+    model-less bundle ``[stub][empty payload][manifest][trailer]`` the launcher starts
     (unpacking the runtime once into the user's cache, where model.run finds it later). A stub
     without a footer (a test stand-in) has no runtime: this checkout's llama-cpp-python runs
     the same code unfrozen, when it is installed."""
@@ -509,15 +508,15 @@ def runtime_command(stub: Path, work: Path) -> list[str]:
                 f"{stub} has no runtime to quantize with and llama-cpp-python is not installed"
             )
         return [sys.executable, "-m", "packer.runtime"]
+    from packer.pack import copy_prefix
+
     size = info.launcher_size + info.archive_size
     exe = work / "packer-runtime.run"
-    with open(stub, "rb") as src, open(exe, "wb") as dst:
-        left = size
-        while left and (chunk := src.read(min(8 << 20, left))):
-            dst.write(chunk)
-            left -= len(chunk)
-        if left:
-            raise RuntimeStubError(f"{stub} is truncated: rebuild or reinstall it")
+    with open(exe, "wb") as dst:
+        try:
+            copy_prefix(stub, dst, size)
+        except OSError as exc:
+            raise RuntimeStubError(f"{stub} is truncated: rebuild or reinstall it") from exc
         manifest = Manifest(name="(no model: the runtime alone)", runtime=RuntimeInfo()).to_json()
         dst.write(manifest)
         dst.write(
@@ -567,6 +566,11 @@ def stub_path(flavour: str = "cpu") -> Path:
 
 
 STUB_FILE = "packer-runtime"  # the stub, in its cache folder <platform prefix><flavour>-<key>
+
+
+def _key_of(stub: Path) -> str:
+    """The key in a cached stub's folder name (``<platform prefix><flavour>-<key>``)."""
+    return stub.parent.name.rsplit("-", 1)[-1]
 
 
 def _platform_prefix() -> str:
@@ -765,7 +769,7 @@ def ensure_stub(
         launcher = build_launcher(work / "launcher", verbose=verbose)
         tree = build_onedir(work, site=site, root=root, verbose=verbose)
         log.info("stripped %.1f MB of debug info", strip_debug_info(tree) / 1e6)
-        build = _runtime_build(flavour, target.parent.name.rsplit("-", 1)[-1], tree, root, site)
+        build = _runtime_build(flavour, _key_of(target), tree, root, site)
         built = work / "stub"
         assemble_stub(launcher, tree, built)
         target.parent.mkdir(parents=True, exist_ok=True)
