@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -136,6 +137,13 @@ def fake_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(stub_mod, "ensure_stub", lambda flavour="cpu", **kw: stub)
     monkeypatch.setattr(stub_mod, "stub_key", lambda flavour="cpu": "test")
     return stub
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def assert_finite_logits(gguf_path: Path) -> None:

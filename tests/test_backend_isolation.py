@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import smollm_gguf_path
+from conftest import free_port, smollm_gguf_path
 
 PLANTED = (
     "libggml-cpu.so",
@@ -167,12 +166,6 @@ def smollm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float = 300) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import threading
 import time
@@ -35,7 +34,7 @@ from answers import (
     RAW_PROMPT,
     json_budget,
 )
-from conftest import smollm_gguf_path
+from conftest import free_port, smollm_gguf_path
 
 from packer.runtime.engine import Engine, EngineOptions
 from packer.runtime.server import PackerHTTPServer, make_server
@@ -294,12 +293,6 @@ def test_langchain_llamafile(main_url: str) -> None:
 # -- a real model.run ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_model_run_with_ollama_port(demo_run: Path, tmp_path: Path) -> None:
     """``model.run --server --ollama-port``: the ollama package, LangChain's Ollama and the
@@ -308,7 +301,7 @@ def test_model_run_with_ollama_port(demo_run: Path, tmp_path: Path) -> None:
     import openai
     from langchain_community.llms import Ollama
 
-    port, oport = _free_port(), _free_port()
+    port, oport = free_port(), free_port()
     proc = subprocess.Popen(
         ["env", "-i", str(demo_run), "--server", "--port", str(port), "-t", "2"]
         + ["--ollama-port", str(oport), "--cors", "http://class.example"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from answers import DEMO_ANSWER, DEMO_QUESTION
+from conftest import free_port
 
 from packer.pack import sha256_file
 from packer.runtime.payload import read_bundle
@@ -141,12 +141,6 @@ def test_baked_args_become_defaults(demo_run: Path, tmp_path: Path, elsewhere: P
     assert a.returncode == 0 and a.stdout == b.stdout, (a.stderr, b.stdout)  # temp 0: deterministic
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:  # type: ignore[type-arg]
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -156,7 +150,7 @@ def _post(url: str, body: dict) -> dict:  # type: ignore[type-arg]
 
 
 def test_server_from_empty_env(demo_run: Path, elsewhere: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["env", "-i", str(demo_run), "--server", "--port", str(port), "-t", "2"],
         cwd=elsewhere,

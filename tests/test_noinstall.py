@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from answers import DEMO_QUESTION
+from conftest import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -215,14 +215,8 @@ def test_info(debian_root: DebianRoot, demo_run: Path, tmp_path: Path) -> None:
     assert json.loads(proc.stdout) == json.loads(host.stdout)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_health(debian_root: DebianRoot) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         debian_root.command("--server", "--port", str(port), "-t", "2"),
         stdout=subprocess.PIPE,

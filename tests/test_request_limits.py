@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import smollm_gguf_path
+from conftest import free_port, smollm_gguf_path
 
 from packer.runtime import grammar_limits as limits
 from packer.runtime import ollama_api as oll
@@ -379,15 +378,9 @@ def test_a_grammar_with_no_next_token_is_a_400(
 # -- the requests against a real model.run ------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_model_run_survives_the_crashing_requests(demo_run: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["env", "-i", str(demo_run), "--server", "--port", str(port), "-t", "2"],
         cwd=tmp_path,

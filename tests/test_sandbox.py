@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import smollm_gguf_path
+from conftest import free_port, smollm_gguf_path
 
 from packer.runtime import sandbox
 
@@ -166,7 +166,7 @@ def _thread_flags(pid: int) -> dict[str, str]:
 
 def _check_server(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     """Start a server, check that it answers and that all its threads are confined; its stderr."""
-    port = iso.free_port()
+    port = free_port()
     log_path = cwd / "server.log"  # --verbose says a lot: a pipe nobody reads would fill up
     with open(log_path, "w") as log:
         proc = subprocess.Popen(

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import free_port
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
@@ -370,12 +371,6 @@ def fuzz(port: int, ollama_port: int, budget_s: float) -> Counter[int]:
     return statuses
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _health(port: int) -> int:
     import requests
 
@@ -386,7 +381,7 @@ def _health(port: int) -> int:
 def test_fuzz_model_run_server(demo_run: Path, tmp_path: Path) -> None:
     import requests
 
-    port, oport = _free_port(), _free_port()
+    port, oport = free_port(), free_port()
     log = (tmp_path / "server.log").open("w+")
     proc = subprocess.Popen(
         ["env", "-i", str(demo_run), "--server", "--port", str(port), "-t", "2"]

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import free_port
 
 from packer.runtime import server as server_mod
 from packer.runtime.browser_guard import (
@@ -623,9 +624,7 @@ def test_baked_key_is_never_shown(
 
 @pytest.mark.slow
 def test_model_run_refuses_the_review_requests(demo_run: Path, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         ["env", "-i", str(demo_run), "--server", "--port", str(port), "-t", "2"],
         cwd=tmp_path,

@@ -15,7 +15,6 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import smollm_gguf_path
+from conftest import free_port, smollm_gguf_path
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIAS = "smollm2-web"
@@ -221,14 +220,8 @@ class Browser:
 # -- fixtures -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(tmp: Path, *extra: str) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = (tmp / f"server-{port}.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "packer.runtime", "--gguf", str(smollm_gguf_path()), "--server"]
