@@ -85,11 +85,17 @@ def stub_cache_root() -> Path:
 
 def _inputs() -> list[Path]:
     files = sorted((PACKAGE / "runtime").glob("*.py"))
+    data = [
+        p
+        for folder in (PACKAGE / "templates", PACKAGE / "runtime" / "locale")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p != SPEC and "__pycache__" not in p.parts
+    ]
     return [
         PACKAGE / "__init__.py",
         *files,
         SPEC,
-        PACKAGE / "templates" / "chat.html",
+        *data,
         LAUNCHER_SCRIPT,
         *sorted(LAUNCHER_SRC.parent.glob("*.[ch]")),
         ROOT / "packer" / "archive.py",
@@ -554,6 +560,7 @@ def _stub_key(flavour: str, site: Path | None, root: Path | None = None) -> str:
         _llama_build_id(_root_site(root) if root is not None else site),
         _freezer_id(root),
         importlib.metadata.version("zstandard"),
+        *(f"{pkg} {importlib.metadata.version(pkg)}" for pkg in ROOT_EXTRA_PACKAGES),
         platform.machine(),
         flavour,
     ):
@@ -657,6 +664,8 @@ def _build_onedir_in_root(work: Path, root: Path, *, verbose: bool) -> Path:
         for part in ("runtime", "templates"):
             shutil.copytree(PACKAGE / part, src / "packer" / part, ignore=skip)
         shutil.copy2(PACKAGE / "__init__.py", src / "packer" / "__init__.py")
+        for pkg in ROOT_EXTRA_PACKAGES:  # pure-Python, from this Python: the root lacks them
+            shutil.copytree(_package_dir(pkg), src / pkg, ignore=skip)
         at = "/work/" + inner.name  # the same folder, seen from inside the root
         script = (
             f"cd {at} && exec env PACKER_ROOT={at}/src PACKER_STUB_NAME={RUNTIME_EXE} "
@@ -677,6 +686,20 @@ def _build_onedir_in_root(work: Path, root: Path, *, verbose: bool) -> Path:
         return tree
     finally:
         shutil.rmtree(inner, ignore_errors=True)
+
+
+# Pure-Python packages the runtime imports that the build root does not install (its pins are
+# fixed when the root is made): copied from this Python next to the sources being frozen.
+ROOT_EXTRA_PACKAGES = ("segno",)
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeStubError(
+            f"the runtime needs the Python package {name!r}: pip install -e '.[runtime-build]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _has_debug_info(path: Path) -> bool:

@@ -43,6 +43,25 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         help="write the model out as a GGUF file (for other tools) and exit",
     )
     mode.add_argument("--version", action="store_true", help="print the runtime version and exit")
+    mode.add_argument(
+        "--license",
+        action="store_true",
+        help="print the model's licence texts and model card and exit",
+    )
+    mode.add_argument(
+        "--verify",
+        action="store_true",
+        help="check that this file (and each of its parts) is complete and undamaged, without "
+        "running the model, and exit",
+    )
+    mode.add_argument(
+        "--uninstall",
+        "--clean-cache",
+        dest="uninstall",
+        action="store_true",
+        help="remove what this file unpacked into the cache folder (model and runtime), say how "
+        "much space that freed, and exit",
+    )
 
     gen = p.add_argument_group("generation")
     gen.add_argument(
@@ -50,6 +69,12 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--system", metavar="TEXT", help="system prompt for chat (default: the model's own)"
+    )
+    gen.add_argument(
+        "--show-thinking",
+        action="store_true",
+        help="show a reasoning model's thinking (its <think> section), dimmed on a terminal; "
+        "by default it is hidden",
     )
     gen.add_argument(
         "-n",
@@ -157,6 +182,12 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         "show a key baked into the file",
     )
     srv.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="read the API key from the first line of FILE; or set $PACKER_API_KEY (unlike "
+        "--api-key, neither shows the key to other users in `ps`)",
+    )
+    srv.add_argument(
         "--alias", metavar="NAME", help="model name reported by the API (default: the model's name)"
     )
     srv.add_argument(
@@ -229,7 +260,15 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     srv.add_argument(
         "--nobrowser",
         action="store_true",
-        help="accepted for llamafile compatibility; no browser is opened",
+        help="do not open the chat page in a web browser (by default --server, and a start "
+        "without a terminal, open it when a desktop session is present)",
+    )
+
+    p.add_argument(
+        "--lang",
+        metavar="CODE",
+        help="language of messages and help, e.g. en or es (default: $PACKER_LANG, else the "
+        "locale: $LANGUAGE, $LC_ALL, $LC_MESSAGES, $LANG; English when there is no translation)",
     )
 
     # development hooks (not shown): run the unfrozen runtime on a GGUF or a model.run

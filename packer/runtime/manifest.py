@@ -32,6 +32,14 @@ class RuntimeInfo:
 
 
 @dataclass(frozen=True)
+class LicenseFile:
+    """A licence text carried by the file (``LICENSE``, ``USE_POLICY.md``, ...), in full."""
+
+    name: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class Manifest:
     # the model
     name: str = ""
@@ -46,6 +54,12 @@ class Manifest:
     source_repo: str | None = None  # hub sources: the repository, revision and exact commit
     source_revision: str | None = None
     source_commit: str | None = None
+    # the licence and model card, carried in full (Llama and Gemma licences require handing a
+    # copy to every recipient): the model card's `license` id (and `license_name` for "other")
+    license: str | None = None
+    license_name: str | None = None
+    license_files: tuple[LicenseFile, ...] = ()
+    model_card: str | None = None  # the checkpoint's README.md
     # how it runs
     args: tuple[str, ...] = ()  # model.run flags baked in at build time (--args)
     runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
@@ -61,6 +75,7 @@ class Manifest:
         """Plain JSON types, fields in their declared order (``--info`` prints this)."""
         out = dataclasses.asdict(self)
         out["args"] = list(self.args)
+        out["license_files"] = [dataclasses.asdict(f) for f in self.license_files]
         return out
 
     def to_json(self) -> bytes:
@@ -108,6 +123,10 @@ class Manifest:
                 source_repo=_opt_str(raw.get("source_repo")),
                 source_revision=_opt_str(raw.get("source_revision")),
                 source_commit=_opt_str(raw.get("source_commit")),
+                license=_opt_str(raw.get("license")),
+                license_name=_opt_str(raw.get("license_name")),
+                license_files=tuple(_license_file(f) for f in _list(raw.get("license_files"))),
+                model_card=_opt_str(raw.get("model_card")),
                 args=tuple(_str(a) for a in _list(raw.get("args"))),
                 runtime=RuntimeInfo(
                     flavour=_str(rt.get("flavour")),
@@ -150,6 +169,12 @@ def _int(value: object, default: int) -> int:
 
 def _opt_int(value: object) -> int | None:
     return None if value is None else _int(value, 0)
+
+
+def _license_file(value: object) -> LicenseFile:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return LicenseFile(name=_str(value.get("name")), text=_str(value.get("text")))
 
 
 def _list(value: object) -> list[object]:

@@ -99,6 +99,9 @@ class HttpOptions:
     ollama_port: int | None = None
     max_connections: int = 0
     allowed_hosts: tuple[str, ...] = ()
+    # the addresses students can type (every LAN address, for a non-loopback --host): printed
+    # with a QR code at start and shown with one on the web page (GET /packer/page.json)
+    public_urls: tuple[str, ...] = ()
 
 
 class ServeError(OSError):
