@@ -92,6 +92,9 @@ def describe(pre: Any) -> str:
     return "[" + ", ".join(parts) + "]" if parts else "none"
 
 
+_reported: set[tuple[str, str]] = set()
+
+
 def detect_pre_tokenizer(tokenizer_json: dict[str, Any], where: str) -> str:
     """The llama.cpp pre-tokenizer name for a byte-level BPE tokenizer.json.
 
@@ -121,7 +124,9 @@ def detect_pre_tokenizer(tokenizer_json: dict[str, Any], where: str) -> str:
                     name,
                     _IGNORE_MERGES.get(name, False),
                 )
-            logger.info("pre-tokenizer %s -> llama.cpp %r", describe(pre), name)
+            if (where, name) not in _reported:  # a build inspects, then converts: say it once
+                _reported.add((where, name))
+                logger.info("pre-tokenizer %s -> llama.cpp %r", describe(pre), name)
             return name
     supported = ", ".join(name for name, _ in KNOWN_PRE_TOKENIZERS)
     raise UnsupportedModelError(
