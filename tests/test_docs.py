@@ -15,7 +15,10 @@ from packer.hub import aliases
 from packer.runtime.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-GUIDES = {"es": ROOT / "docs" / "es" / "guia-aula.md", "en": ROOT / "docs" / "en" / "classroom-guide.md"}
+GUIDES = {
+    "es": ROOT / "docs" / "es" / "guia-aula.md",
+    "en": ROOT / "docs" / "en" / "classroom-guide.md",
+}
 # the topics #15 asks for, as each guide's section titles say them
 TOPICS = {
     "es": ["memorias USB", "laboratorio", "toda la clase", "Privacidad", "Licencias", "RAM",

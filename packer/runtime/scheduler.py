@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from packer.runtime import grammar_cost
 from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
 from packer.runtime.textstream import TextStream
 
@@ -290,6 +291,10 @@ class Scheduler:
                     "invalid grammar: llama.cpp cannot parse it as GBNF with a 'root' rule"
                 )
             add(grammar)
+            refusal = grammar_cost.check(ll, self._vocab, p.grammar, _Candidates(ll, self.n_vocab))
+            if refusal is not None:
+                ll.llama_sampler_free(chain)
+                raise PromptError(refusal)
         if p.temperature < 0:
             add(ll.llama_sampler_init_dist(seed))
         elif p.temperature == 0:
@@ -463,9 +468,12 @@ class Scheduler:
         if req.params.grammar is None:
             token = ll.llama_sampler_sample(req.sampler, self._ctx, idx)
         else:
+            started = time.thread_time()  # this thread's CPU: other threads' work is not counted
             picked = self._sample_grammar(req.sampler, idx)
-            if picked is None:
-                self._refuse(slot, PromptError(GRAMMAR_DEAD_END))
+            assert req.params.grammar is not None
+            slow = grammar_cost.too_slow(req.params.grammar, time.thread_time() - started)
+            if picked is None or slow is not None:
+                self._refuse(slot, PromptError(slow or GRAMMAR_DEAD_END))
                 return
             token = picked
         now = time.perf_counter()
@@ -626,6 +634,18 @@ class _Candidates:
         arr.selected = -1
         arr.sorted = False
         return arr
+
+    @property
+    def size(self) -> int:
+        return self._n
+
+    def logits(self) -> Any:
+        """The logits after the samplers applied to the last :meth:`fill` (in place: the
+        grammar sets refused tokens to -inf without reordering)."""
+        return self._data["logit"][: self._array.size]
+
+    def token(self, i: int) -> int:
+        return int(self._data["id"][i])
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
