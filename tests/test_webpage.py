@@ -1,30 +1,26 @@
-"""The web chat page (templates/chat.html) in a real headless Chromium against a real server.
+"""The web chat page (templates/chat.html) in a real headless Chromium against a real model.
 
-The browser is driven over the Chrome DevTools Protocol on ``--remote-debugging-pipe`` (NUL-
-separated JSON on fds 3/4), so the test needs nothing beyond Debian's ``chromium``: clicks and
-typing are real input events (``Input.dispatchMouseEvent`` / ``Input.insertText``).
-The server is the unfrozen runtime, ``python -m packer.runtime --gguf SmolLM2 --server``.
+The server is the unfrozen runtime, ``python -m packer.runtime --gguf SmolLM2 --server``, and
+once the real demo model.run; the page's features on scripted answers (Markdown, storage,
+language, sharing, no outside requests) are in ``test_webpage_features.py``. The browser:
+``tests/chromium.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import fcntl
 import json
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
+from chromium import CHROMIUM, Browser
 from conftest import free_port, smollm_gguf_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +28,6 @@ ALIAS = "smollm2-web"
 KEY = "web-key"
 REPORT_SHOT = Path("/work/notes/webpage.png")
 MAX_TOKENS = 40
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,197 +38,31 @@ pytestmark = [
 ]
 
 
-# -- a tiny DevTools client ---------------------------------------------------------------
-
-
-class CDPError(RuntimeError):
-    pass
-
-
-class Browser:
-    """Headless Chromium with one page, driven over the DevTools pipe."""
-
-    def __init__(self, profile: Path) -> None:
-        to_r, to_w = os.pipe()
-        from_r, from_w = os.pipe()
-        # move the child's ends above 10 so dup2 onto 3 and 4 cannot clobber one another
-        child_in = fcntl.fcntl(to_r, fcntl.F_DUPFD_CLOEXEC, 10)
-        child_out = fcntl.fcntl(from_w, fcntl.F_DUPFD_CLOEXEC, 10)
-        os.close(to_r)
-        os.close(from_w)
-
-        def fds() -> None:
-            os.dup2(child_in, 3)
-            os.dup2(child_out, 4)
-
-        args = [
-            str(CHROMIUM),
-            "--headless",
-            "--remote-debugging-pipe",
-            "--no-sandbox",  # root in a container
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--disable-component-update",
-            f"--user-data-dir={profile}",
-            "about:blank",
-        ]
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            close_fds=False,  # only fds 3/4 (made inheritable by dup2) are inheritable here
-            preexec_fn=fds,  # noqa: PLW1509 - single-threaded test process
-        )
-        os.close(child_in)
-        os.close(child_out)
-        self._w, self._r = to_w, from_r
-        self._buf = b""
-        self._id = 0
-        self.session: str | None = None
-        self.events: list[dict[str, Any]] = []
-        target = self.send("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)[
-            "sessionId"
-        ]
-        self.send("Page.enable")
-        self.send("Runtime.enable")
-
-    def _read(self, deadline: float) -> dict[str, Any]:
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._r], [], [], left)[0]:
-                raise TimeoutError("no answer from chromium")
-            chunk = os.read(self._r, 1 << 16)
-            if not chunk:
-                raise CDPError("chromium exited")
-            self._buf += chunk
-        msg, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(msg)
-
-    def send(self, method: str, timeout: float = 30, **params: Any) -> dict[str, Any]:
-        self._id += 1
-        msg: dict[str, Any] = {"id": self._id, "method": method, "params": params}
-        if self.session and not method.startswith("Target."):
-            msg["sessionId"] = self.session
-        os.write(self._w, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._read(deadline)
-            if reply.get("id") == self._id:
-                if "error" in reply:
-                    raise CDPError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def js(self, expression: str) -> Any:
-        r = self.send(
-            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
-        )
-        if "exceptionDetails" in r:
-            raise CDPError(f"{expression}: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    def wait(self, expression: str, timeout: float = 300, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.js(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out waiting for {what or expression}")
-            time.sleep(0.1)
-
-    def open(self, url: str) -> None:
-        self.js("window.oldPage = true")
-        self.send("Page.navigate", url=url)
-        self.wait("!window.oldPage && document.readyState === 'complete'", 30, url)
-
-    def viewport(self, width: int, height: int, mobile: bool = False) -> None:
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            width=width,
-            height=height,
-            deviceScaleFactor=2 if mobile else 1,
-            mobile=mobile,
-        )
-        self.send("Emulation.setTouchEmulationEnabled", enabled=mobile, maxTouchPoints=5)
-
-    def click(self, selector: str) -> None:
-        """A real mouse click in the middle of the element (fails if it is not visible)."""
-        box = self.js(
-            f"""(() => {{ const el = document.querySelector({json.dumps(selector)});
-            if (!el) return null; el.scrollIntoView({{block: "nearest"}});
-            const r = el.getBoundingClientRect();
-            return r.width && r.height ? [r.x + r.width / 2, r.y + r.height / 2] : null; }})()"""
-        )
-        assert box, f"{selector} is not on the page or not visible"
-        for kind in ("mousePressed", "mouseReleased"):
-            self.send(
-                "Input.dispatchMouseEvent",
-                type=kind,
-                x=box[0],
-                y=box[1],
-                button="left",
-                clickCount=1,
-            )
-
-    def type(self, selector: str, text: str, replace: bool = False) -> None:
-        self.click(selector)
-        if replace:
-            self.js(f"document.querySelector({json.dumps(selector)}).select()")
-        self.send("Input.insertText", text=text)
-
-    def key(self, key: str, code: int) -> None:
-        for kind in ("keyDown", "keyUp"):
-            self.send(
-                "Input.dispatchKeyEvent",
-                type=kind,
-                key=key,
-                code=key,
-                windowsVirtualKeyCode=code,
-                nativeVirtualKeyCode=code,
-                text="\r" if kind == "keyDown" and key == "Enter" else "",
-            )
-
-    def screenshot(self, path: Path) -> Path:
-        data = self.send("Page.captureScreenshot", format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
-        return path
-
-    def close(self) -> None:
-        with suppress(CDPError, TimeoutError, OSError):
-            self.send("Browser.close", timeout=5)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._w)
-        os.close(self._r)
-
-
 # -- fixtures -----------------------------------------------------------------------------
 
 
-def _serve(tmp: Path, *extra: str) -> Iterator[str]:
+def _serve(tmp: Path, *extra: str, exe: Path | None = None) -> Iterator[str]:
+    """The unfrozen runtime on SmolLM2 (or ``exe``, a model.run, with an empty environment)."""
     port = free_port()
     log = (tmp / f"server-{port}.log").open("w")
+    flags = ["--server", "--port", str(port), "-c", "1024", "-t", "2", *extra]
+    if exe is None:
+        command = [sys.executable, "-m", "packer.runtime", "--gguf", str(smollm_gguf_path())]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    else:
+        home = tmp / f"home-{port}"
+        home.mkdir()
+        command, env = ["env", "-i", f"HOME={home}", str(exe)], None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "packer.runtime", "--gguf", str(smollm_gguf_path()), "--server"]
-        + ["--port", str(port), "-c", "1024", "-t", "2", *extra],
-        cwd=ROOT,
+        command + flags,
+        cwd=ROOT if exe is None else tmp,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, (tmp / f"server-{port}.log").read_text()
             try:
@@ -241,7 +70,7 @@ def _serve(tmp: Path, *extra: str) -> Iterator[str]:
                     break
             except requests.ConnectionError:
                 pass
-            assert time.monotonic() < deadline, "the server did not start in 60 s"
+            assert time.monotonic() < deadline, "the server did not start in 120 s"
             time.sleep(0.2)
         yield url
     finally:
@@ -295,11 +124,6 @@ def api_answer(url: str, messages: list[dict[str, str]]) -> str:
     return r.json()["choices"][0]["message"]["content"]
 
 
-def as_shown(text: str) -> str:
-    """What the page shows of an answer: ``` fence lines become <pre> blocks (text stays)."""
-    return re.sub(r"(?m)^```.*$\n?", "", text)
-
-
 def send_and_wait(b: Browser, text: str, via: Callable[[Browser], None] | None = None) -> str:
     n = b.js("document.querySelectorAll('.msg.assistant').length")
     b.type("#input", text)
@@ -312,7 +136,8 @@ def send_and_wait(b: Browser, text: str, via: Callable[[Browser], None] | None =
         "&& document.body.dataset.busy === '' && !document.getElementById('send').hidden",
         what="the streamed answer",
     )
-    return b.js("[...document.querySelectorAll('.msg.assistant')].at(-1).textContent")
+    # the answer as the model wrote it (the page shows it rendered as Markdown)
+    return b.js("[...document.querySelectorAll('.msg.assistant')].at(-1).answer")
 
 
 # -- tests --------------------------------------------------------------------------------
@@ -326,9 +151,11 @@ def test_chat_streams_the_greedy_answer(page: Browser, url: str, tmp: Path) -> N
     expected = api_answer(
         url, [{"role": "system", "content": system}, {"role": "user", "content": question}]
     )
-    assert answer.strip() and answer == as_shown(expected)
+    assert answer.strip() and answer == expected
     # the question round-trips as typed, non-ASCII included
     assert page.js("document.querySelector('.msg.user').textContent") == question
+    # ...and is kept in the browser (a reload shows it again)
+    assert page.js("JSON.parse(localStorage.getItem('packer.chat'))[1].content") == expected
     stats = page.js("document.querySelector('.stats').textContent")
     assert re.fullmatch(r"\d+ tokens, \d+\.\d tokens/s", stats), stats
 
@@ -344,7 +171,7 @@ def test_chat_streams_the_greedy_answer(page: Browser, url: str, tmp: Path) -> N
             {"role": "user", "content": follow},
         ],
     )
-    assert answer2 == as_shown(expected2)
+    assert answer2 == expected2
     shot = page.screenshot(tmp / "desktop.png")
     assert shot.stat().st_size > 10_000
 
@@ -390,15 +217,15 @@ def test_server_errors_are_shown(page: Browser) -> None:
 
 def test_model_output_is_text_not_html(page: Browser) -> None:
     evil = 'hi <img src=x onerror="window.pwned=1">\n```html\n<b>bold</b>\n```\nbye'
-    page.js(f"add('msg assistant', {json.dumps(evil)})")
+    page.js(f"addAnswer({json.dumps(evil)}, {{}})")
     el = "[...document.querySelectorAll('.msg.assistant')].at(-1)"
     assert page.js(f"{el}.querySelectorAll('img, b').length") == 0
     assert page.js(f"{el}.querySelector('pre').textContent") == "<b>bold</b>\n"
-    assert page.js(f"{el}.textContent") == as_shown(evil)
+    assert 'hi <img src=x onerror="window.pwned=1">' in page.js(f"{el}.textContent")
     assert page.js("window.pwned === undefined")
     # an answer still waiting for its first token shows "…"
-    page.js("add('msg assistant', '')")
-    assert page.js(f"getComputedStyle({el}, '::after').content") == '"…"'
+    page.js("addAnswer('')")
+    assert page.js(f"getComputedStyle({el}.querySelector('.body'), '::after').content") == '"…"'
 
 
 def test_phone_layout(browser: Browser, url: str, tmp: Path) -> None:
@@ -415,7 +242,7 @@ def test_phone_layout(browser: Browser, url: str, tmp: Path) -> None:
         const box = (id) => document.getElementById(id).getBoundingClientRect();
         const visible = (r) => r.width > 0 && r.left >= 0 && r.right <= innerWidth + 0.5
                                 && r.top >= 0 && r.bottom <= innerHeight + 0.5;
-        const buttons = [...document.querySelectorAll("button:not([hidden])")]
+        const buttons = [...document.querySelectorAll("button")].filter((b) => b.offsetParent)
                           .map((b) => b.getBoundingClientRect());
         return {scroll: document.documentElement.scrollWidth, width: innerWidth,
                 input: visible(box("input")), send: visible(box("send")),
@@ -445,3 +272,39 @@ def test_api_key_prompt(browser: Browser, tmp: Path) -> None:
         browser.click("#input")  # leaving the field commits it
         browser.wait(f"document.getElementById('title').textContent === {json.dumps(ALIAS)}", 10)
         assert browser.js("document.getElementById('notice').hidden")
+
+
+def test_demo_model_run_page_in_spanish(browser: Browser, demo_run: Path, tmp: Path) -> None:
+    """The real model.run (frozen runtime): its page, the vendored Markdown library and the
+    Spanish catalog come from inside the file; the manifest's quant and size are shown."""
+    for url in _serve(tmp, "--nobrowser", exe=demo_run):
+        info = requests.get(
+            url + "/packer/page.json", headers={"Accept-Language": "es-ES,es"}, timeout=10
+        ).json()
+        assert info["lang"] == "es" and info["messages"]["New chat"] == "Nuevo chat"
+        assert info["quant"] == "Q5_K_M" and info["size"] > 50_000_000
+        assert info["urls"] == [] and info["qr_svg"] is None  # loopback: nothing to share
+        browser.viewport(1280, 800)
+        browser.languages("es-ES,es;q=0.9")
+        browser.open(url + "/")
+        browser.js(
+            f"localStorage.clear(); localStorage.setItem('packer.max_tokens', '{MAX_TOKENS}')"
+        )
+        browser.js("localStorage.setItem('packer.temperature', '0')")
+        browser.open(url + "/")
+        browser.wait("!document.documentElement.classList.contains('loading')", 10, "page.json")
+        assert browser.js("typeof window.markdownit") == "function"
+        assert browser.js("document.getElementById('title').textContent") == info["model"]
+        assert "Q5_K_M" in browser.js("document.getElementById('meta').textContent")
+        assert browser.js("document.getElementById('clear').textContent") == "Nuevo chat"
+        question = "¿Qué es la cuantización?"
+        answer = send_and_wait(browser, question)
+        assert answer.strip()
+        assert answer == api_answer(url, [{"role": "user", "content": question}])
+        assert browser.js("document.querySelector('.msg.assistant .body').textContent.trim()")
+        if info["license"]["files"] or info["license"]["model_card"]:
+            browser.click("#license")
+            browser.wait("document.querySelectorAll('#license-body h3').length > 0", 10)
+            browser.screenshot(tmp / "demo-license-es.png")
+            browser.click("#license-dialog .close")
+        browser.screenshot(tmp / "demo-es.png")

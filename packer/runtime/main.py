@@ -173,8 +173,12 @@ def run(argv: list[str]) -> int:
     engine = Engine(gguf, options, name=name)
     try:
         if args.server:
-            from packer.runtime.server import serve
+            import dataclasses
 
+            from packer.runtime.server import serve
+            from packer.runtime.webpage import PageInfo
+
+            page = PageInfo.from_manifest(bundle.manifest) if bundle else None
             serve(
                 engine,
                 args.host,
@@ -182,7 +186,9 @@ def run(argv: list[str]) -> int:
                 model_alias=name,
                 api_key=args.api_key,
                 sampling=sampling,
-                http=_http_options(args),
+                http=dataclasses.replace(
+                    _http_options(args), page=page or PageInfo(size=gguf.stat().st_size)
+                ),
             )
             return EXIT_OK
         prompt = args.prompt

@@ -2,7 +2,8 @@
 
 Endpoints (llama.cpp server / llamafile compatible, see ``/work/shared/anchors.md``):
 
-* ``GET /`` web chat; ``GET /health``; ``GET /props``; ``GET /v1/models``;
+* ``GET /`` web chat (its data: ``GET /packer/page.json``, ``/packer/license``,
+  ``/packer/vendor/...``, see :mod:`packer.runtime.webpage`); ``GET /health``; ``GET /props``; ``GET /v1/models``;
 * ``POST /completion`` (llama.cpp; LangChain's ``Llamafile``), ``POST /tokenize``,
   ``POST /detokenize``;
 * ``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI);
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from packer.runtime import __version__
 from packer.runtime import browser_guard as guard
@@ -63,6 +64,7 @@ from packer.runtime.generate import PromptError, Sampling
 from packer.runtime.request_body import content_type_refusal, parse_json_object, read_body
 from packer.runtime.scheduler import QueueFull
 from packer.runtime.server_api import ApiError
+from packer.runtime.webpage import VENDOR, PageInfo, license_json, page_json
 
 if TYPE_CHECKING:
     from packer.runtime.engine import Engine
@@ -102,6 +104,8 @@ class HttpOptions:
     # the addresses students can type (every LAN address, for a non-loopback --host): printed
     # with a QR code at start and shown with one on the web page (GET /packer/page.json)
     public_urls: tuple[str, ...] = ()
+    # what the web page shows about the model (quant, size, licence), from the manifest
+    page: PageInfo | None = None
 
 
 class ServeError(OSError):
@@ -298,6 +302,9 @@ _GET = {
     "/": "page",
     "/index.html": "page",
     "/favicon.ico": "favicon",
+    "/packer/page.json": "page_json",
+    "/packer/license": "license",
+    **dict.fromkeys(VENDOR, "vendor"),
     "/health": "health",
     "/v1/health": "health",
     "/v1/models": "models",
@@ -325,7 +332,8 @@ _POST = {
     "/api/embed": "ollama_embed",
     "/api/embeddings": "ollama_embeddings",
 }
-_PUBLIC = {"page", "favicon", "health"}  # no API key needed (the page asks for one itself)
+# no API key needed (the page asks for one itself; what it loads holds nothing secret)
+_PUBLIC = {"page", "favicon", "health", "page_json", "license", "vendor"}
 # what the --ollama-port listener answers: Ollama's API, and OpenAI's /v1 as Ollama does
 _ON_OLLAMA_PORT = {
     "page",
@@ -709,6 +717,34 @@ class Handler(BaseHTTPRequestHandler):
                 404, "the web chat page is not part of this build", "not_found_error"
             ) from None
         self._send_bytes(200, body, "text/html; charset=utf-8", {"Cache-Control": "no-cache"})
+
+    def _h_vendor(self) -> None:
+        """The page's vendored scripts (templates/vendor/), part of the web chat."""
+        if not self.server.http.webui:
+            raise ApiError(
+                404, f"no such endpoint: {self.command} {self._path()}", "not_found_error"
+            )
+        name, kind = VENDOR[self._path()]
+        try:
+            body = (templates_dir() / name).read_bytes()
+        except OSError:
+            raise ApiError(404, f"{name} is not part of this build", "not_found_error") from None
+        self._send_bytes(200, body, kind, {"Cache-Control": "max-age=86400"})
+
+    def _h_page_json(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        srv = self.server
+        body = page_json(
+            srv.model_name,
+            srv.http.page,
+            srv.http.public_urls,
+            (query.get("lang") or [None])[0],
+            self.headers.get("Accept-Language", ""),
+        )
+        self._send_json(200, body, {"Cache-Control": "no-cache", "Vary": "Accept-Language"})
+
+    def _h_license(self) -> None:
+        self._send_json(200, license_json(self.server.http.page))
 
     def _h_favicon(self) -> None:
         self._send_bytes(204, b"", "image/x-icon")
