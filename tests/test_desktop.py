@@ -307,3 +307,38 @@ def test_sighup_stops_like_sigterm_unless_ignored() -> None:
             check=True,
         )
         assert p.stdout.strip() == expected
+
+
+def test_same_model_served_from_a_terminal_is_reused(tmp_path: Path) -> None:
+    """A double-click while `model.run --server` of the same model runs on the port: its page
+    is opened; another model, or another program, on the port: not."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = {"model_path": str(tmp_path / "models" / "abc.gguf")}
+
+    class Props(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps(served).encode() if self.path == "/props" else b"{}"
+            self.send_response(200 if self.path == "/props" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Props)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        same = tmp_path / "models" / "abc.gguf"
+        assert desktop.served_elsewhere("127.0.0.1", port, same) == f"http://127.0.0.1:{port}/"
+        assert desktop.served_elsewhere("0.0.0.0", port, same) == f"http://127.0.0.1:{port}/"
+        assert desktop.served_elsewhere("127.0.0.1", port, tmp_path / "other.gguf") is None
+        served.clear()  # another program that happens to answer
+        assert desktop.served_elsewhere("127.0.0.1", port, same) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert desktop.served_elsewhere("127.0.0.1", port, same) is None  # nothing listens

@@ -212,6 +212,29 @@ def free_port(host: str, port: int) -> int:
     return 0
 
 
+def served_elsewhere(host: str, port: int, gguf: Path) -> str | None:
+    """The chat page's URL when ``port`` is taken by a model.run serving this same model
+    (started from a terminal with ``--server``, say): its ``/props`` names the same GGUF file.
+    None otherwise (free, another program, or a server that wants a key)."""
+    import json
+    import urllib.request
+
+    if port == 0:
+        return None
+    url_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, host)
+    if ":" in url_host and not url_host.startswith("["):
+        url_host = f"[{url_host}]"
+    base = f"http://{url_host}:{port}/"
+    try:
+        with urllib.request.urlopen(base + "props", timeout=2) as r:
+            props = json.loads(r.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    if isinstance(props, dict) and props.get("model_path") == str(gguf):
+        return base
+    return None
+
+
 # -- the browser ----------------------------------------------------------------------------
 
 # reads one line (the URL) and opens it; EOF (model.run ended before listening) opens nothing
@@ -276,13 +299,16 @@ def browser_opener(
         return None
 
 
-def open_now(url: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Open ``url`` in a browser right away (a second start that found the model running)."""
+def open_running(url: str, environ: Mapping[str, str] | None = None) -> bool:
+    """A second start found this model already served at ``url``: open it in a browser right
+    away and say so; False when no browser could be opened."""
     opener = browser_opener(desktop_start=True, server=True, nobrowser=False, environ=environ)
-    if opener is None:
-        return False
-    opener.open(url)
-    return True
+    if opener is not None:
+        opener.open(url)
+        log.info(_("this model is already running: opened {url}").format(url=url))
+        return True
+    log.info(_("this model is already running: open {url}").format(url=url))
+    return False
 
 
 # -- the end of the session -----------------------------------------------------------------

@@ -18,7 +18,6 @@ from packer.runtime.cache import CacheError, ensure_gguf, optional_cache_dir, re
 from packer.runtime.cli import UsageError, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
-from packer.runtime.i18n import _
 from packer.runtime.payload import Bundle, BundleError, read_bundle
 from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
 from packer.runtime.quantize import run as quantize_main
@@ -152,11 +151,15 @@ def run(argv: list[str]) -> int:
 
     # before the sandbox: after it no file can be opened for writing, and what model.run starts
     # is bound by it (the browser's opener is started now and told the URL once it listens)
+    if desktop_start:
+        running_url = desktop.served_elsewhere(args.host, args.port, gguf)
+        if running_url:  # the same model, served from a terminal: no second copy in memory
+            desktop.open_running(running_url)
+            return EXIT_OK
+        args.port = desktop.free_port(args.host, args.port)
     opener = desktop.browser_opener(
         desktop_start=desktop_start, server=args.server, nobrowser=args.nobrowser
     )
-    if desktop_start:
-        args.port = desktop.free_port(args.host, args.port)
     if args.server:
         desktop.stop_on_hangup()
     watch = desktop.session_watch() if desktop_start else None
@@ -244,14 +247,7 @@ def _desktop_begin(cache_dir: Path, name: str, key: str) -> desktop.Instance | s
     desktop.start_log(cache_dir, name or "model", _prog())
     running = desktop.claim_instance(cache_dir, key)
     if isinstance(running, str):
-        opened = desktop.open_now(running)
-        log.info(
-            (
-                _("this model is already running: opened {url}")
-                if opened
-                else _("this model is already running: open {url}")
-            ).format(url=running)
-        )
+        desktop.open_running(running)
     return running
 
 
