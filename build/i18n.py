@@ -11,6 +11,7 @@ Uses Babel (``runtime-build`` extra); the output is deterministic, so ``--check`
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import sys
 from pathlib import Path
@@ -18,12 +19,20 @@ from pathlib import Path
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
+FIXED_DATE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 LOCALE = Path(__file__).resolve().parents[1] / "packer" / "runtime" / "locale"
 
 
 def compile_po(po: Path) -> bytes:
     with open(po, "rb") as f:
-        catalog = read_po(f, abort_invalid=True)
+        raw = f.read()
+    catalog = read_po(io.BytesIO(raw), abort_invalid=True)
+    # Babel stamps "now" into the header when the .po names no dates: the same .po must give
+    # the same bytes (--check, reproducible wheels and stub keys)
+    if b"POT-Creation-Date:" not in raw:
+        catalog.creation_date = FIXED_DATE
+    if b"PO-Revision-Date:" not in raw:
+        catalog.revision_date = FIXED_DATE
     out = io.BytesIO()
     write_mo(out, catalog, use_fuzzy=False)
     return out.getvalue()

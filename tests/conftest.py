@@ -9,6 +9,7 @@ as read-only: copy a folder (``copy_checkpoint``) before changing it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -33,6 +34,14 @@ def _ggml_backends() -> None:
     from packer.runtime.backend import load_backends
 
     load_backends("cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_desktop_session() -> None:
+    """model.run --server opens a web browser when a desktop session is present: not during
+    the tests of a developer's desktop (tests that check it set DISPLAY themselves)."""
+    for var in ("DISPLAY", "WAYLAND_DISPLAY"):
+        os.environ.pop(var, None)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from packer.runtime import __version__
+from packer.runtime import __version__, api_key, desktop
 from packer.runtime.backend import BackendError
 from packer.runtime.cache import CacheError, ensure_gguf, optional_cache_dir, resolve_cache_dir
 from packer.runtime.cli import UsageError, parse, redact_args
@@ -115,10 +115,20 @@ def run(argv: list[str]) -> int:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
 
+    desktop_start = desktop.is_desktop_start(args)  # a double-click: serve, open the browser
+    args.server = args.server or desktop_start
+    args.api_key = api_key.resolve(args, argv, os.environ)
+
     # resolved once: each resolution checks every candidate folder and warns about a fallback
     cache_dir: Path | None
+    instance: desktop.Instance | None = None
     if bundle:
         cache_dir = resolve_cache_dir(args.cache_dir)  # required: the model is unpacked there
+        if desktop_start:
+            running = _desktop_begin(cache_dir, bundle.manifest.name, bundle.gguf_sha256)
+            if isinstance(running, str):
+                return EXIT_OK
+            instance = running
         gguf = ensure_gguf(bundle, cache_dir)
         if args.extract:
             _copy_atomic(gguf, Path(args.extract))
@@ -131,8 +141,37 @@ def run(argv: list[str]) -> int:
         if not gguf.is_file():
             raise BundleError(f"no such GGUF file: {gguf}")
         name = args.alias or gguf.stem
+        if desktop_start and cache_dir is not None:
+            running = _desktop_begin(cache_dir, name, str(gguf.resolve()))
+            if isinstance(running, str):
+                return EXIT_OK
+            instance = running
     else:
         raise BundleError("this runtime has no model attached: build one with `packer build`")
+
+    # before the sandbox: after it no file can be opened for writing, and what model.run starts
+    # is bound by it (the browser's opener is started now and told the URL once it listens)
+    if desktop_start:
+        running_url = desktop.served_elsewhere(args.host, args.port, gguf)
+        if running_url:  # the same model, served from a terminal: no second copy in memory
+            desktop.open_running(running_url)
+            return EXIT_OK
+        args.port = desktop.free_port(args.host, args.port)
+    opener = desktop.browser_opener(
+        desktop_start=desktop_start, server=args.server, nobrowser=args.nobrowser
+    )
+    if args.server:
+        desktop.stop_on_hangup()
+    watch = desktop.session_watch() if desktop_start else None
+
+    def on_listening(url: str) -> None:
+        page = url + "/"
+        if instance is not None:
+            instance.publish(page)
+        if opener is not None:
+            opener.open(page)
+        if watch is not None:
+            watch.start()
 
     from packer.runtime import sandbox  # what model.run gives up, in two steps
 
@@ -189,6 +228,7 @@ def run(argv: list[str]) -> int:
                 http=dataclasses.replace(
                     _http_options(args), page=page or PageInfo(size=gguf.stat().st_size)
                 ),
+                ready=on_listening,
             )
             return EXIT_OK
         prompt = args.prompt
@@ -205,6 +245,16 @@ def run(argv: list[str]) -> int:
         return chat_loop(engine, sampling, system=args.system)
     finally:
         engine.close()
+
+
+def _desktop_begin(cache_dir: Path, name: str, key: str) -> desktop.Instance | str:
+    """A start without a terminal: the log file, then this model's one instance; the URL of
+    the instance already running (now opened in the browser) instead, if there is one."""
+    desktop.start_log(cache_dir, name or "model", _prog())
+    running = desktop.claim_instance(cache_dir, key)
+    if isinstance(running, str):
+        desktop.open_running(running)
+    return running
 
 
 def _backend_info(args: argparse.Namespace) -> dict[str, object]:

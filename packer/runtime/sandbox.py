@@ -21,8 +21,10 @@ cover exist:
    can write nowhere, so a process taken over through a request cannot replace the runtime
    that later starts execute.
 
-model.run writes nothing after start-up (it has no log files; the cache's writes and
-``--extract`` come before). Step 1 is skipped where the CUDA backend may be loaded: CUDA may
+model.run opens nothing for writing after start-up (the cache's writes and ``--extract``
+come before; a start without a terminal opens its log file and its instance file before step 1
+and keeps writing to them, and starts the process that opens the browser before it too:
+:mod:`packer.runtime.desktop`). Step 1 is skipped where the CUDA backend may be loaded: CUDA may
 run the setuid ``nvidia-modprobe`` to create its device nodes, which no_new_privs would stop;
 step 2 then sets everything, after the GPU is set up.
 

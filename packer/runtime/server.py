@@ -1291,6 +1291,11 @@ def serve(
             daemon=True,
         ).start()
         print(f"packer: Ollama API on {ollama_server.url}", file=sys.stderr, flush=True)
+    if not server.loopback_only and not http.public_urls:  # a class: the addresses to type
+        from packer.runtime import lan
+
+        urls = tuple(lan.public_urls(host, server.server_address[1]))
+        http = server.http = dataclasses.replace(http, public_urls=urls)
     where = server.url + (" (all interfaces)" if host in ("0.0.0.0", "::", "") else "")
     print(
         f"packer: serving {server.model_name} on {where}"
@@ -1298,6 +1303,11 @@ def serve(
         file=sys.stderr,
         flush=True,
     )
+    if not server.loopback_only:
+        from packer.runtime.lan import startup_lines
+
+        lines = startup_lines(list(http.public_urls), has_key=api_key is not None)
+        print("\n".join(lines), file=sys.stderr, flush=True)
     if ready is not None:
         ready(server.url)
     restore = _sigterm_raises_interrupt()
