@@ -11,6 +11,7 @@ Uses Babel (``runtime-build`` extra); the output is deterministic, so ``--check`
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import sys
 from pathlib import Path
@@ -18,12 +19,15 @@ from pathlib import Path
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
+PINNED_DATE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 LOCALE = Path(__file__).resolve().parents[1] / "packer" / "runtime" / "locale"
 
 
 def compile_po(po: Path) -> bytes:
-    with open(po, "rb") as f:
-        catalog = read_po(f, abort_invalid=True)
+    data = po.read_bytes()
+    catalog = read_po(io.BytesIO(data), abort_invalid=True)
+    if b"POT-Creation-Date:" not in data:  # else Babel writes the current time into the .mo
+        catalog.creation_date = PINNED_DATE
     out = io.BytesIO()
     write_mo(out, catalog, use_fuzzy=False)
     return out.getvalue()
