@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import html
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -164,6 +166,36 @@ def test_teacher_catalog_in_packer_localedir(
     assert "answer TEXT once on stdout and exit" in out  # untranslated: English, not empty
     with pytest.raises(UsageError, match="use one of en, es, fr"):
         parse(["--lang", "de"], [])
+
+
+@pytest.mark.skipif(not shutil.which("msgfmt"), reason="GNU gettext's msgfmt is not installed")
+def test_teacher_catalog_compiled_with_msgfmt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's recipe: copy our .po, translate, ``msgfmt -o packer.mo``."""
+    po = tmp_path / "it.po"
+    text = CATALOGS[0].read_text(encoding="utf-8").replace("Language: es", "Language: it")
+    po.write_text(text.replace('msgstr "uso: "', 'msgstr "uso (it): "'), encoding="utf-8")
+    mo = tmp_path / "locale" / "it" / "LC_MESSAGES" / "packer.mo"
+    mo.parent.mkdir(parents=True)
+    subprocess.run(["msgfmt", "--check", "-o", str(mo), str(po)], check=True, timeout=60)
+    monkeypatch.setenv("PACKER_LOCALEDIR", str(tmp_path / "locale"))
+    assert i18n.setup(None, {"LANG": "it_IT.UTF-8"}) == "it"
+    assert i18n._("usage: ") == "uso (it): " and i18n._("generation") == "generación"
+    assert i18n.ngettext("expected %s argument", "expected %s arguments", 2) == (
+        "se esperaban %s valores"
+    )
+
+
+def test_os_errors_in_the_chosen_language() -> None:
+    err = PermissionError(errno.EACCES, "Permission denied", "/x")
+    assert i18n.os_reason(err) == "permission denied"
+    i18n.setup("es")
+    assert i18n.os_reason(err) == "permiso denegado"
+    assert i18n.os_reason(OSError(errno.ENOSPC, "No space left on device")) == (
+        "no queda espacio en el dispositivo"
+    )
+    assert i18n.os_reason(OSError(errno.ECHILD, "No child processes")) == "No child processes"
 
 
 def test_damaged_catalog_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ the browser's languages.
 from __future__ import annotations
 
 import argparse
+import errno
 import gettext
 import os
 import re
@@ -66,6 +67,30 @@ def _(message: str) -> str:
 
 def ngettext(singular: str, plural: str, n: int) -> str:
     return _translation.ngettext(singular, plural, n)
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an operating-system call failed, in the chosen language: the C library's own text
+    (``exc.strerror``) is English whatever the locale, as Python never sets ``LC_MESSAGES``."""
+    reasons = {
+        errno.ENOENT: _("no such file or folder"),
+        errno.EACCES: _("permission denied"),
+        errno.EPERM: _("operation not permitted"),
+        errno.ENOSPC: _("no space left on the device"),
+        errno.EDQUOT: _("disk quota exceeded"),
+        errno.EROFS: _("read-only file system"),
+        errno.EEXIST: _("it already exists"),
+        errno.ENOTDIR: _("not a folder"),
+        errno.EISDIR: _("it is a folder"),
+        errno.EFBIG: _("file too large for this file system"),
+        errno.ENAMETOOLONG: _("file name too long"),
+        errno.EIO: _("input/output error (a damaged disk or a removed USB stick?)"),
+        errno.EADDRINUSE: _("address already in use"),
+        errno.EADDRNOTAVAIL: _("this machine has no such address"),
+    }
+    if exc.errno in reasons:
+        return reasons[exc.errno]
+    return exc.strerror or str(exc)
 
 
 def language() -> str:

@@ -18,7 +18,7 @@ from packer.runtime.cache import CacheError, ensure_gguf, optional_cache_dir, re
 from packer.runtime.cli import UsageError, choose_language, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
-from packer.runtime.i18n import _
+from packer.runtime.i18n import _, os_reason
 from packer.runtime.payload import Bundle, BundleError, read_bundle
 from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
 from packer.runtime.quantize import run as quantize_main
@@ -267,7 +267,7 @@ def _copy_atomic(src: Path, dst: Path) -> None:
             shutil.copyfileobj(fin, fout, COPY_CHUNK)
     except OSError as exc:
         raise CacheError(
-            _("cannot write {path}: {reason}").format(path=dst, reason=exc.strerror)
+            _("cannot write {path}: {reason}").format(path=dst, reason=os_reason(exc))
         ) from exc
 
 
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exc:  # argparse: --help (0) or bad flags (2)
         code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except OSError as exc:  # e.g. the server's port is taken
-        _error(str(exc))
+        _error(f"{exc.filename}: {os_reason(exc)}" if exc.filename else os_reason(exc))
         code = EXIT_ERROR
     except Exception as exc:  # a bug or llama.cpp refusing the model: one line, no traceback soup
         logging.getLogger("packer.runtime").debug("unexpected error", exc_info=True)
