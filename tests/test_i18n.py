@@ -124,6 +124,25 @@ def test_lang_flag_found_before_parsing() -> None:
     assert i18n.language() == "es"
 
 
+def test_build_refuses_a_baked_unknown_language(tmp_path: Path) -> None:
+    from conftest import smollm_gguf_path
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "packer", "build", str(smollm_gguf_path()), "--args", "--lang xx"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        "packer: error: --args: --lang xx: no translation for this language: use one of en, es "
+        "(or add a catalog in $PACKER_LOCALEDIR)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- a teacher's own catalog ------------------------------------------------------------------
 def _teacher_catalog(folder: Path, lang: str, messages: dict[str, str]) -> Path:
     """Compile ``messages`` as a teacher would (here with Babel, as build/i18n.py does)."""
