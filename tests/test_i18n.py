@@ -420,11 +420,18 @@ def runtime_messages() -> dict[str | tuple[str, str], str]:
     return found
 
 
+def argparse_sources() -> list[Path]:
+    """This Python's argparse.py, and the one of the Python that freezes the runtime (in the
+    Debian 11 build root) where that root was made on this machine."""
+    roots = Path.home() / ".cache" / "packer" / "roots"
+    return [Path(argparse.__file__), *roots.glob("build-*/opt/python/lib/python3*/argparse.py")]
+
+
 def argparse_messages() -> set[str | tuple[str, str]]:
-    """argparse's own translatable words, from this Python's argparse.py (3.11, as frozen)."""
-    tree = ast.parse(Path(argparse.__file__).read_text())
+    """argparse's own translatable words (Python 3.11, as frozen)."""
+    calls = [c for src in argparse_sources() for c in _calls(ast.parse(src.read_text()))]
     out: set[str | tuple[str, str]] = set()
-    for call in _calls(tree):
+    for call in calls:
         strings = [a.value for a in call.args if isinstance(a, ast.Constant)]
         if call.func.id == "_" and len(strings) == 1 and isinstance(strings[0], str):  # type: ignore[attr-defined]
             out.add(strings[0])
@@ -515,8 +522,10 @@ def test_there_is_a_spanish_catalog() -> None:
 
 
 def test_every_runtime_string_is_translated(catalog) -> None:  # type: ignore[no-untyped-def]
+    wanted = runtime_messages()
+    assert "%(prog)s: error: %(message)s\n" in wanted and len(wanted) > 100, len(wanted)
     missing = []
-    for msgid, where in runtime_messages().items():
+    for msgid, where in wanted.items():
         message = catalog.get(msgid)
         strings = message.string if message else None
         forms = strings if isinstance(strings, (tuple, list)) else [strings]
@@ -528,7 +537,9 @@ def test_every_runtime_string_is_translated(catalog) -> None:  # type: ignore[no
 
 
 def test_every_argparse_string_is_translated(catalog) -> None:  # type: ignore[no-untyped-def]
-    missing = [m for m in argparse_messages() if not (catalog.get(m) and catalog.get(m).string)]
+    wanted = argparse_messages()
+    assert "usage: " in wanted and "show this help message and exit" in wanted, wanted
+    missing = [m for m in wanted if not (catalog.get(m) and catalog.get(m).string)]
     assert not missing, missing
 
 
