@@ -76,6 +76,8 @@ def _english_afterwards(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-unt
         ({"LANGUAGE": "pt_BR:fr", "LANG": "es_ES.UTF-8"}, "es"),  # none we have: the locale's
         ({"LANGUAGE": "es_ES:es", "LC_ALL": "C"}, "en"),  # as GNU gettext: ignored in C
         ({"LANGUAGE": "es"}, "en"),  # no locale at all is the C locale
+        ({"LANG": "../../tmp/es"}, "en"),  # not a language: never a path into the catalogs
+        ({"LANGUAGE": "../es:es", "LANG": "en_US.UTF-8"}, "es"),
     ],
 )
 def test_resolve_from_locale(env: dict[str, str], expected: str) -> None:
@@ -673,7 +675,7 @@ def test_model_run_speaks_the_locale(demo_run: Path, tmp_path: Path) -> None:
         f"{target.parent}\n"
     )
     assert not target.parent.exists()
-    assert not (home / ".cache").exists()  # refused before unpacking anything
+    assert not (home / ".cache" / "packer" / "models").exists()  # refused before unpacking
 
     unknown = run_clean(demo_run, "--lang", "xx", cwd=tmp_path, env=base)
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1, unknown.stderr

@@ -115,7 +115,7 @@ def available() -> list[str]:
 def _candidates(tag: str) -> list[str]:
     """``es_ES.UTF-8@euro`` -> ``['es_ES', 'es']``; ``pt-BR`` -> ``['pt_BR', 'pt']``."""
     tag = tag.split(".", 1)[0].split("@", 1)[0].replace("-", "_").strip()
-    if not tag or tag in ("C", "POSIX"):
+    if not _TAG.match(tag):  # C, POSIX, empty, or not a language (never a path into the catalogs)
         return []
     lang, _sep, region = tag.partition("_")
     out = [f"{lang.lower()}_{region.upper()}"] if region else []
