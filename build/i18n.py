@@ -19,20 +19,15 @@ from pathlib import Path
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
-FIXED_DATE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+PINNED_DATE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 LOCALE = Path(__file__).resolve().parents[1] / "packer" / "runtime" / "locale"
 
 
 def compile_po(po: Path) -> bytes:
-    with open(po, "rb") as f:
-        raw = f.read()
-    catalog = read_po(io.BytesIO(raw), abort_invalid=True)
-    # Babel stamps "now" into the header when the .po names no dates: the same .po must give
-    # the same bytes (--check, reproducible wheels and stub keys)
-    if b"POT-Creation-Date:" not in raw:
-        catalog.creation_date = FIXED_DATE
-    if b"PO-Revision-Date:" not in raw:
-        catalog.revision_date = FIXED_DATE
+    data = po.read_bytes()
+    catalog = read_po(io.BytesIO(data), abort_invalid=True)
+    if b"POT-Creation-Date:" not in data:  # else Babel writes the current time into the .mo
+        catalog.creation_date = PINNED_DATE
     out = io.BytesIO()
     write_mo(out, catalog, use_fuzzy=False)
     return out.getvalue()

@@ -216,7 +216,8 @@ def plan(
     check_writable(out)
     baked = shlex.split(args) if isinstance(args, str) else list(args or [])
     if baked:
-        from packer.runtime.cli import build_parser
+        from packer.runtime.cli import build_parser, requested_language
+        from packer.runtime.i18n import LanguageError, resolve
 
         try:
             build_parser().parse_args(baked)
@@ -224,6 +225,10 @@ def plan(
             raise UsageError(
                 f"--args {shlex.join(baked)!r} are not valid model.run flags (see model.run --help)"
             ) from exc
+        try:  # a baked --lang without a catalog would stop every start of the file
+            resolve(requested_language(baked), {})
+        except LanguageError as exc:
+            raise UsageError(f"--args: {exc}") from None
     return BuildPlan(
         source=src,
         quant=qt,

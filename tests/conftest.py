@@ -23,6 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoints import make_checkpoints  # noqa: E402
 
+# model.run's messages follow the locale (packer.runtime.i18n): tests expect English whatever the
+# developer's own. A test wanting Spanish sets LANG (or passes --lang es) itself.
+for _var in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "PACKER_LANG", "PACKER_LOCALEDIR"):
+    os.environ.pop(_var, None)
+os.environ["LANG"] = "C.UTF-8"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _ggml_backends() -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 from packer.runtime import cpu_variant
 from packer.runtime.gpu_layers import auto_gpu_layers, read_layout
+from packer.runtime.i18n import _
 
 __all__ = [
     "GPU_CHOICES",
@@ -102,8 +103,10 @@ class Placement:
     reason: str
 
     def describe(self) -> str:
-        where = f"{self.device.name} ({self.device.description})" if self.device else "the CPU"
-        return f"{where}, {self.n_gpu_layers} layers offloaded: {self.reason}"
+        where = f"{self.device.name} ({self.device.description})" if self.device else _("the CPU")
+        return _("{where}, {n} layers offloaded: {reason}").format(
+            where=where, n=self.n_gpu_layers, reason=self.reason
+        )
 
 
 # -- flags -------------------------------------------------------------------------------------
@@ -114,9 +117,11 @@ def parse_gpu_layers(text: str) -> int | str:
     try:
         n = int(text)
     except ValueError:
-        raise ValueError(f"expected a number of layers or 'auto', not {text!r}") from None
+        raise ValueError(
+            _("expected a number of layers or 'auto', not {value!r}").format(value=text)
+        ) from None
     if n < 0:
-        raise ValueError(f"the number of layers must be 0 or more, not {n}")
+        raise ValueError(_("the number of layers must be 0 or more, not {n}").format(n=n))
     return n
 
 
@@ -138,7 +143,11 @@ def load_backends(
     if _loaded is not None:
         return _loaded
     if gpu not in GPU_CHOICES:
-        raise BackendError(f"--gpu must be one of {', '.join(GPU_CHOICES)}, not {gpu!r}")
+        raise BackendError(
+            _("--gpu must be one of {choices}, not {value!r}").format(
+                choices=", ".join(GPU_CHOICES), value=gpu
+            )
+        )
     try:
         import llama_cpp  # noqa: F401  (installs llama-cpp-python's log callback)
         import llama_cpp.llama_cpp as llama_lib
@@ -151,7 +160,7 @@ def load_backends(
     if api.reg_count() > 0:  # backends linked in: nothing to load
         result = Backends(lib_dir=None, dynamic=False, cpu_variant=None)
         for name in GPU_PREFERENCE:
-            result.problems[name] = f"this runtime has no {REGISTRY_NAMES[name]} backend"
+            result.problems[name] = _no_backend(name)
     else:
         lib_dir = _library_dir(Path(llama_lib.__file__).parent)
         result = Backends(lib_dir=str(lib_dir), dynamic=True, cpu_variant=None)
@@ -180,9 +189,16 @@ def _library_dir(package_lib: Path) -> Path:
         if any(folder.glob("libggml-cpu*.so")):
             return folder
     raise BackendError(
-        f"no CPU backend (libggml-cpu-*.so) in {candidates[0]}: this runtime is incomplete, "
-        "rebuild it with build/llama-wheel.sh"
+        _(
+            "no CPU backend (libggml-cpu-*.so) in {folder}: this runtime is incomplete, "
+            "rebuild it with build/llama-wheel.sh"
+        ).format(folder=candidates[0])
     )
+
+
+def _no_backend(name: str) -> str:
+    """Why a GPU backend this runtime was built without is unusable (not a problem here)."""
+    return _("this runtime has no {backend} backend").format(backend=REGISTRY_NAMES[name])
 
 
 def _load_gpu(api: _Ggml, lib_dir: Path, name: str) -> str | None:
@@ -190,17 +206,23 @@ def _load_gpu(api: _Ggml, lib_dir: Path, name: str) -> str | None:
     label = REGISTRY_NAMES[name]
     path = lib_dir / f"libggml-{name}.so"
     if not path.is_file():
-        return f"this runtime has no {label} backend"
+        return _no_backend(name)
     try:  # dlopen it ourselves first: ggml would print the loader's error, we want it as text
         ctypes.CDLL(str(path))
     except OSError as exc:
-        return f"cannot load {path.name}: {_loader_error(exc)}"
+        return _("cannot load {library}: {reason}").format(
+            library=path.name, reason=_loader_error(exc)
+        )
     reg = api.load(path)
     if not reg:
-        return f"{path.name} did not initialise"
+        return _("{library} did not initialise").format(library=path.name)
     if not any(d.backend == label and d.is_gpu for d in api.devices()):
-        return f"no {label} device found"
+        return _no_device(name)
     return None
+
+
+def _no_device(name: str) -> str:
+    return _("no {backend} device found").format(backend=REGISTRY_NAMES[name])
 
 
 def _load_cpu(
@@ -214,8 +236,8 @@ def _load_cpu(
     single = lib_dir / "libggml-cpu.so"  # a build without GGML_CPU_ALL_VARIANTS: nothing to choose
     if not scores and single.is_file():
         if not api.load(single):
-            raise BackendError(f"cannot load the CPU backend {single}")
-        return cpu_variant.Choice("base", "the only CPU backend in this runtime")
+            raise BackendError(_("cannot load the CPU backend {path}").format(path=single))
+        return cpu_variant.Choice("base", _("the only CPU backend in this runtime"))
     if cache_dir is None:  # none at all: the self-test runs at every start
         from packer.runtime.cache import optional_cache_dir
 
@@ -226,19 +248,19 @@ def _load_cpu(
         raise BackendError(str(exc)) from None
     path = lib_dir / f"{cpu_variant.CPU_PREFIX}{choice.variant}.so"
     if not api.load(path):
-        raise BackendError(f"cannot load the CPU backend {path}")
+        raise BackendError(_("cannot load the CPU backend {path}").format(path=path))
     return choice
 
 
 def _load_failure(message: str) -> str:
     """What to tell the user when llama.cpp itself (libllama.so) cannot be loaded."""
     if "libstdc++" in message or "GLIBCXX" in message or "libgcc_s" in message:
-        return (
+        return _(
             "this machine's C++ runtime is missing or older than GCC 10's (libstdc++ with "
             "GLIBCXX_3.4.28, as in Debian 11 / Ubuntu 20.04): install or update libstdc++6 "
-            f"(Debian/Ubuntu) or libstdc++ (Fedora/RHEL) ({message})"
-        )
-    return f"cannot load llama.cpp: {message}"
+            "(Debian/Ubuntu) or libstdc++ (Fedora/RHEL) ({message})"
+        ).format(message=message)
+    return _("cannot load llama.cpp: {message}").format(message=message)
 
 
 def _loader_error(exc: OSError) -> str:
@@ -323,21 +345,33 @@ def choose(
     candidates = backends.gpus(None if gpu == "auto" else gpu)
     if not candidates:
         if gpu != "auto":
-            why = backends.problems.get(gpu, f"no {REGISTRY_NAMES[gpu]} device found")
-            raise BackendError(f"--gpu {gpu}: {why}; use --gpu auto or --gpu cpu")
+            why = backends.problems.get(gpu, _no_device(gpu))
+            raise BackendError(
+                _("--gpu {gpu}: {why}; use --gpu auto or --gpu cpu").format(gpu=gpu, why=why)
+            )
         why = "; ".join(f"{REGISTRY_NAMES[k]}: {v}" for k, v in _present(backends).items())
-        return Placement("cpu", None, 0, f"no usable GPU ({why or 'this runtime has none'})")
+        return Placement(
+            "cpu",
+            None,
+            0,
+            _("no usable GPU ({why})").format(why=why or _("this runtime has none")),
+        )
     device = candidates[0]
     backend = next(k for k, v in REGISTRY_NAMES.items() if v == device.backend)
-    free = f"{device.free / 2**30:.1f} GiB free"
+    free = _("{gib:.1f} GiB free").format(gib=device.free / 2**30)
     if gpu_layers != "auto":
         return Placement(backend, device, int(gpu_layers), f"-ngl {gpu_layers}, {free}")
     if model_path is None:
-        return Placement(backend, device, 0, "-ngl auto: decided when the model is loaded")
+        return Placement(backend, device, 0, _("-ngl auto: decided when the model is loaded"))
     layout = read_layout(model_path)
     n = auto_gpu_layers(layout, device.free, n_ctx)
-    fits = "all fit" if n > layout.n_layer else f"{n} of {layout.n_layer} layers fit"
-    return Placement(backend, device, n, f"-ngl auto: {fits} in {free}")
+    if n > layout.n_layer:
+        fits = _("-ngl auto: all fit in {free}").format(free=free)
+    else:
+        fits = _("-ngl auto: {n} of {total} layers fit in {free}").format(
+            n=n, total=layout.n_layer, free=free
+        )
+    return Placement(backend, device, n, fits)
 
 
 def plan(
@@ -366,24 +400,28 @@ def plan(
         log.debug("%s backend: %s", REGISTRY_NAMES[name], why)
     log.debug("%s", summary(backends, placement))
     if gpu == "auto" and placement.backend == "cpu" and _present(backends):
-        log.warning("%s; running on the CPU", placement.reason)
+        log.warning(_("{reason}; running on the CPU").format(reason=placement.reason))
     return backends, placement
 
 
 def _present(backends: Backends) -> dict[str, str]:
     """The GPU backends this runtime has but cannot use here, and why."""
-    return {k: v for k, v in backends.problems.items() if not v.startswith("this runtime has no")}
+    return {k: v for k, v in backends.problems.items() if v != _no_backend(k)}
 
 
 def summary(backends: Backends, placement: Placement) -> str:
     """One line: the CPU variant, the GPUs (or why none), and the decision."""
     if backends.dynamic:
         usable = sum(1 for v in backends.cpu_scores.values() if v > 0)
-        cpu = f"CPU {backends.cpu_variant or 'base'} variant (best of {usable} usable here)"
+        cpu = _("CPU {variant} variant (best of {usable} usable here)").format(
+            variant=backends.cpu_variant or "base", usable=usable
+        )
     else:
-        cpu = "CPU built in"
-    gpus = ", ".join(f"{d.name} ({d.description})" for d in backends.gpus()) or "none"
-    return f"{cpu}; GPU: {gpus}; running on {placement.describe()}"
+        cpu = _("CPU built in")
+    gpus = ", ".join(f"{d.name} ({d.description})" for d in backends.gpus()) or _("none")
+    return _("{cpu}; GPU: {gpus}; running on {placement}").format(
+        cpu=cpu, gpus=gpus, placement=placement.describe()
+    )
 
 
 def info(backends: Backends, placement: Placement | None) -> dict[str, Any]:

@@ -1,18 +1,30 @@
-"""Command-line flags of model.run, llamafile/llama.cpp style, with defaults baked in at build time."""
+"""Command-line flags of model.run, llamafile/llama.cpp style, with defaults baked in at build time.
+
+Every text ``--help`` shows is translated (:mod:`packer.runtime.i18n`), argparse's own words
+included, so the language is chosen before the parser is built (:func:`parse`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
+from packer.runtime import i18n
 from packer.runtime.backend import GPU_CHOICES, parse_gpu_layers
 from packer.runtime.connections import CONNECTIONS_MARGIN
 from packer.runtime.engine import FLASH_ATTN_CHOICES
+from packer.runtime.i18n import _
 
 SECRET_FLAGS = ("--api-key",)  # never shown by --help or --info
+LANG_FLAG = "--lang"
 
-DESCRIPTION = """\
+
+def description() -> str:
+    """The text at the top of ``--help`` (``%(prog)s`` is the file's name)."""
+    return _(
+        """\
 Run the language model inside this file: no installation, no network.
 
   %(prog)s                         chat in the terminal
@@ -20,114 +32,138 @@ Run the language model inside this file: no installation, no network.
   %(prog)s --server                HTTP API (llama.cpp, OpenAI) + web chat on http://127.0.0.1:8080
   %(prog)s --info                  what model this is
 """
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block above it) that says what to do."""
+
+    def error(self, message: str) -> NoReturn:
+        message = _("{message} (--help lists the options)").format(message=message)
+        self.exit(2, _("%(prog)s: error: %(message)s\n") % {"prog": self.prog, "message": message})
 
 
 def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The parser, in the language chosen beforehand (:func:`choose_language`)."""
+    p = _Parser(
         prog=prog,
-        description=DESCRIPTION,
+        description=description(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    mode = p.add_argument_group("what to do (default: terminal chat)")
-    mode.add_argument("-p", "--prompt", metavar="TEXT", help="answer TEXT once on stdout and exit")
+    mode = p.add_argument_group(_("what to do (default: terminal chat)"))
     mode.add_argument(
-        "--server", action="store_true", help="serve the HTTP API and the web chat page"
+        "-p", "--prompt", metavar=_("TEXT"), help=_("answer TEXT once on stdout and exit")
     )
     mode.add_argument(
-        "--info", action="store_true", help="print the model's manifest (JSON) and exit"
+        "--server", action="store_true", help=_("serve the HTTP API and the web chat page")
+    )
+    mode.add_argument(
+        "--info", action="store_true", help=_("print the model's manifest (JSON) and exit")
     )
     mode.add_argument(
         "--extract",
-        metavar="FILE",
-        help="write the model out as a GGUF file (for other tools) and exit",
+        metavar=_("FILE"),
+        help=_("write the model out as a GGUF file (for other tools) and exit"),
     )
-    mode.add_argument("--version", action="store_true", help="print the runtime version and exit")
+    mode.add_argument(
+        "--version", action="store_true", help=_("print the runtime version and exit")
+    )
     mode.add_argument(
         "--license",
         action="store_true",
-        help="print the model's licence texts and model card and exit",
+        help=_("print the model's licence texts and model card and exit"),
     )
     mode.add_argument(
         "--verify",
         action="store_true",
-        help="check that this file (and each of its parts) is complete and undamaged, without "
-        "running the model, and exit",
+        help=_(
+            "check that this file (and each of its parts) is complete and undamaged, without "
+            "running the model, and exit"
+        ),
     )
     mode.add_argument(
         "--uninstall",
         "--clean-cache",
         dest="uninstall",
         action="store_true",
-        help="remove what this file unpacked into the cache folder (model and runtime), say how "
-        "much space that freed, and exit",
+        help=_(
+            "remove what this file unpacked into the cache folder (model and runtime), say how "
+            "much space that freed, and exit"
+        ),
     )
 
-    gen = p.add_argument_group("generation")
+    gen = p.add_argument_group(_("generation"))
     gen.add_argument(
-        "--raw", action="store_true", help="plain completion of the prompt, no chat template"
+        "--raw", action="store_true", help=_("plain completion of the prompt, no chat template")
     )
     gen.add_argument(
-        "--system", metavar="TEXT", help="system prompt for chat (default: the model's own)"
+        "--system",
+        metavar=_("TEXT"),
+        help=_("system prompt for chat (default: the model's own)"),
     )
     gen.add_argument(
         "--show-thinking",
         action="store_true",
-        help="show a reasoning model's thinking (its <think> section), dimmed on a terminal; "
-        "by default it is hidden",
+        help=_(
+            "show a reasoning model's thinking (its <think> section), dimmed on a terminal; "
+            "by default it is hidden"
+        ),
     )
     gen.add_argument(
         "-n",
         "--n-predict",
-        type=int,
+        type=_whole_number,
         default=-1,
         metavar="N",
-        help="tokens to generate, -1 = until the answer ends (default: %(default)s)",
+        help=_("tokens to generate, -1 = until the answer ends (default: %(default)s)"),
     )
     gen.add_argument(
         "--temp",
-        type=float,
+        type=_number,
         default=0.8,
         metavar="T",
-        help="temperature, 0 = always the most likely token (default: %(default)s)",
+        help=_("temperature, 0 = always the most likely token (default: %(default)s)"),
     )
-    gen.add_argument("--top-k", type=int, default=40, metavar="K", help="default: %(default)s")
-    gen.add_argument("--top-p", type=float, default=0.95, metavar="P", help="default: %(default)s")
-    gen.add_argument("--min-p", type=float, default=0.05, metavar="P", help="default: %(default)s")
-    gen.add_argument(
-        "--repeat-penalty", type=float, default=1.1, metavar="X", help="default: %(default)s"
-    )
+    default = _("default: %(default)s")
+    gen.add_argument("--top-k", type=_whole_number, default=40, metavar="K", help=default)
+    gen.add_argument("--top-p", type=_number, default=0.95, metavar="P", help=default)
+    gen.add_argument("--min-p", type=_number, default=0.05, metavar="P", help=default)
+    gen.add_argument("--repeat-penalty", type=_number, default=1.1, metavar="X", help=default)
     gen.add_argument(
         "--seed",
-        type=int,
+        type=_whole_number,
         default=-1,
         metavar="N",
-        help="random seed, -1 = random (default: %(default)s)",
+        help=_("random seed, -1 = random (default: %(default)s)"),
     )
 
-    res = p.add_argument_group("resources")
+    res = p.add_argument_group(_("resources"))
     res.add_argument(
         "-c",
         "--ctx-size",
-        type=int,
+        type=_whole_number,
         default=4096,
         metavar="N",
-        help="context size in tokens, 0 = the model's own (default: %(default)s)",
+        help=_("context size in tokens, 0 = the model's own (default: %(default)s)"),
     )
     res.add_argument(
         "-t",
         "--threads",
-        type=int,
+        type=_whole_number,
         default=None,
         metavar="N",
-        help="CPU threads (default: all available cores)",
+        help=_("CPU threads (default: all available cores)"),
     )
     res.add_argument(
         "--gpu",
         choices=GPU_CHOICES,
         default="auto",
-        help="where to compute: auto = a GPU if this runtime has a backend for one (Vulkan, or "
-        "CUDA in the cuda build) and finds a usable device, else the CPU (default: %(default)s)",
+        help=_(
+            "where to compute: auto = a GPU if this runtime has a backend for one (Vulkan, or "
+            "CUDA in the cuda build) and finds a usable device, else the CPU (default: "
+            "%(default)s)"
+        ),
     )
     res.add_argument(
         "-ngl",
@@ -135,16 +171,20 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         type=_gpu_layers,
         default="auto",
         metavar="N|auto",
-        help="layers to offload to the GPU; auto = as many as fit in its free memory "
-        "(default: %(default)s)",
+        help=_(
+            "layers to offload to the GPU; auto = as many as fit in its free memory "
+            "(default: %(default)s)"
+        ),
     )
     res.add_argument(
         "--cpu-variant",
-        metavar="NAME",
+        metavar=_("NAME"),
         default=None,
-        help="the CPU kernel set, e.g. haswell or skylakex (default: $PACKER_CPU_VARIANT, else "
-        "the best one this machine runs correctly, self-tested once per machine; "
-        "--info --verbose lists them)",
+        help=_(
+            "the CPU kernel set, e.g. haswell or skylakex (default: $PACKER_CPU_VARIANT, else "
+            "the best one this machine runs correctly, self-tested once per machine; "
+            "--info --verbose lists them)"
+        ),
     )
     res.add_argument(
         "-fa",
@@ -153,128 +193,175 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         nargs="?",
         const="on",
         default="auto",
-        help="flash attention: auto = where the backend supports it, as llama.cpp decides; a "
-        "bare -fa means on (default: %(default)s)",
+        help=_(
+            "flash attention: auto = where the backend supports it, as llama.cpp decides; a "
+            "bare -fa means on (default: %(default)s)"
+        ),
     )
     res.add_argument(
         "--cache-dir",
-        metavar="DIR",
-        help="where the model is unpacked on first run (default: $PACKER_CACHE, $XDG_CACHE_HOME/packer or ~/.cache/packer)",
+        metavar=_("DIR"),
+        help=_(
+            "where the model is unpacked on first run (default: $PACKER_CACHE, "
+            "$XDG_CACHE_HOME/packer or ~/.cache/packer)"
+        ),
     )
     res.add_argument(
         "--stats",
         action="store_true",
-        help="after a one-shot answer, print llama.cpp's timings as one JSON line on stderr",
+        help=_("after a one-shot answer, print llama.cpp's timings as one JSON line on stderr"),
     )
-    res.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
+    res.add_argument("--verbose", action="store_true", help=_("show llama.cpp's own log on stderr"))
 
-    srv = p.add_argument_group("server")
+    srv = p.add_argument_group(_("server"))
     srv.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 = the whole network (default: %(default)s)",
+        metavar=_("ADDRESS"),
+        help=_("address to listen on; 0.0.0.0 = the whole network (default: %(default)s)"),
     )
-    srv.add_argument("--port", type=int, default=8080, help="default: %(default)s")
+    srv.add_argument("--port", type=_whole_number, default=8080, metavar=_("PORT"), help=default)
     srv.add_argument(
         "--api-key",
-        metavar="KEY",
-        help="require 'Authorization: Bearer KEY' (all but /health); --info and --help never "
-        "show a key baked into the file",
+        metavar=_("KEY"),
+        help=_(
+            "require 'Authorization: Bearer KEY' (all but /health); --info and --help never "
+            "show a key baked into the file"
+        ),
     )
     srv.add_argument(
         "--api-key-file",
-        metavar="FILE",
-        help="read the API key from the first line of FILE; or set $PACKER_API_KEY (unlike "
-        "--api-key, neither shows the key to other users in `ps`)",
+        metavar=_("FILE"),
+        help=_(
+            "read the API key from the first line of FILE; or set $PACKER_API_KEY (unlike "
+            "--api-key, neither shows the key to other users in `ps`)"
+        ),
     )
     srv.add_argument(
-        "--alias", metavar="NAME", help="model name reported by the API (default: the model's name)"
+        "--alias",
+        metavar=_("NAME"),
+        help=_("model name reported by the API (default: the model's name)"),
     )
     srv.add_argument(
         "--ollama-port",
-        type=int,
-        metavar="PORT",
-        help="also serve Ollama's API on PORT of the same host (Ollama's own is 11434)",
+        type=_whole_number,
+        metavar=_("PORT"),
+        help=_("also serve Ollama's API on PORT of the same host (Ollama's own is 11434)"),
     )
     srv.add_argument(
         "--cors",
         action="append",
         default=[],
-        metavar="ORIGIN",
-        help="let web pages from ORIGIN call the API (repeat or comma-separate; * = any); "
-        "default: none, only the server's own page",
+        metavar=_("ORIGIN"),
+        help=_(
+            "let web pages from ORIGIN call the API (repeat or comma-separate; * = any); "
+            "default: none, only the server's own page"
+        ),
     )
     srv.add_argument(
         "--allowed-host",
         action="append",
         default=[],
-        metavar="NAME",
-        help="on a loopback --host, also answer requests whose Host header is NAME, e.g. the "
-        "public name a reverse proxy passes on (repeat or comma-separate; * = any); default: "
-        "localhost and loopback addresses only",
+        metavar=_("NAME"),
+        help=_(
+            "on a loopback --host, also answer requests whose Host header is NAME, e.g. the "
+            "public name a reverse proxy passes on (repeat or comma-separate; * = any); "
+            "default: localhost and loopback addresses only"
+        ),
     )
     srv.add_argument(
         "--max-body-mb",
-        type=float,
+        type=_number,
         default=8.0,
         metavar="MB",
-        help="largest request body accepted (default: %(default)s)",
+        help=_("largest request body accepted (default: %(default)s)"),
     )
     srv.add_argument(
         "--max-tokens",
-        type=int,
+        type=_whole_number,
         default=-1,
         metavar="N",
-        help="most tokens one request may generate, -1 = up to the context (default: %(default)s)",
+        help=_(
+            "most tokens one request may generate, -1 = up to the context (default: %(default)s)"
+        ),
     )
     srv.add_argument(
         "--no-webui",
         action="store_true",
-        help="do not serve the web chat page; / then answers like Ollama",
+        help=_("do not serve the web chat page; / then answers like Ollama"),
     )
     srv.add_argument(
         "-np",
         "--parallel",
-        type=int,
+        type=_whole_number,
         default=None,
         metavar="N",
-        help="requests generated at once (slots), decoded together in one batch; each slot gets "
-        "--ctx-size / N tokens (default: 4 with --server, else 1)",
+        help=_(
+            "requests generated at once (slots), decoded together in one batch; each slot gets "
+            "--ctx-size / N tokens (default: 4 with --server, else 1)"
+        ),
     )
     srv.add_argument(
         "--max-queue",
-        type=int,
+        type=_whole_number,
         default=64,
         metavar="N",
-        help="requests that may wait for a free slot; more get HTTP 503 with Retry-After "
-        "(default: %(default)s)",
+        help=_(
+            "requests that may wait for a free slot; more get HTTP 503 with Retry-After "
+            "(default: %(default)s)"
+        ),
     )
     srv.add_argument(
         "--max-connections",
-        type=int,
+        type=_whole_number,
         default=0,
         metavar="N",
-        help="connections served at once; more get HTTP 503 at once, 0 = slots + --max-queue + "
-        f"{CONNECTIONS_MARGIN} (default: %(default)s)",
+        help=_(
+            "connections served at once; more get HTTP 503 at once, 0 = slots + --max-queue + "
+            "{margin} (default: %(default)s)"
+        ).format(margin=CONNECTIONS_MARGIN),
     )
     srv.add_argument(
         "--nobrowser",
         action="store_true",
-        help="do not open the chat page in a web browser (by default --server, and a start "
-        "without a terminal, open it when a desktop session is present)",
+        help=_(
+            "do not open the chat page in a web browser (by default --server, and a start "
+            "without a terminal, open it when a desktop session is present)"
+        ),
     )
 
     p.add_argument(
-        "--lang",
-        metavar="CODE",
-        help="language of messages and help, e.g. en or es (default: $PACKER_LANG, else the "
-        "locale: $LANGUAGE, $LC_ALL, $LC_MESSAGES, $LANG; English when there is no translation)",
+        LANG_FLAG,
+        metavar=_("CODE"),
+        help=_(
+            "language of messages and help, e.g. en or es (default: $PACKER_LANG, else the "
+            "locale: $LANGUAGE, $LC_ALL, $LC_MESSAGES, $LANG; English when there is no "
+            "translation)"
+        ),
     )
 
     # development hooks (not shown): run the unfrozen runtime on a GGUF or a model.run
     p.add_argument("--gguf", help=argparse.SUPPRESS)
     p.add_argument("--bundle", help=argparse.SUPPRESS)
     return p
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("{value!r} is not a whole number").format(value=text)
+        ) from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("{value!r} is not a number").format(value=text)
+        ) from None
 
 
 def _gpu_layers(text: str) -> int | str:
@@ -284,20 +371,59 @@ def _gpu_layers(text: str) -> int | str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def requested_language(args: Sequence[str]) -> str | None:
+    """The value of the last ``--lang X``/``--lang=X`` in ``args`` (None when there is none),
+    found before parsing: the parser itself speaks the language."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == LANG_FLAG and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith(LANG_FLAG + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def choose_language(argv: Sequence[str], baked: Sequence[str] = ()) -> str:
+    """Speak the language asked for by ``--lang`` (the command line's over the baked one), else
+    by ``PACKER_LANG`` or the locale (:func:`packer.runtime.i18n.resolve`); its code. An unknown
+    one raises :class:`UsageError`, said in the locale's language."""
+    requested = requested_language(argv) or requested_language(baked)
+    try:
+        return i18n.setup(requested)
+    except i18n.LanguageError as exc:
+        environ = {k: v for k, v in os.environ.items() if k != "PACKER_LANG"}
+        i18n.setup(None, environ)  # say it in the locale's language
+        raise UsageError(str(exc)) from None
+
+
 def parse(argv: list[str], baked: list[str], prog: str = "model.run") -> argparse.Namespace:
-    """Parse ``argv`` on top of the ``baked`` default arguments, which --help shows as defaults."""
+    """Parse ``argv`` on top of the ``baked`` default arguments, which --help shows as defaults.
+    Chooses the language first (:func:`choose_language`)."""
+    choose_language(argv, baked)
     parser = build_parser(prog)
     if baked:
         base = parser.parse_args(baked)
         parser.set_defaults(**_explicit(vars(base), parser))
-        parser.epilog = "defaults baked into this file: " + shlex.join(redact_args(baked))
+        parser.epilog = _("defaults baked into this file: {args}").format(
+            args=shlex.join(redact_args(baked))
+        )
     args = parser.parse_args(argv)
     key = args.api_key
-    if key is not None and (not key.strip() or key != key.strip()):
-        what = "empty" if not key.strip() else "padded with spaces, which clients cannot send"
+    if key is not None and not key.strip():
         raise UsageError(
-            f"--api-key is {what}: give the key clients must send, or leave --api-key out to "
-            "serve without one"
+            _(
+                "--api-key is empty: give the key clients must send, or leave --api-key out to "
+                "serve without one"
+            )
+        )
+    if key is not None and key != key.strip():
+        raise UsageError(
+            _(
+                "--api-key is padded with spaces, which clients cannot send: give the key "
+                "clients must send, or leave --api-key out to serve without one"
+            )
         )
     return args
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.runtime.atomic_write import atomic_write
+from packer.runtime.i18n import _
 
 log = logging.getLogger("packer.runtime.cpu_variant")
 
@@ -118,7 +119,11 @@ def choose(
     if pinned and pinned != "auto":
         return _pinned(pinned, scores, candidates)
     if not candidates:
-        raise VariantError(f"no CPU variant in {lib_dir} supports this CPU (scores: {scores})")
+        raise VariantError(
+            _("no CPU variant in {folder} supports this CPU (scores: {scores})").format(
+                folder=lib_dir, scores=scores
+            )
+        )
     verdict = _verdict_path(cache_dir, lib_dir, scores) if cache_dir is not None else None
     remembered = _read_verdict(verdict, candidates) if verdict is not None else None
     if remembered is not None:
@@ -128,23 +133,32 @@ def choose(
         try:
             problem = run_self_test(lib_dir / f"{CPU_PREFIX}{name}.so")
         except SelfTestUnavailable as exc:  # says nothing about the CPU: run as ggml would
-            log.warning("CPU: using the %s variant untested: %s", name, exc)
-            return Choice(name, f"not self-tested: {exc}", rejected)
+            log.warning(
+                _("CPU: using the {variant} variant untested: {reason}").format(
+                    variant=name, reason=exc
+                )
+            )
+            return Choice(name, _("not self-tested: {reason}").format(reason=exc), rejected)
         if problem is None:
             break
         rejected[name] = problem
     else:
         raise VariantError(
-            "no CPU variant passed its self-test on this machine ("
-            + "; ".join(f"{k}: {v}" for k, v in rejected.items())
-            + f"): pin one with --cpu-variant NAME or {ENV}=NAME"
+            _(
+                "no CPU variant passed its self-test on this machine ({failures}): pin one with "
+                "--cpu-variant NAME or {env}=NAME"
+            ).format(failures="; ".join(f"{k}: {v}" for k, v in rejected.items()), env=ENV)
         )
     if rejected:  # the one line a user sees; a variant that simply passes says nothing
         failed = "; ".join(f"{k} {v}" for k, v in rejected.items())
-        why = f"the better-scored {failed}"
-        log.warning("CPU: using the %s variant, because %s", name, failed)
+        why = _("the better-scored {failed}").format(failed=failed)
+        log.warning(
+            _("CPU: using the {variant} variant, because {failed}").format(
+                variant=name, failed=failed
+            )
+        )
     else:
-        why = "the best for this CPU; passed its self-test"
+        why = _("the best for this CPU; passed its self-test")
         log.debug("CPU: the %s variant passed its self-test (remembered in %s)", name, verdict)
     choice = Choice(name, why, rejected, verdict)
     if verdict is not None:
@@ -155,15 +169,18 @@ def choose(
 def _pinned(name: str, scores: dict[str, int], candidates: list[str]) -> Choice:
     if name not in scores:
         raise VariantError(
-            f"--cpu-variant {name}: this runtime has no such CPU variant "
-            f"(it has: {', '.join(sorted(scores)) or 'none'})"
+            _(
+                "--cpu-variant {name}: this runtime has no such CPU variant (it has: {names})"
+            ).format(name=name, names=", ".join(sorted(scores)) or _("none"))
         )
     if name not in candidates:
         raise VariantError(
-            f"--cpu-variant {name}: this CPU lacks instructions that variant needs "
-            f"(usable here: {', '.join(candidates) or 'none'})"
+            _(
+                "--cpu-variant {name}: this CPU lacks instructions that variant needs (usable "
+                "here: {names})"
+            ).format(name=name, names=", ".join(candidates) or _("none"))
         )
-    return Choice(name, f"pinned by --cpu-variant or {ENV}; not self-tested")
+    return Choice(name, _("pinned by --cpu-variant or {env}; not self-tested").format(env=ENV))
 
 
 # -- the remembered verdict -------------------------------------------------------------------
@@ -202,7 +219,9 @@ def _read_verdict(path: Path, candidates: list[str]) -> Choice | None:
         return None  # none yet, or unreadable: test again
     if variant not in candidates:
         return None
-    return Choice(variant, f"{why} (remembered in {path})", rejected, path)
+    return Choice(
+        variant, _("{why} (remembered in {path})").format(why=why, path=path), rejected, path
+    )
 
 
 def _write_verdict(path: Path, choice: Choice) -> None:
@@ -245,16 +264,21 @@ def run_self_test(library: Path, timeout: float = SELF_TEST_TIMEOUT) -> str | No
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
-        return f"did not finish its self-test in {timeout:.0f} s"
+        return _("did not finish its self-test in {seconds:.0f} s").format(seconds=timeout)
     except OSError as exc:
-        raise SelfTestUnavailable(f"cannot start {command[0]}: {exc}") from exc
+        raise SelfTestUnavailable(
+            _("cannot start {program}: {reason}").format(program=command[0], reason=exc)
+        ) from exc
     log.debug("self-test of %s: rc %s, %s", library.name, proc.returncode, proc.stdout.strip())
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode)
-        return f"died of {sig.name} ({signal.strsignal(sig) or 'signal'}) in its self-test"
+        return _("died of {signal} ({description}) in its self-test").format(
+            signal=sig.name, description=signal.strsignal(sig) or "signal"
+        )
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        return f"failed its self-test: {lines[-1] if lines else f'exit code {proc.returncode}'}"
+        last = lines[-1] if lines else _("exit code {code}").format(code=proc.returncode)
+        return _("failed its self-test: {reason}").format(reason=last)
     return None
 
 

@@ -23,6 +23,7 @@ from packer.runtime.generate import (
     completion_tokens,
     generate,
 )
+from packer.runtime.i18n import _, ngettext
 from packer.runtime.scheduler import Scheduler
 
 __all__ = ["Engine", "EngineOptions", "GenResult", "Sampling", "default_threads"]
@@ -81,12 +82,19 @@ class Engine:
         threads = options.n_threads or default_threads()
         n_parallel = max(1, options.n_parallel)
         log.info(
-            "loading %s (ctx %s, %d slot(s), %d threads, flash attention %s)",
-            self.name,
-            options.n_ctx or "trained",
-            n_parallel,
-            threads,
-            options.flash_attn,
+            ngettext(
+                "loading {name} (ctx {ctx}, {slots} slot, {threads} threads, flash attention "
+                "{flash_attn})",
+                "loading {name} (ctx {ctx}, {slots} slots, {threads} threads, flash attention "
+                "{flash_attn})",
+                n_parallel,
+            ).format(
+                name=self.name,
+                ctx=options.n_ctx or _("trained"),
+                slots=n_parallel,
+                threads=threads,
+                flash_attn=options.flash_attn,
+            )
         )
         from packer.runtime.backend import load_backends
 

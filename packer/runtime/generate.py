@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from packer.runtime.i18n import _
+
 if TYPE_CHECKING:
     from packer.runtime.engine import Engine
 
@@ -54,12 +56,19 @@ class Sampling:
 
 class PromptError(ValueError):
     """A prompt the model cannot take (too long for the context, bad token ids, a conversation
-    the chat template refuses). ``n_prompt``/``n_ctx`` are set when it is too long."""
+    the chat template refuses). ``n_prompt``/``n_ctx`` are set when it is too long.
+    ``message`` is English, for HTTP clients; ``str()`` is ``translated`` (the same in the
+    user's language, for the terminal) when given."""
 
     def __init__(
-        self, message: str, *, n_prompt: int | None = None, n_ctx: int | None = None
+        self,
+        message: str,
+        *,
+        n_prompt: int | None = None,
+        n_ctx: int | None = None,
+        translated: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(translated or message)
         self.message = message
         self.n_prompt = n_prompt
         self.n_ctx = n_ctx
@@ -160,7 +169,7 @@ def completion_tokens(engine: Engine, prompt: str | list[int | str]) -> list[int
     if not tokens:
         bos = engine.llm.token_bos()
         if bos < 0:
-            raise PromptError("the prompt is empty")
+            raise PromptError("the prompt is empty", translated=_("the prompt is empty"))
         tokens = [bos]
     return tokens
 
@@ -217,7 +226,12 @@ def chat_tokens(
         prompt = cap.prompt
         raw_stop = cap.kwargs.get("stop") or []
     except Exception as exc:  # the template refused the conversation (e.g. roles out of order)
-        raise PromptError(f"the chat template cannot format these messages: {exc}") from None
+        raise PromptError(
+            f"the chat template cannot format these messages: {exc}",
+            translated=_("the chat template cannot format these messages: {reason}").format(
+                reason=exc
+            ),
+        ) from None
     else:  # pragma: no cover - a handler that does not end in create_completion
         raise RuntimeError("the chat handler did not build a prompt")
     if isinstance(prompt, str):
@@ -234,6 +248,10 @@ def check_context(engine: Engine, n_prompt: int) -> None:
             "shorten the prompt or use a larger context size",
             n_prompt=n_prompt,
             n_ctx=engine.n_ctx,
+            translated=_(
+                "the prompt is {n_prompt} tokens but the context is {n_ctx} tokens: shorten the "
+                "prompt or use a larger context size (--ctx-size)"
+            ).format(n_prompt=n_prompt, n_ctx=engine.n_ctx),
         )
 
 

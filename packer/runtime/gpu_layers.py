@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from packer.runtime.i18n import _
+
 __all__ = ["ModelLayout", "auto_gpu_layers", "read_layout", "RESERVE_BYTES"]
 
 # Kept free on the device: llama.cpp's compute buffers (grow with the batch, 512 tokens here)
@@ -74,15 +76,15 @@ def read_layout(path: str | Path) -> ModelLayout:
     with open(path, "rb") as f:
         magic, version = struct.unpack("<4sI", f.read(8))
         if magic != b"GGUF" or version < 2:
-            raise ValueError(f"{path} is not a GGUF v2+ file")
+            raise ValueError(_("{path} is not a GGUF v2+ file").format(path=path))
         n_tensors, n_kv = struct.unpack("<QQ", f.read(16))
         meta: dict[str, object] = {}
-        for _ in range(n_kv):
+        for _i in range(n_kv):
             key = _string(f)
             (kind,) = struct.unpack("<I", f.read(4))
             meta[key] = _value(f, kind)
         tensors: list[tuple[str, int]] = []  # (name, offset)
-        for _ in range(n_tensors):
+        for _i in range(n_tensors):
             name = _string(f)
             (n_dims,) = struct.unpack("<I", f.read(4))
             f.seek(8 * n_dims + 4, 1)  # dims, type
@@ -153,9 +155,9 @@ def _value(f: BinaryIO, kind: int) -> object:
             fmt = "<" + _SCALARS[item] * count
             return list(struct.unpack(fmt, f.read(struct.calcsize(fmt))))
         if item == _STRING:
-            for _ in range(count):
+            for _i in range(count):
                 (n,) = struct.unpack("<Q", f.read(8))
                 f.seek(n, 1)
             return count
-        return [_value(f, item) for _ in range(count)]
-    raise ValueError(f"unknown GGUF metadata type {kind}")
+        return [_value(f, item) for _i in range(count)]
+    raise ValueError(_("unknown GGUF metadata type {kind}").format(kind=kind))

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 from packer.runtime import __version__, api_key, desktop
 from packer.runtime.backend import BackendError
 from packer.runtime.cache import CacheError, ensure_gguf, optional_cache_dir, resolve_cache_dir
-from packer.runtime.cli import UsageError, parse, redact_args
+from packer.runtime.cli import UsageError, choose_language, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
+from packer.runtime.i18n import _, os_reason
 from packer.runtime.payload import Bundle, BundleError, read_bundle
 from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
 from packer.runtime.quantize import run as quantize_main
@@ -93,6 +94,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run(argv: list[str]) -> int:
+    choose_language(argv)  # before anything is said; parse() chooses again with the baked args
     bundle = _find_bundle(argv)
     baked = list(bundle.manifest.args if bundle else ()) + shlex.split(
         os.environ.get("PACKER_ARGS", "")
@@ -105,7 +107,7 @@ def run(argv: list[str]) -> int:
         return EXIT_OK
     if args.info:
         if not bundle and not args.gguf:
-            raise BundleError("--info needs a model.run (or --bundle/--gguf FILE when unfrozen)")
+            raise BundleError(_("--info needs a model.run (or --bundle/--gguf FILE when unfrozen)"))
         backend_info = _backend_info(args)  # a summary on stderr; details in the JSON (--verbose)
         info = bundle.manifest.to_dict() if bundle else {}
         if "args" in info:
@@ -123,6 +125,12 @@ def run(argv: list[str]) -> int:
     cache_dir: Path | None
     instance: desktop.Instance | None = None
     if bundle:
+        if args.extract and not Path(args.extract).resolve().parent.is_dir():  # before unpacking
+            raise CacheError(
+                _("cannot write {path}: there is no folder {folder}").format(
+                    path=args.extract, folder=Path(args.extract).resolve().parent
+                )
+            )
         cache_dir = resolve_cache_dir(args.cache_dir)  # required: the model is unpacked there
         if desktop_start:
             running = _desktop_begin(cache_dir, bundle.manifest.name, bundle.gguf_sha256)
@@ -139,7 +147,7 @@ def run(argv: list[str]) -> int:
         cache_dir = optional_cache_dir(args.cache_dir)  # only the CPU verdict goes there
         gguf = Path(args.gguf)
         if not gguf.is_file():
-            raise BundleError(f"no such GGUF file: {gguf}")
+            raise BundleError(_("no such GGUF file: {path}").format(path=gguf))
         name = args.alias or gguf.stem
         if desktop_start and cache_dir is not None:
             running = _desktop_begin(cache_dir, name, str(gguf.resolve()))
@@ -147,7 +155,7 @@ def run(argv: list[str]) -> int:
                 return EXIT_OK
             instance = running
     else:
-        raise BundleError("this runtime has no model attached: build one with `packer build`")
+        raise BundleError(_("this runtime has no model attached: build one with `packer build`"))
 
     # before the sandbox: after it no file can be opened for writing, and what model.run starts
     # is bound by it (the browser's opener is started now and told the URL once it listens)
@@ -189,7 +197,7 @@ def run(argv: list[str]) -> int:
     )
     from packer.runtime.backend import plan
 
-    _, placement = plan(
+    _backends, placement = plan(
         args.gpu,
         args.gpu_layers,
         gguf,
@@ -270,14 +278,14 @@ def _backend_info(args: argparse.Namespace) -> dict[str, object]:
             cache_dir=optional_cache_dir(args.cache_dir),
         )
     except backend.BackendError as exc:
-        log.info("backend: %s", exc)
+        log.info(_("backend: {summary}").format(summary=exc))
         return {"error": str(exc)}
     try:
         placement = backend.choose(backends, args.gpu, args.gpu_layers, args.gguf, args.ctx_size)
     except backend.BackendError as exc:
-        log.info("backend: %s", exc)
+        log.info(_("backend: {summary}").format(summary=exc))
         return {**backend.info(backends, None), "error": str(exc)}
-    log.info("backend: %s", backend.summary(backends, placement))
+    log.info(_("backend: {summary}").format(summary=backend.summary(backends, placement)))
     return backend.info(backends, placement)
 
 
@@ -288,11 +296,11 @@ def _http_options(args: argparse.Namespace) -> HttpOptions:
 
     cors = tuple(o.strip() for arg in args.cors for o in arg.split(",") if o.strip())
     if args.max_body_mb <= 0:
-        raise BundleError("--max-body-mb must be above 0")
+        raise BundleError(_("--max-body-mb must be above 0"))
     if args.ollama_port is not None and not 0 <= args.ollama_port <= 65535:
-        raise BundleError("--ollama-port must be a port number from 0 to 65535")
+        raise BundleError(_("--ollama-port must be a port number from 0 to 65535"))
     if args.max_connections < 0:
-        raise BundleError("--max-connections must be 0 (automatic) or more")
+        raise BundleError(_("--max-connections must be 0 (automatic) or more"))
     hosts = tuple(h.strip() for arg in args.allowed_host for h in arg.split(",") if h.strip())
     return HttpOptions(
         cors=cors,
@@ -314,7 +322,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         with open(src, "rb") as fin, atomic_write(dst) as fout:
             shutil.copyfileobj(fin, fout, COPY_CHUNK)
     except OSError as exc:
-        raise CacheError(f"cannot write {dst}: {exc.strerror}") from exc
+        raise CacheError(
+            _("cannot write {path}: {reason}").format(path=dst, reason=os_reason(exc))
+        ) from exc
 
 
 def _one_shot(engine, prompt: str, sampling, *, raw: bool, system: str | None) -> int:  # type: ignore[no-untyped-def]
@@ -333,6 +343,15 @@ def _one_shot(engine, prompt: str, sampling, *, raw: bool, system: str | None) -
     return EXIT_OK
 
 
+def _error(message: str) -> None:
+    """The one line model.run ends with: ``model.run: error: ...``, the words argparse uses."""
+    print(
+        _("%(prog)s: error: %(message)s\n") % {"prog": _prog(), "message": message},
+        end="",
+        file=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run, then leave with os._exit: llama-cpp-python's finalizers raise during interpreter
     shutdown inside a frozen app, and the model has already been closed explicitly."""
@@ -346,23 +365,24 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = run(argv)
     except UsageError as exc:
-        print(f"{_prog()}: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         code = EXIT_USAGE
     except (BundleError, CacheError, PromptError, BackendError) as exc:
-        print(f"{_prog()}: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         code = EXIT_ERROR
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except SystemExit as exc:  # argparse: --help (0) or bad flags (2)
         code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except OSError as exc:  # e.g. the server's port is taken
-        print(f"{_prog()}: error: {exc}", file=sys.stderr)
+        _error(f"{exc.filename}: {os_reason(exc)}" if exc.filename else os_reason(exc))
         code = EXIT_ERROR
     except Exception as exc:  # a bug or llama.cpp refusing the model: one line, no traceback soup
         logging.getLogger("packer.runtime").debug("unexpected error", exc_info=True)
-        print(
-            f"{_prog()}: error: {type(exc).__name__}: {exc} (run with --verbose for details)",
-            file=sys.stderr,
+        _error(
+            _("{error}: {message} (run with --verbose for details)").format(
+                error=type(exc).__name__, message=exc
+            )
         )
         code = EXIT_ERROR
     try:
