@@ -107,7 +107,7 @@ def test_view_hidden_in_a_pipe_writes_only_the_answer() -> None:
 
 def test_view_shows_thinking_dimmed_on_a_terminal() -> None:
     _v, out, err = _view([TEXT], show=True, tty=True)
-    assert out == "\x1b[2m\nLet me see: 2+2.\n\x1b[0m\n\nIt is 4." and err == ""
+    assert out == "\x1b[2mLet me see: 2+2.\n\x1b[0m\nIt is 4." and err == ""
 
 
 def test_view_shows_thinking_between_tags_without_ansi_in_a_pipe() -> None:
@@ -187,19 +187,6 @@ def test_history_kept_across_sessions(tmp_path: Path) -> None:
     again.close()
 
 
-def test_history_appends_through_the_fd_opened_before(tmp_path: Path) -> None:
-    """The sandbox refuses opening files for writing later: the history must not need to."""
-    h = ChatHistory.open(tmp_path)
-    (tmp_path / "chat-history").chmod(0o400)  # a later open for writing would now fail
-    try:
-        h.add("still kept")
-        h.close()
-        assert ChatHistory.open(tmp_path).entries == ["still kept"] or os.geteuid() == 0
-    finally:
-        (tmp_path / "chat-history").chmod(0o600)
-    assert ChatHistory.open(tmp_path).entries == ["still kept"]
-
-
 def test_history_trimmed_and_damaged_lines_skipped(tmp_path: Path) -> None:
     path = tmp_path / "chat-history"
     lines = [f'"m{i}"' for i in range(2 * KEEP + 5)] + ['"cut sho']
@@ -216,3 +203,51 @@ def test_history_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     h.add("secret")
     assert h.path is None and not (tmp_path / "chat-history").exists()
     assert ChatHistory.open(None).path is None
+
+
+def test_history_written_under_the_sandbox(tmp_path: Path) -> None:
+    """Opened before the sandbox's last step, the history is still appended to after it (in a
+    child: Landlock binds the process for good)."""
+    import subprocess
+    import sys
+
+    from packer.runtime import sandbox
+
+    abi, why = sandbox.landlock_abi()
+    if not abi:
+        pytest.skip(f"no Landlock on this machine: {why}")
+    child = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from packer.runtime import sandbox\n"
+        "from packer.runtime.chat_history import ChatHistory\n"
+        "folder = Path(sys.argv[1])\n"
+        "h = ChatHistory.open(folder)\n"
+        "box = sandbox.restrict([])\n"
+        "assert box.landlock_abi, box.describe()\n"
+        "try:\n"
+        "    open(folder / 'other', 'w')\n"
+        "except PermissionError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('the sandbox let a file be created')\n"
+        "h.add('after the sandbox')\n"
+        "h.close()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert ChatHistory.open(tmp_path).entries == ["after the sandbox"]
+
+
+def test_view_says_when_the_model_only_thought() -> None:
+    view, out, _err = _view(["<think>and thinking, until -n ended it"], show=False, tty=False)
+    assert out == "" and view.only_thought() and "--show-thinking" in view.only_thought_hint()
+    view, _out, _err = _view([TEXT], show=False, tty=False)
+    assert not view.only_thought()

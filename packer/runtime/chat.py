@@ -105,8 +105,8 @@ def chat_loop(
                 view.close()
                 pieces.close()  # an answer stopped with Ctrl-C frees its slot now
             out.write("\n")
-            if view.thinking and not view.answer and not show_thinking:
-                print(_("(the model only thought: --show-thinking shows it)"), file=err)
+            if view.only_thought():
+                print(view.only_thought_hint(), file=err)
             # the thinking stays out of the conversation sent back to the model
             turns.append({"role": "assistant", "content": "".join(view.answer)})
     finally:

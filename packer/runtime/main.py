@@ -303,6 +303,8 @@ def _one_shot(
     finally:
         view.close()
     out.write("\n")
+    if view.only_thought():
+        print(view.only_thought_hint(), file=sys.stderr)
     return EXIT_OK
 
 

@@ -133,6 +133,7 @@ class ThinkView:
         self._err_tty = _isatty(err)
         self._in_think = False
         self._indicator = False
+        self._shown = False  # some thinking text written (show)
         self.answer: list[str] = []
         self.thinking: list[str] = []
 
@@ -142,6 +143,9 @@ class ThinkView:
             if self.show:
                 if not self._in_think:
                     self.out.write(DIM if self._out_tty else OPEN)
+                if self._out_tty and not self._shown:
+                    text = text.lstrip("\n")  # on a terminal: no blank line above the thought
+                self._shown = self._shown or bool(text)
                 self.out.write(text)
                 self.out.flush()
             elif not self._indicator and self._err_tty:
@@ -161,8 +165,10 @@ class ThinkView:
             self.err.flush()
             self._indicator = False
         if self._in_think and self.show:
-            if self._out_tty:
-                self.out.write(RESET + ("\n\n" if answer_follows else ""))
+            if self._out_tty:  # one blank line between the thought and the answer
+                ends_line = "".join(self.thinking[-1:]).endswith("\n")
+                gap = "\n" if ends_line else "\n\n"
+                self.out.write(RESET + (gap if answer_follows else ""))
             else:
                 self.out.write(CLOSE + ("\n\n" if answer_follows else ""))
             self.out.flush()
@@ -171,6 +177,14 @@ class ThinkView:
     def close(self) -> None:
         """The stream ended (or was stopped): no indicator left, colours reset."""
         self._leave_think(answer_follows=False)
+
+    def only_thought(self) -> bool:
+        """The model thought, hidden, and gave no answer (e.g. -n ended its thinking)."""
+        return bool(self.thinking) and not self.answer and not self.show
+
+    @staticmethod
+    def only_thought_hint() -> str:
+        return _("(the model only thought: --show-thinking shows it)")
 
 
 def write_answer(pieces: Iterable[str], view: ThinkView, starts_inside: bool) -> None:
