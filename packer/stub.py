@@ -690,7 +690,7 @@ def _build_onedir_in_root(work: Path, root: Path, *, verbose: bool) -> Path:
 
 # Pure-Python packages the runtime imports that the build root does not install (its pins are
 # fixed when the root is made): copied from this Python next to the sources being frozen.
-ROOT_EXTRA_PACKAGES = ("segno",)
+ROOT_EXTRA_PACKAGES = ("segno", "prompt_toolkit", "wcwidth")
 
 
 def _package_dir(name: str) -> Path:

@@ -1,58 +1,116 @@
-"""The terminal chat loop (``./model.run`` on a terminal)."""
+"""The terminal chat loop (``./model.run`` on a terminal).
+
+Input comes from :mod:`packer.runtime.line_input` (line editing, history, multi-line), slash
+commands from :mod:`packer.runtime.chat_commands`, and the answer goes through
+:mod:`packer.runtime.think`: a reasoning model's thinking is hidden (or shown dimmed with
+``--show-thinking``) and never sent back to the model with the conversation.
+"""
 
 from __future__ import annotations
 
 import sys
 
+from packer.runtime.chat_commands import help_text, message_text, parse_command
+from packer.runtime.chat_history import ChatHistory
 from packer.runtime.engine import Engine, Sampling
 from packer.runtime.generate import PromptError
+from packer.runtime.i18n import _
+from packer.runtime.line_input import line_reader
+from packer.runtime.think import ThinkView, prompt_opens_thinking, write_answer
 
-HELP = "Type a message and press Enter. /reset forgets the conversation, /exit or Ctrl-D quits, Ctrl-C stops an answer."
 
-
-def chat_loop(engine: Engine, sampling: Sampling, system: str | None = None) -> int:
-    out = sys.stdout
-    print(f"{engine.name} — {HELP}", file=sys.stderr)
-    history: list[dict[str, str]] = []
-    while True:
-        try:
-            line = input("\n> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/exit", "/quit", "/bye"):
-            return 0
-        if text == "/reset":
-            history.clear()
-            print("(conversation forgotten)", file=sys.stderr)
-            continue
-        history.append({"role": "user", "content": text})
-        messages = _fit(
-            engine, ([{"role": "system", "content": system}] if system else []), history, sampling
-        )
-        answer: list[str] = []
-        pieces = engine.chat(messages, sampling)
-        try:
-            for piece in pieces:
-                answer.append(piece)
-                out.write(piece)
-                out.flush()
-        except KeyboardInterrupt:
-            out.write(" [stopped]")
-        except PromptError as exc:  # one message too long for the context on its own
-            print(f"({exc})", file=sys.stderr)
-            history.pop()
-            continue
-        finally:
-            pieces.close()  # an answer stopped with Ctrl-C frees its slot now
-        out.write("\n")
-        history.append({"role": "assistant", "content": "".join(answer)})
+def chat_loop(
+    engine: Engine,
+    sampling: Sampling,
+    system: str | None = None,
+    *,
+    history: ChatHistory | None = None,
+    show_thinking: bool = False,
+) -> int:
+    """Chat until /exit, Ctrl-D or two Ctrl-C on an empty line. ``history``: the input history,
+    opened before the sandbox (:meth:`ChatHistory.open`)."""
+    out, err = sys.stdout, sys.stderr
+    history = history or ChatHistory()
+    reader = line_reader(history)
+    starts_inside = prompt_opens_thinking(engine)
+    print(
+        _("{name} — type a message, /help for help, Ctrl-D to quit.").format(name=engine.name),
+        file=err,
+    )
+    turns: list[dict[str, str]] = []
+    interrupted = False  # the last input was a Ctrl-C on an empty line
+    try:
+        while True:
+            out.write("\n")
+            out.flush()
+            try:
+                raw = reader.read()
+            except EOFError:
+                print(file=err)
+                return 0
+            except KeyboardInterrupt:
+                if interrupted:
+                    print(file=err)
+                    return 0
+                interrupted = True
+                print("\n" + _("(Ctrl-C again or Ctrl-D to quit)"), file=err)
+                continue
+            interrupted = False
+            text = message_text(raw)
+            if not text:
+                continue
+            command = parse_command(text)
+            if command is not None:
+                if command.name == "exit":
+                    return 0
+                if command.name == "help":
+                    path = str(history.path) if history.path else None
+                    print(help_text(path), file=err)
+                elif command.name == "reset":
+                    turns.clear()
+                    print(_("(conversation forgotten)"), file=err)
+                elif command.name == "system":
+                    if command.arg:
+                        system = command.arg
+                        print(_("(system prompt set)"), file=err)
+                    else:
+                        shown = system or _("(none: the model's default)")
+                        print(_("System prompt: {text}").format(text=shown), file=err)
+                else:
+                    print(
+                        _("unknown command {command}: /help lists the commands").format(
+                            command=command.arg
+                        ),
+                        file=err,
+                    )
+                continue
+            if text.startswith("//"):  # a message that starts with "/"
+                text = text[1:]
+            turns.append({"role": "user", "content": text})
+            head = [{"role": "system", "content": system}] if system else []
+            messages = _fit(engine, head, turns, sampling)
+            view = ThinkView(out, err, show_thinking)
+            pieces = engine.chat(messages, sampling)
+            try:
+                write_answer(pieces, view, starts_inside)
+            except KeyboardInterrupt:
+                view.close()
+                out.write(" " + _("[stopped]"))
+            except PromptError as exc:  # one message too long for the context on its own
+                view.close()
+                print("\n(" + str(exc) + ")", file=err)
+                turns.pop()
+                continue
+            finally:
+                view.close()
+                pieces.close()  # an answer stopped with Ctrl-C frees its slot now
+            out.write("\n")
+            if view.only_thought():
+                print(view.only_thought_hint(), file=err)
+            # the thinking stays out of the conversation sent back to the model
+            turns.append({"role": "assistant", "content": "".join(view.answer)})
+    finally:
+        history.close()
 
 
 def _fit(

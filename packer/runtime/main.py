@@ -216,6 +216,11 @@ def run(argv: list[str]) -> int:
         n_parallel=args.parallel or (SERVER_SLOTS if args.server else 1),
         max_queue=args.max_queue,
     )
+    history = None
+    if not args.server and args.prompt is None and sys.stdin.isatty():  # the terminal chat
+        from packer.runtime.chat_history import ChatHistory
+
+        history = ChatHistory.open(cache_dir)  # its file is opened before writes end
     sandbox.before_model(gpu=placement.backend != "cpu")  # from here on: no writes
     engine = Engine(gguf, options, name=name)
     try:
@@ -243,14 +248,27 @@ def run(argv: list[str]) -> int:
         if prompt is None and not sys.stdin.isatty():
             prompt = sys.stdin.read()  # `echo question | ./model.run`
         if prompt is not None:
-            code = _one_shot(engine, prompt, sampling, raw=args.raw, system=args.system)
+            code = _one_shot(
+                engine,
+                prompt,
+                sampling,
+                raw=args.raw,
+                system=args.system,
+                show_thinking=args.show_thinking,
+            )
             if args.stats and engine.last_result is not None:
                 timings = engine.last_result.timings()
                 print(json.dumps({k: round(v, 3) for k, v in timings.items()}), file=sys.stderr)
             return code
         from packer.runtime.chat import chat_loop
 
-        return chat_loop(engine, sampling, system=args.system)
+        return chat_loop(
+            engine,
+            sampling,
+            system=args.system,
+            history=history,
+            show_thinking=args.show_thinking,
+        )
     finally:
         engine.close()
 
@@ -327,19 +345,29 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         ) from exc
 
 
-def _one_shot(engine, prompt: str, sampling, *, raw: bool, system: str | None) -> int:  # type: ignore[no-untyped-def]
-    if raw or not engine.has_chat_template:
-        pieces = engine.complete(prompt, sampling)
-    else:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        pieces = engine.chat(messages, sampling)
+def _one_shot(
+    engine, prompt: str, sampling, *, raw: bool, system: str | None, show_thinking: bool
+) -> int:  # type: ignore[no-untyped-def]
     out = sys.stdout
-    for piece in pieces:
-        out.write(piece)
-        out.flush()
+    if raw or not engine.has_chat_template:
+        for piece in engine.complete(prompt, sampling):  # raw: the text as generated
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        return EXIT_OK
+    from packer.runtime.think import ThinkView, prompt_opens_thinking, write_answer
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    view = ThinkView(out, sys.stderr, show_thinking)
+    try:
+        write_answer(engine.chat(messages, sampling), view, prompt_opens_thinking(engine))
+    finally:
+        view.close()
     out.write("\n")
+    if view.only_thought():
+        print(view.only_thought_hint(), file=sys.stderr)
     return EXIT_OK
 
 
