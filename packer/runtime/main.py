@@ -115,6 +115,17 @@ def run(argv: list[str]) -> int:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
 
+    if args.license:  # what the manifest carries: nothing is unpacked
+        if not bundle:
+            raise BundleError("--license needs a model.run (or --bundle FILE when unfrozen)")
+        from packer.runtime import i18n, licence
+
+        try:  # (once every mode speaks the locale's language this is done for all of them)
+            i18n.setup(args.lang)
+        except i18n.LanguageError as exc:
+            raise UsageError(str(exc)) from exc
+        return licence.show(bundle.manifest, bundle.path.name)
+
     # resolved once: each resolution checks every candidate folder and warns about a fallback
     cache_dir: Path | None
     if bundle:
