@@ -819,7 +819,8 @@ def _download(
 
     docs = doc_names(names)  # the licence files and the model card travel with the model
     if kind == "gguf":
-        wanted = [_pick_gguf(ref, model_ggufs(names), quant, tag=tag, filename=filename), *docs]
+        chosen = _pick_gguf(ref, model_ggufs(names), quant, tag=tag, filename=filename)
+        wanted = [*docs, chosen]  # small files first: a damaged one fails before the weights
     else:
         config = get("config.json")  # small: fail early on gated repos and unknown models
         _check_architecture(ref, config)
@@ -864,7 +865,7 @@ def _download(
     if kind == "gguf":
         return Fetched(
             "gguf",
-            paths[wanted[0]],
+            paths[wanted[-1]],
             ref.repo_id,
             ref.revision,
             commit,

@@ -422,6 +422,8 @@ def test_hub_gguf_repo_licence_from_its_top_folder(
     hub.add_repo("org/tiny-GGUF", files)
     src = resolve("org/tiny-GGUF:Q8_0")
     assert src.kind == "gguf" and src.path.parent.name == "Q8_0"
+    got = downloads(hub)
+    assert got[:2] == ["NOTICE", "README.md"] and got[2].startswith("cdn:"), got
     lic = licence.for_source(src)
     assert lic.license == "gemma" and lic.license_link == "https://ai.google.dev/gemma/terms"
     assert lic.files == (LicenseFile("NOTICE", files["NOTICE"].decode()),)
