@@ -18,6 +18,7 @@ from pathlib import Path
 
 from packer import source as sources
 from packer.errors import OutputError, UsageError
+from packer.licence import Licence, for_source
 from packer.quants import DEFAULT_QUANT, QuantType, parse_quant
 from packer.runtime.manifest import Manifest, RuntimeInfo
 
@@ -46,6 +47,7 @@ class BuildPlan:
     context_length: int | None = None
     kv_bytes_per_token: int | None = None  # f16 K+V cache, all layers
     imatrix: Path | None = None  # importance matrix for the quantizer (--imatrix)
+    licence: Licence = field(default_factory=Licence)  # the texts and id the file carries
 
     @property
     def quant_label(self) -> str:
@@ -105,6 +107,7 @@ class BuildPlan:
                 f"the output will be ~{_size(self.output_bytes)}, over 4 GiB: it will not fit on a "
                 "FAT32 USB stick (use exFAT/ext4, or a smaller --quant)"
             )
+        out += self.licence.notes
         return out
 
 
@@ -240,6 +243,7 @@ def plan(
         context_length=info.context_length if info else None,
         kv_bytes_per_token=_kv_bytes_per_token(src),
         imatrix=imx_path,
+        licence=for_source(src),
     )
 
 
@@ -293,6 +297,11 @@ def execute(
             source_repo=p.source.repo_id,
             source_revision=p.source.revision,
             source_commit=p.source.commit,
+            license=p.licence.license,
+            license_name=p.licence.license_name,
+            license_link=p.licence.license_link,
+            license_files=p.licence.files,
+            model_card=p.licence.model_card,
             args=tuple(p.args),
             runtime=RuntimeInfo(
                 flavour=p.flavour, stub=stub.build.key, llama_cpp=stub.build.llama_cpp

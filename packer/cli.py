@@ -206,6 +206,7 @@ def build(
         imatrix=imatrix,
     )
     log.info("%s", p.describe())
+    log.info("%s", p.licence.notice())
     for warning in p.warnings:
         log.warning("warning: %s", warning)
     manifest = execute(

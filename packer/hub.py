@@ -7,7 +7,8 @@ form, ``:QUANT`` picks the file of a GGUF repo) and model page URLs
 Everything goes through ``huggingface_hub`` so its shared cache (``HF_HOME`` / ``HF_HUB_CACHE``),
 ``HF_ENDPOINT`` mirrors, ``HF_TOKEN`` and ``HF_HUB_OFFLINE=1`` behave exactly as for every other
 Hugging Face tool. Only the files the converter reads are downloaded; a GGUF repo contributes the
-one file of the asked quant. Files already in the cache are not fetched again; a connection that
+one file of the asked quant; the repo's licence files and model card (:mod:`packer.licence`) come
+along, checked like the rest. Files already in the cache are not fetched again; a connection that
 drops mid-file is resumed with an HTTP Range request by huggingface_hub. Every file is checked
 against the sha256 (LFS) or git blob id the hub lists before it is used (:mod:`packer.digests`,
 once per file); offline, the cached LFS files against the sha256 their blobs are named after.
@@ -33,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 from packer import digests
 from packer.errors import OutputError, PackerError, SourceError, UnsupportedModelError, UsageError
+from packer.licence import doc_names
 from packer.quants import DEFAULT_QUANT, QUANT_TYPES
 from packer.runtime.cache import CacheError, cache_subdir
 
@@ -300,6 +302,7 @@ class Fetched:
     revision: str | None
     commit: str | None
     from_cache: bool = False
+    docs: tuple[Path, ...] = ()  # the repo's licence files and model card (packer.licence)
 
 
 def gguf_quant_of(filename: str) -> str | None:
@@ -740,9 +743,18 @@ def _from_cache(
         if need_checkpoint:
             raise UsageError(f"{ref} holds GGUF files, not a checkpoint: nothing to convert")
         chosen = _pick_gguf(ref, model_ggufs(names), quant, tag=tag, filename=filename)
-        _verify_cached(ref, snapshot, [chosen])
+        docs = doc_names(names)
+        _verify_cached(ref, snapshot, [chosen, *docs])
         log.info("using cached %s (%s, commit %s), offline", chosen, ref, commit[:10])
-        return Fetched("gguf", snapshot / chosen, ref.repo_id, ref.revision, commit, True)
+        return Fetched(
+            "gguf",
+            snapshot / chosen,
+            ref.repo_id,
+            ref.revision,
+            commit,
+            True,
+            tuple(snapshot / d for d in docs),
+        )
     index = None
     if SAFETENSORS_INDEX in names:
         index = json.loads((snapshot / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
@@ -755,10 +767,14 @@ def _from_cache(
         )
     files = [n for n in names if n in CHECKPOINT_EXTRAS or n in weights]
     files += [n for n in ("config.json", SAFETENSORS_INDEX) if n in names]
+    docs = doc_names(names)  # whatever of them the cache has (the hub lists what is missing)
+    files += docs
     _verify_cached(ref, snapshot, files)
     log.info("using cached %s (commit %s), offline", ref, commit[:10])
     view = _named_view(snapshot, sorted(set(files)), model_title(ref.repo_id, "checkpoint"), commit)
-    return Fetched("checkpoint", view, ref.repo_id, ref.revision, commit, True)
+    return Fetched(
+        "checkpoint", view, ref.repo_id, ref.revision, commit, True, tuple(view / d for d in docs)
+    )
 
 
 def _download(
@@ -801,8 +817,10 @@ def _download(
             _verify(ref, filename, path, published[filename], offline=False)
         return path
 
+    docs = doc_names(names)  # the licence files and the model card travel with the model
     if kind == "gguf":
-        wanted = [_pick_gguf(ref, model_ggufs(names), quant, tag=tag, filename=filename)]
+        chosen = _pick_gguf(ref, model_ggufs(names), quant, tag=tag, filename=filename)
+        wanted = [*docs, chosen]  # small files first: a damaged one fails before the weights
     else:
         config = get("config.json")  # small: fail early on gated repos and unknown models
         _check_architecture(ref, config)
@@ -817,7 +835,7 @@ def _download(
             )
         extras = [n for n in CHECKPOINT_EXTRAS if n in sizes]
         wanted = ["config.json", *([SAFETENSORS_INDEX] if index is not None else []), *extras]
-        wanted += weights
+        wanted += docs + weights  # small files first: a damaged one fails before the weights
 
     todo = [
         f
@@ -845,12 +863,21 @@ def _download(
         log.info("%s (commit %s) is already in the cache", ref, (commit or "?")[:10])
     paths = {f: get(f) for f in wanted}
     if kind == "gguf":
-        return Fetched("gguf", paths[wanted[0]], ref.repo_id, ref.revision, commit)
+        return Fetched(
+            "gguf",
+            paths[wanted[-1]],
+            ref.repo_id,
+            ref.revision,
+            commit,
+            docs=tuple(paths[d] for d in docs),
+        )
     snapshot = paths["config.json"].parent
     view = _named_view(
         snapshot, sorted(wanted), model_title(ref.repo_id, "checkpoint"), commit or snapshot.name
     )
-    return Fetched("checkpoint", view, ref.repo_id, ref.revision, commit)
+    return Fetched(
+        "checkpoint", view, ref.repo_id, ref.revision, commit, docs=tuple(view / d for d in docs)
+    )
 
 
 def _verify(ref: HubRef, name: str, path: Path, digest: digests.Digest, *, offline: bool) -> None:

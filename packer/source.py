@@ -39,6 +39,9 @@ class Source:
     revision: str | None = None  # hub sources: the branch/tag/commit asked for (None = default)
     commit: str | None = None  # hub sources: the commit actually downloaded
     n_params: int | None = None  # GGUF sources: parameter count from the tensor shapes
+    # hub sources: the licence files and model card downloaded (and verified) with the model;
+    # None: look at the top of the folder (packer.licence)
+    docs: tuple[Path, ...] | None = None
 
     @property
     def display(self) -> str:
@@ -158,7 +161,12 @@ def resolve(
         src = Source("checkpoint", fetched.path, spec, hub.model_title(ref.repo_id, "checkpoint"))
         name = src.name
     return replace(
-        src, name=name, repo_id=ref.repo_id, revision=ref.revision, commit=fetched.commit
+        src,
+        name=name,
+        repo_id=ref.repo_id,
+        revision=ref.revision,
+        commit=fetched.commit,
+        docs=fetched.docs,
     )
 
 

@@ -163,10 +163,12 @@ def test_alias_downloads_only_what_the_converter_needs(hub: FakeHub, tiny_llama_
     assert src.path.name == "TinyLlama-1.1B-Chat-v1.0"  # so the GGUF's general.name is right
     got = downloads(hub)
     assert "config.json" in got and "tokenizer.json" in got
-    assert not [f for f in got if f.endswith((".bin", ".pth", ".onnx", ".md"))], got
+    assert not [f for f in got if f.endswith((".bin", ".pth", ".onnx"))], got
+    assert "README.md" in got  # the model card travels with the model (packer.licence)
     assert sorted(p.name for p in src.path.iterdir()) == sorted(
-        p.name for p in tiny_llama_bpe.iterdir() if p.is_file()
+        [p.name for p in tiny_llama_bpe.iterdir() if p.is_file()] + ["README.md"]
     )
+    assert src.docs == (src.path / "README.md",)
     info = inspect_checkpoint(src.path)
     assert info.architecture == "LlamaForCausalLM"
     # shared cache: the files sit in the HF cache under snapshots/<commit>

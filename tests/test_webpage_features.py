@@ -39,6 +39,7 @@ PAGE = PageInfo(
     quant="Q5_K_M",
     size=105_461_000,
     license="apache-2.0",
+    license_link="https://www.apache.org/licenses/LICENSE-2.0",
     license_files=(LicenseFile("LICENSE", "Apache License\nVersion 2.0, January 2004\n"),),
     model_card="---\nlicense: apache-2.0\n---\n# SmolLM2\n\nA **small** model.\n",
 )
@@ -162,6 +163,7 @@ def test_page_json(url: str) -> None:
     assert body["license"] == {
         "id": "apache-2.0",
         "name": None,
+        "link": "https://www.apache.org/licenses/LICENSE-2.0",
         "files": ["LICENSE"],
         "model_card": True,
     }
@@ -200,10 +202,17 @@ def test_page_json_without_urls_or_manifest(engine: ScriptedEngine) -> None:
         body = get(srv.url, "/packer/page.json").json()
         assert body["model"] == MODEL and body["quant"] is None and body["size"] is None
         assert body["urls"] == [] and body["qr_svg"] is None
-        assert body["license"] == {"id": None, "name": None, "files": [], "model_card": False}
+        assert body["license"] == {
+            "id": None,
+            "name": None,
+            "link": None,
+            "files": [],
+            "model_card": False,
+        }
         assert get(srv.url, "/packer/license").json() == {
             "id": None,
             "name": None,
+            "link": None,
             "files": [],
             "model_card": None,
         }
@@ -228,6 +237,7 @@ def test_license_route(url: str) -> None:
     assert r.json() == {
         "id": "apache-2.0",
         "name": None,
+        "link": "https://www.apache.org/licenses/LICENSE-2.0",
         "files": [{"name": "LICENSE", "text": PAGE.license_files[0].text}],
         "model_card": PAGE.model_card,
     }
@@ -537,6 +547,11 @@ def test_license_dialog(browser: Browser, url: str) -> None:
     assert b.js("document.querySelector('#license-body .text').textContent") == (
         PAGE.license_files[0].text
     )
+    paragraphs = b.js("[...document.querySelectorAll('#license-body p')].map(p => p.textContent)")
+    assert paragraphs[:2] == [
+        "Licence: apache-2.0",
+        "Terms: https://www.apache.org/licenses/LICENSE-2.0",
+    ]
     card = "document.querySelector('#license-body .md')"
     assert b.js(f"{card}.querySelector('h1').textContent") == "SmolLM2"
     assert b.js(f"{card}.querySelector('strong').textContent") == "small"

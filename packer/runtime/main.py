@@ -112,10 +112,23 @@ def run(argv: list[str]) -> int:
         info = bundle.manifest.to_dict() if bundle else {}
         if "args" in info:
             info["args"] = redact_args(info["args"])
+        if not args.verbose:  # the texts themselves: --license
+            info["license_files"] = [
+                {"name": f["name"], "chars": len(f["text"])} for f in info.get("license_files", [])
+            ]
+            if info.get("model_card") is not None:
+                info["model_card"] = {"chars": len(info["model_card"])}
         if args.verbose:
             info["backend"] = backend_info
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
+
+    if args.license:  # what the manifest carries: nothing is unpacked
+        if not bundle:
+            raise BundleError(_("--license needs a model.run (or --bundle FILE when unfrozen)"))
+        from packer.runtime import licence
+
+        return licence.show(bundle.manifest, bundle.path.name)
 
     desktop_start = desktop.is_desktop_start(args)  # a double-click: serve, open the browser
     args.server = args.server or desktop_start

@@ -55,9 +55,11 @@ class Manifest:
     source_revision: str | None = None
     source_commit: str | None = None
     # the licence and model card, carried in full (Llama and Gemma licences require handing a
-    # copy to every recipient): the model card's `license` id (and `license_name` for "other")
+    # copy to every recipient): the model card's `license` id (and `license_name` for "other"),
+    # or a GGUF's `general.license`; `license_link` where the terms are (a URL or a file name)
     license: str | None = None
     license_name: str | None = None
+    license_link: str | None = None
     license_files: tuple[LicenseFile, ...] = ()
     model_card: str | None = None  # the checkpoint's README.md
     # how it runs
@@ -125,6 +127,7 @@ class Manifest:
                 source_commit=_opt_str(raw.get("source_commit")),
                 license=_opt_str(raw.get("license")),
                 license_name=_opt_str(raw.get("license_name")),
+                license_link=_opt_str(raw.get("license_link")),
                 license_files=tuple(_license_file(f) for f in _list(raw.get("license_files"))),
                 model_card=_opt_str(raw.get("model_card")),
                 args=tuple(_str(a) for a in _list(raw.get("args"))),

@@ -37,6 +37,7 @@ class PageInfo:
     size: int = 0
     license: str | None = None
     license_name: str | None = None
+    license_link: str | None = None  # where the terms are (Gemma's repos carry no licence file)
     license_files: tuple[LicenseFile, ...] = ()
     model_card: str | None = None
 
@@ -47,6 +48,7 @@ class PageInfo:
             size=manifest.gguf_size,
             license=manifest.license,
             license_name=manifest.license_name,
+            license_link=manifest.license_link,
             license_files=manifest.license_files,
             model_card=manifest.model_card,
         )
@@ -76,6 +78,7 @@ def page_json(
         "license": {
             "id": info.license,
             "name": info.license_name,
+            "link": info.license_link,
             "files": [f.name for f in info.license_files],
             "model_card": info.model_card is not None,
         },
@@ -92,6 +95,7 @@ def license_json(page: PageInfo | None) -> dict[str, Any]:
     return {
         "id": info.license,
         "name": info.license_name,
+        "link": info.license_link,
         "files": [{"name": f.name, "text": f.text} for f in info.license_files],
         "model_card": info.model_card,
     }
