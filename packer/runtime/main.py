@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 
 from packer.runtime import __version__
 from packer.runtime.backend import BackendError
-from packer.runtime.cache import CacheError, ensure_gguf, optional_cache_dir, resolve_cache_dir
+from packer.runtime.cache import (
+    CacheError,
+    ensure_gguf,
+    optional_cache_dir,
+    resolve_cache_dir,
+    uninstall_main,
+)
 from packer.runtime.cli import UsageError, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
@@ -51,15 +57,25 @@ def _dev_flag(argv: list[str], name: str) -> str | None:
     return None
 
 
-def _find_bundle(argv: list[str]) -> Bundle | None:
+def _bundle_path(argv: list[str]) -> str | None:
     # the native launcher (build/launcher/) execs the unpacked runtime with the model.run's path
     launched_by = os.environ.pop("PACKER_BUNDLE", None)
     if launched_by:
-        return read_bundle(launched_by)
+        return launched_by
     if _frozen():  # a layout-v1 model.run: the onefile stub is the model.run itself
-        return read_bundle(sys.executable)
-    path = _dev_flag(argv, "--bundle")
-    return read_bundle(path) if path else None
+        return sys.executable
+    return _dev_flag(argv, "--bundle")
+
+
+def _find_bundle(argv: list[str]) -> tuple[Bundle | None, str | None]:
+    """This file's bundle and path; a damaged one is read no further under --verify."""
+    path = _bundle_path(argv)
+    try:
+        return (read_bundle(path) if path else None), path
+    except BundleError:
+        if path and parse(argv, [], prog=_prog()).verify:
+            return None, path
+        raise
 
 
 def _version_text(bundle: Bundle | None) -> str:
@@ -93,7 +109,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run(argv: list[str]) -> int:
-    bundle = _find_bundle(argv)
+    bundle, bundle_path = _find_bundle(argv)
     baked = list(bundle.manifest.args if bundle else ()) + shlex.split(
         os.environ.get("PACKER_ARGS", "")
     )
@@ -114,6 +130,16 @@ def run(argv: list[str]) -> int:
             info["backend"] = backend_info
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
+
+    if args.verify or args.uninstall:  # before the sandbox: neither loads a model
+        if bundle_path is None:
+            raise BundleError("--verify and --uninstall need a model.run (or --bundle FILE)")
+        if args.verify:
+            from packer.runtime.verify import verify
+
+            return EXIT_OK if verify(Path(bundle_path)) else EXIT_ERROR
+        assert bundle is not None
+        return uninstall_main(bundle, resolve_cache_dir(args.cache_dir))
 
     # resolved once: each resolution checks every candidate folder and warns about a fallback
     cache_dir: Path | None
