@@ -24,6 +24,7 @@ from packer.runtime.cache import (
 from packer.runtime.cli import UsageError, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
+from packer.runtime.i18n import _
 from packer.runtime.payload import Bundle, BundleError, read_bundle
 from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
 from packer.runtime.quantize import run as quantize_main
@@ -133,7 +134,7 @@ def run(argv: list[str]) -> int:
 
     if args.verify or args.uninstall:  # before the sandbox: neither loads a model
         if bundle_path is None:
-            raise BundleError("--verify and --uninstall need a model.run (or --bundle FILE)")
+            raise BundleError(_("--verify and --uninstall need a model.run (or --bundle FILE)"))
         if args.verify:
             from packer.runtime.verify import verify
 
@@ -176,7 +177,7 @@ def run(argv: list[str]) -> int:
     )
     from packer.runtime.backend import plan
 
-    _, placement = plan(
+    _backends, placement = plan(
         args.gpu,
         args.gpu_layers,
         gguf,
