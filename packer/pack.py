@@ -47,7 +47,7 @@ ZSTD_LEVEL = 3  # quantized weights barely compress; level 3 is fast and still t
 # unknown: ask for at least one worker so that every machine writes the same bytes.
 ZSTD_THREADS = max(1, os.cpu_count() or 1)
 EXECUTABLE = 0o755  # model.run's mode
-MANIFEST_ROOM = 1 << 20  # room --split keeps in the first file for the manifest (licence texts)
+PARTS_ROOM = 64 << 10  # what the list of parts and the checksums add to a manifest, at most
 
 
 def sha256_file(path: Path) -> str:
@@ -172,11 +172,11 @@ def write_model(
     the GGUF's size and sha256), the sealed manifest and the trailer. Parts of an earlier
     file of that name that this one does not have are removed. Returns the manifest written.
     Raises OSError (each caller words its own message) or OutputError (``split`` too small)."""
-    if split is not None and head.size + MANIFEST_ROOM > split:
+    first = head.size + len(manifest.to_json()) + PARTS_ROOM + TRAILER.size
+    if split is not None and first > split:
         raise OutputError(
             f"--split {format_size(split)} is too small: the first file holds the runtime "
-            f"({format_size(head.size)}) and the manifest; give at least "
-            f"{format_size(head.size + MANIFEST_ROOM)}"
+            f"({format_size(head.size)}) and the manifest; give at least {format_size(first)}"
         )
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(atomic_write(out, mode=EXECUTABLE))

@@ -275,9 +275,11 @@ class PayloadReader:
         self,
         pieces: list[PayloadPiece],
         progress: Callable[[int], None] | None = None,
+        checked: Callable[[PayloadPiece], None] | None = None,
     ) -> None:
         self._pieces = list(pieces)
         self._progress = progress
+        self._checked = checked  # called with each part whose sha256 matched
         self._fh: object | None = None
         self._left = 0
         self._piece_hash = hashlib.sha256()
@@ -314,6 +316,8 @@ class PayloadReader:
                 if piece.sha256 and self._piece_hash.hexdigest() != piece.sha256:
                     self._close()
                     raise PartDamaged(piece.label)
+                if piece.sha256 and self._checked is not None:
+                    self._checked(piece)
             if not self._next():
                 return b""
         want = self._left if n is None or n < 0 else min(n, self._left)

@@ -17,7 +17,13 @@ from pathlib import Path
 from packer.runtime.errors import BundleError
 from packer.runtime.i18n import _
 from packer.runtime.manifest import seal_matches
-from packer.runtime.payload import Bundle, PayloadReader, payload_pieces, read_bundle
+from packer.runtime.payload import (
+    Bundle,
+    PayloadPiece,
+    PayloadReader,
+    payload_pieces,
+    read_bundle,
+)
 from packer.runtime.progress import ProgressBar
 from packer.runtime.sizes import format_size
 
@@ -117,16 +123,12 @@ def _check_payload(bundle: Bundle, item: Callable[..., None]) -> bool:
         item(_("parts"), False, str(exc))
         return False
     total = sum(p.size for p in pieces)
-    reader = PayloadReader(pieces)
-    done: set[str] = set()
+
+    def checked(piece: PayloadPiece) -> None:
+        item(_("part {name}").format(name=piece.label), True, format_size(piece.size))
+
+    reader = PayloadReader(pieces, checked=checked)
     good = True
-
-    def report_parts() -> None:  # the pieces read to the end so far, once each
-        for p in pieces:
-            if p.sha256 and p.label not in done and reader.read_bytes >= _end_of(pieces, p):
-                done.add(p.label)
-                item(_("part {name}").format(name=p.label), True, format_size(p.size))
-
     gguf = hashlib.sha256()
     written = 0
     try:
@@ -138,11 +140,9 @@ def _check_payload(bundle: Bundle, item: Callable[..., None]) -> bool:
                 written += len(chunk)
                 bar.advance(reader.read_bytes - last)
                 last = reader.read_bytes
-                report_parts()
                 if written > m.gguf_size:
                     break
             reader.finish()
-            report_parts()
     except BundleError as exc:  # a part's checksum, or a truncated part
         item(_("part {name}").format(name=reader.current), False, str(exc))
         return False
@@ -163,12 +163,3 @@ def _check_payload(bundle: Bundle, item: Callable[..., None]) -> bool:
         format_size(m.gguf_size),
     )
     return good and fine
-
-
-def _end_of(pieces: list, piece: object) -> int:  # type: ignore[type-arg]
-    end = 0
-    for p in pieces:
-        end += p.size
-        if p is piece:
-            break
-    return end
