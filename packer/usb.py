@@ -286,10 +286,8 @@ def _files_of(b: Bundle) -> str:
 
 
 def _licence(m: Manifest) -> str:
-    lic = m.license_name or m.license
-    if m.license == "other" and m.license_name:
-        lic = m.license_name
-    return lic or ""
+    """The licence's name (the model card's ``license_name``), else its id."""
+    return m.license_name or m.license or ""
 
 
 def readme_en(models: list[Bundle]) -> str:
