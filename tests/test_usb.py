@@ -275,3 +275,24 @@ def test_cli(model: Path, stick: Path) -> None:
         [sys.executable, "-m", "packer", "usb", "--help"], capture_output=True, text=True, env=env
     ).stdout
     assert "Examples:" in helptext and "FAT32" in helptext
+
+
+def test_real_full_stick_mid_copy(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stick that says it has room but fills up (a small tmpfs; the free-space check
+    fooled): the copy fails in one line and leaves nothing on it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    stick = tmp_path / "tiny"
+    stick.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(stick)]).returncode:
+        pytest.skip("no tmpfs mount here")
+    try:
+        real = shutil.disk_usage(stick)
+        monkeypatch.setattr(usb.shutil, "disk_usage", lambda p: real._replace(free=10**9))
+        with pytest.raises(OutputError, match="stick is full"):
+            usb.copy_to_usb(stick, [model])
+        assert list(stick.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(stick)], check=False)

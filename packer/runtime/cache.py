@@ -103,11 +103,11 @@ CACHE_ADVICE = (
 def _not_ours(st: os.stat_result) -> str | None:
     """Why ``st`` (from lstat) is no folder of ours: a real folder owned by the effective uid."""
     if stat.S_ISLNK(st.st_mode):
-        return "is a symlink"
+        return _("is a symlink")
     if not stat.S_ISDIR(st.st_mode):
-        return "is not a folder"
+        return _("is not a folder")
     if st.st_uid != os.geteuid():
-        return "is owned by another user"
+        return _("is owned by another user")
     return None
 
 
@@ -120,20 +120,20 @@ def cache_dir_problem(folder: Path) -> str | None:
     except FileExistsError:
         pass  # a symlink to nothing, or a file: said below
     except OSError as exc:
-        return f"cannot be created ({exc.strerror})"
+        return _("cannot be created ({error})").format(error=exc.strerror)
     try:
         st = os.lstat(folder)
     except OSError as exc:
-        return f"cannot be created ({exc.strerror})"
+        return _("cannot be created ({error})").format(error=exc.strerror)
     problem = _not_ours(st)
     if problem:
         return problem
     if st.st_mode & 0o022:
-        return "is writable by other users"
+        return _("is writable by other users")
     if not os.access(folder, os.W_OK | os.X_OK):
-        return "is not writable"
+        return _("is not writable")
     if os.statvfs(folder).f_flag & os.ST_NOEXEC:
-        return "is on a filesystem mounted noexec (no program can start from there)"
+        return _("is on a filesystem mounted noexec (no program can start from there)")
     return None
 
 
@@ -150,10 +150,18 @@ def resolve_cache_dir(explicit: str | None = None) -> Path:
         problem = cache_dir_problem(folder)
         if problem is None:
             if problems:
-                log.warning("cache: using %s (%s)", folder, "; ".join(problems))
+                log.warning(
+                    _("cache: using {folder} ({problems})").format(
+                        folder=folder, problems="; ".join(problems)
+                    )
+                )
             return folder
         problems.append(f"{folder} {problem}")
-    raise CacheError(f"no usable cache folder ({'; '.join(problems)}): {CACHE_ADVICE}")
+    raise CacheError(
+        _("no usable cache folder ({problems}): {advice}").format(
+            problems="; ".join(problems), advice=_(CACHE_ADVICE)
+        )
+    )
 
 
 def private_subdir(folder: Path) -> Path:
@@ -167,16 +175,24 @@ def private_subdir(folder: Path) -> Path:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise CacheError(f"cannot create {folder}: {exc.strerror}") from exc
+        raise CacheError(
+            _("cannot create {folder}: {error}").format(folder=folder, error=exc.strerror)
+        ) from exc
     try:
         st = os.lstat(folder)
         problem = _not_ours(st)
         if problem:
-            raise CacheError(f"the cache folder {folder} {problem}: remove it, or {CACHE_ADVICE}")
+            raise CacheError(
+                _("the cache folder {folder} {problem}: remove it, or {advice}").format(
+                    folder=folder, problem=problem, advice=_(CACHE_ADVICE)
+                )
+            )
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.chmod(folder, 0o700)
     except OSError as exc:
-        raise CacheError(f"cannot use {folder}: {exc.strerror}") from exc
+        raise CacheError(
+            _("cannot use {folder}: {error}").format(folder=folder, error=exc.strerror)
+        ) from exc
     return folder
 
 
