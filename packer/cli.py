@@ -223,10 +223,12 @@ def build(
     manifest = execute(
         p, threads=threads, verbose=ctx.obj["verbose"], progress=_progress_bar("converting")
     )
-    size = p.output.stat().st_size
+    size = p.output.stat().st_size + sum(part.size for part in manifest.parts)
+    parts = f" + {len(manifest.parts)} parts next to it" if manifest.parts else ""
     log.info(
-        'done: %s (%.1f MB); run it with: %s -p "Hello"',
+        'done: %s%s (%.1f MB); run it with: %s -p "Hello"',
         p.output.name,
+        parts,
         size / 1e6,
         _shell_path(p.output),
     )

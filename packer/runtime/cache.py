@@ -507,9 +507,10 @@ def _release_inherited(inuse: Path) -> None:
         fds = os.listdir("/proc/self/fd")
     except OSError:
         return
+    real = os.path.realpath(inuse)
     for fd in fds:
         with contextlib.suppress(OSError, ValueError):
-            if os.readlink(f"/proc/self/fd/{fd}") == str(inuse):
+            if os.readlink(f"/proc/self/fd/{fd}") == real:
                 fcntl.flock(int(fd), fcntl.LOCK_UN)
 
 
