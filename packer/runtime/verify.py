@@ -44,13 +44,13 @@ def _sha256_region(path: Path, offset: int, size: int) -> str:
 def verify(path: Path, out: Callable[[str], None] | None = None) -> bool:
     """Check ``path``; print one line per item (``out``, default stdout) and a verdict."""
     say = out or (lambda line: print(line, flush=True))
-    ok_word, bad_word = _("ok"), _("DAMAGED")
     good = True
 
     def item(what: str, fine: bool, detail: str = "") -> None:
         nonlocal good
         good = good and fine
-        say(f"{what}: {ok_word if fine else bad_word}{(' (' + detail + ')') if detail else ''}")
+        line = (_("{item}: ok") if fine else _("{item}: DAMAGED")).format(item=what)
+        say(f"{line} ({detail})" if detail else line)
 
     name = path.name
     try:
@@ -120,7 +120,7 @@ def _check_payload(bundle: Bundle, item: Callable[..., None]) -> bool:
     try:
         pieces = payload_pieces(bundle)
     except BundleError as exc:
-        item(_("parts"), False, str(exc))
+        item(_("parts of the file"), False, str(exc))
         return False
     total = sum(p.size for p in pieces)
 
@@ -147,7 +147,7 @@ def _check_payload(bundle: Bundle, item: Callable[..., None]) -> bool:
         item(_("part {name}").format(name=reader.current), False, str(exc))
         return False
     except zstandard.ZstdError as exc:
-        where = reader.current if m.parts else _("payload")
+        where = reader.current if m.parts else _("compressed model")
         item(where, False, _("cannot decompress: {error}").format(error=exc))
         return False
     finally:
