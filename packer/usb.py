@@ -136,7 +136,7 @@ def copy_to_usb(
                 "half-written: free space, or copy fewer models"
             ) from exc
         raise OutputError(f"cannot write to {dest}: {exc.strerror}") from exc
-    models = [p.bundle for p in planned]
+    models = [read_bundle(dest / p.bundle.path.name) for p in planned]  # as on the stick
     written += _write_texts(dest, models, sums)
     return written
 

@@ -102,6 +102,8 @@ def test_fat32_splits_big_files(model: Path, stick: Path, monkeypatch: pytest.Mo
         src.runtime_sha256,
     )
     assert dst.license_files == src.license_files
+    readme = (stick / "README.txt").read_text()
+    assert "llama.run + llama.run.part2, llama.run.part3, llama.run.part4" in readme
 
 
 def test_exfat_and_ext4_get_plain_copies(
