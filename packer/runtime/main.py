@@ -68,14 +68,12 @@ def _bundle_path(argv: list[str]) -> str | None:
     return _dev_flag(argv, "--bundle")
 
 
-def _find_bundle(argv: list[str]) -> tuple[Bundle | None, str | None]:
-    """This file's bundle and path; a damaged one is read no further under --verify."""
+def _find_bundle(argv: list[str]) -> Bundle | None:
     path = _bundle_path(argv)
     try:
-        return (read_bundle(path) if path else None), path
-    except BundleError:
-        if path and parse(argv, [], prog=_prog()).verify:
-            return None, path
+        return read_bundle(path) if path else None
+    except BundleError as exc:
+        exc.path = path  # type: ignore[attr-defined]  # --verify still checks it, item by item
         raise
 
 
@@ -110,7 +108,13 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run(argv: list[str]) -> int:
-    bundle, bundle_path = _find_bundle(argv)
+    damaged: str | None = None  # a file too damaged to read, for --verify
+    try:
+        bundle = _find_bundle(argv)
+    except BundleError as exc:
+        if not parse(argv, [], prog=_prog()).verify:
+            raise
+        bundle, damaged = None, getattr(exc, "path", None)
     baked = list(bundle.manifest.args if bundle else ()) + shlex.split(
         os.environ.get("PACKER_ARGS", "")
     )
@@ -133,12 +137,13 @@ def run(argv: list[str]) -> int:
         return EXIT_OK
 
     if args.verify or args.uninstall:  # before the sandbox: neither loads a model
-        if bundle_path is None:
+        target = bundle.path if bundle else damaged
+        if target is None:
             raise BundleError(_("--verify and --uninstall need a model.run (or --bundle FILE)"))
         if args.verify:
             from packer.runtime.verify import verify
 
-            return EXIT_OK if verify(Path(bundle_path)) else EXIT_ERROR
+            return EXIT_OK if verify(Path(target)) else EXIT_ERROR
         assert bundle is not None
         return uninstall_main(bundle, resolve_cache_dir(args.cache_dir))
 
