@@ -22,6 +22,7 @@ PACKAGES=(
                         # build/debian-root.sh -> tests/test_noinstall.py (#5 item 3b)
     curl                # build/build-root.sh: fetches CPython's source tarball from Debian
     chromium            # tests/test_webpage.py: the web chat page in headless Chromium
+    dosfstools          # tests/test_usb_slow.py: mkfs.vfat for `packer usb` onto a FAT32 image
 )
 
 if [[ ${1:-} == --list ]]; then

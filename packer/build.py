@@ -19,8 +19,10 @@ from pathlib import Path
 from packer import source as sources
 from packer.errors import OutputError, UsageError
 from packer.licence import Licence, for_source
+from packer.mounts import FAT32_MAX, mount_of
 from packer.quants import DEFAULT_QUANT, QuantType, parse_quant
 from packer.runtime.manifest import Manifest, RuntimeInfo
+from packer.runtime.sizes import format_size
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,6 @@ Progress = Callable[[int, int], None]
 
 DEFAULT_CTX = 4096  # model.run's default --ctx-size, for the RAM estimate
 STUB_BYTES = 50_000_000  # the frozen runtime stub, roughly
-FAT32_MAX = 4 * 1024**3 - 1  # largest file a FAT32 USB stick holds
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
 
 
 @dataclass
@@ -48,6 +45,7 @@ class BuildPlan:
     kv_bytes_per_token: int | None = None  # f16 K+V cache, all layers
     imatrix: Path | None = None  # importance matrix for the quantizer (--imatrix)
     licence: Licence = field(default_factory=Licence)  # the texts and id the file carries
+    split: int | None = None  # --split: the payload in parts of at most this many bytes
 
     @property
     def quant_label(self) -> str:
@@ -94,21 +92,40 @@ class BuildPlan:
         if self.imatrix is not None:
             bits.append(f"imatrix {self.imatrix.name}")
         if self.output_bytes:
-            bits.append(f"~{_size(self.output_bytes)} file")
+            bits.append(f"~{format_size(self.output_bytes)} file")
         if self.ram_bytes:
-            bits.append(f"~{_size(self.ram_bytes)} RAM to run ({DEFAULT_CTX}-token context)")
+            bits.append(f"~{format_size(self.ram_bytes)} RAM to run ({DEFAULT_CTX}-token context)")
         return ", ".join(bits) + f" -> {self.output}"
 
     @property
     def warnings(self) -> list[str]:
         out = []
-        if self.output_bytes and self.output_bytes > FAT32_MAX:
+        if self.output_bytes and self.output_bytes > FAT32_MAX and not self.split:
             out.append(
-                f"the output will be ~{_size(self.output_bytes)}, over 4 GiB: it will not fit on a "
-                "FAT32 USB stick (use exFAT/ext4, or a smaller --quant)"
+                f"the output will be ~{format_size(self.output_bytes)}, over 4 GiB: it will not "
+                "fit on a FAT32 USB stick as one file (`packer usb` splits it there, or build "
+                "with --split 4G; or use exFAT/ext4, or a smaller --quant)"
             )
         out += self.licence.notes
         return out
+
+    def check_destination(self) -> None:
+        """On a FAT32 destination, a file over 4 GiB - 1 cannot be written: say so before any
+        work (the output size estimated from the weights and the quant's bits per weight)."""
+        mount = mount_of(self.output.parent)
+        if mount is None or mount.max_file is None:
+            return
+        if self.split is not None and self.split > mount.max_file:
+            raise UsageError(
+                f"--split {format_size(self.split)} makes parts over 4 GiB, which {mount.point} "
+                f"({mount.fstype}, FAT32) cannot hold: give --split 4G or less"
+            )
+        if self.split is None and self.output_bytes and self.output_bytes > mount.max_file:
+            raise OutputError(
+                f"{self.output} would be ~{format_size(self.output_bytes)}, but {mount.point} is "
+                f"FAT32 ({mount.fstype}), which holds no file over 4 GiB: add --split 4G (model.run "
+                "reads its parts as one file), or build elsewhere and copy with `packer usb`"
+            )
 
 
 def _kv_bytes_per_token(src: sources.Source) -> int | None:
@@ -168,6 +185,7 @@ def plan(
     token: str | None = None,
     revision: str | None = None,
     imatrix: str | os.PathLike[str] | None = None,
+    split: int | None = None,
 ) -> BuildPlan:
     from packer.stub import check_runtime
 
@@ -232,7 +250,7 @@ def plan(
             resolve(requested_language(baked), {})
         except LanguageError as exc:
             raise UsageError(f"--args: {exc}") from None
-    return BuildPlan(
+    bp = BuildPlan(
         source=src,
         quant=qt,
         output=out,
@@ -244,7 +262,10 @@ def plan(
         kv_bytes_per_token=_kv_bytes_per_token(src),
         imatrix=imx_path,
         licence=for_source(src),
+        split=split,
     )
+    bp.check_destination()
+    return bp
 
 
 def execute(
@@ -307,7 +328,7 @@ def execute(
                 flavour=p.flavour, stub=stub.build.key, llama_cpp=stub.build.llama_cpp
             ),
         )
-        return pack(stub.path, gguf, p.output, manifest)
+        return pack(stub.path, gguf, p.output, manifest, split=p.split)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

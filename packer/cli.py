@@ -101,6 +101,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
       packer convert ./SmolLM2-135M-Instruct -o smollm2.gguf
       packer models
       packer quants
+      packer usb /media/$USER/STICK model.run
     """
     _setup_logging(verbose, quiet)
     ctx.obj = {"verbose": verbose}
@@ -145,6 +146,14 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     "quantizer: required by IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, Q2_K_S, improves every "
     "other type, e.g. --quant IQ2_XS --imatrix imatrix.gguf.",
 )
+@click.option(
+    "--split",
+    "split",
+    metavar="SIZE",
+    help="Write the model in parts of at most SIZE (e.g. 4G, 3900M: decimal units; 2GiB "
+    "binary) next to model.run, which reads them as one file: for FAT32 USB sticks, which "
+    "hold no file over 4 GiB. Keep all the parts in one folder.",
+)
 @_hub_options
 @click.pass_context
 def build(
@@ -156,6 +165,7 @@ def build(
     flavour: str,
     threads: int,
     imatrix: Path | None,
+    split: str | None,
     revision: str | None,
     token: str | None,
 ) -> None:
@@ -188,6 +198,7 @@ def build(
       packer build ./my-model --args "--temp 0.2 --system 'Responde en español.'"
       packer build ./my-model --quant IQ2_XS --imatrix imatrix.gguf
       packer build ./my-model --runtime cuda   # after: packer runtime build --flavour cuda
+      packer build ./my-model --quant Q4_K_M --split 4G -o /media/stick/model.run
 
     \b
     The 1-2 bit types (IQ1_*, IQ2_XXS/XS/S, Q2_K_S) need an importance matrix: make one with
@@ -204,6 +215,7 @@ def build(
         token=token,
         revision=revision,
         imatrix=imatrix,
+        split=_size_option("--split", split),
     )
     log.info("%s", p.describe())
     log.info("%s", p.licence.notice())
@@ -212,15 +224,29 @@ def build(
     manifest = execute(
         p, threads=threads, verbose=ctx.obj["verbose"], progress=_progress_bar("converting")
     )
-    size = p.output.stat().st_size
+    size = p.output.stat().st_size + sum(part.size for part in manifest.parts)
+    parts = f" + {len(manifest.parts)} parts next to it" if manifest.parts else ""
     log.info(
-        'done: %s (%.1f MB); run it with: %s -p "Hello"',
+        'done: %s%s (%.1f MB); run it with: %s -p "Hello"',
         p.output.name,
+        parts,
         size / 1e6,
         _shell_path(p.output),
     )
     log.debug("manifest: %s", manifest)
     click.echo(str(p.output))
+
+
+def _size_option(flag: str, text: str | None) -> int | None:
+    from packer.errors import UsageError
+    from packer.runtime.sizes import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
 
 
 def _shell_path(path: Path) -> str:
@@ -344,6 +370,35 @@ def models() -> None:
         size = a.params_b * bpw / 8
         size_txt = f"~{size:.1f} GB" if size >= 1 else f"~{size * 1000:.0f} MB"
         click.echo(f"{a.name:<24} {a.params_b:>6g}B {size_txt:>12}  {a.repo:<40} {a.note}{extra}")
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def usb(dest: Path, files: tuple[Path, ...]) -> None:
+    """Copy model files onto a USB stick mounted at DEST, ready to hand out.
+
+    Checks first that DEST is a writable folder and that everything fits, then copies each
+    FILE (a model.run, with its .partN files if it is split) with a progress bar. FAT32
+    sticks hold no file over 4 GiB: bigger models are split there on the way (model.run reads
+    its parts as one file); exFAT, NTFS and ext4 get plain copies. Each file is written under
+    a temp name and renamed when complete, so a full stick leaves nothing half-written.
+    Adds README.txt (English) and LEEME.txt (Spanish) on how to run the models (chmod +x,
+    double-click, --server, sticks mounted without exec, Windows via WSL, licences) and
+    SHA256SUMS: `cd DEST && sha256sum -c SHA256SUMS` checks the copy.
+
+    \b
+    Examples:
+      packer usb /media/$USER/STICK SmolLM2-135M-Instruct.Q5_K_M.run
+      packer usb /media/$USER/STICK llama-3.2-3b.run qwen2.5-1.5b.run
+      cd /media/$USER/STICK && sha256sum -c SHA256SUMS
+    """
+    from packer.usb import copy_to_usb
+
+    written = copy_to_usb(dest, list(files))
+    for path in written:
+        click.echo(str(path))
+    log.info("done: %d file(s) on %s; check them with: sha256sum -c SHA256SUMS", len(written), dest)
 
 
 @cli.group()

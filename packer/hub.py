@@ -37,6 +37,7 @@ from packer.errors import OutputError, PackerError, SourceError, UnsupportedMode
 from packer.licence import doc_names
 from packer.quants import DEFAULT_QUANT, QUANT_TYPES
 from packer.runtime.cache import CacheError, cache_subdir
+from packer.runtime.sizes import format_size
 
 log = logging.getLogger(__name__)
 
@@ -601,14 +602,6 @@ def _listing(folder: Path) -> list[str]:
     )
 
 
-def _gb(n: int) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.1f} GB"
-    if n >= 1e6:
-        return f"{n / 1e6:.0f} MB"
-    return f"{n / 1e3:.0f} kB"
-
-
 def fmt_params(n: float) -> str:
     """``1_100_048_384`` -> ``1.10B``, ``134_515_008`` -> ``135M``."""
     if n >= 1e9:
@@ -626,8 +619,8 @@ def check_disk_space(ref: HubRef, need: int) -> None:
     free = shutil.disk_usage(probe).free
     if need > free:
         raise OutputError(
-            f"not enough disk space to download {ref}: it needs {_gb(need)} and {probe} has "
-            f"{_gb(free)} free; free some space or set HF_HOME (or HF_HUB_CACHE) to a bigger disk"
+            f"not enough disk space to download {ref}: it needs {format_size(need)} and {probe} has "
+            f"{format_size(free)} free; free some space or set HF_HOME (or HF_HUB_CACHE) to a bigger disk"
         )
 
 
@@ -856,8 +849,8 @@ def _download(
             f", {fmt_params(params)} parameters" if params else "",
             len(todo),
             "" if len(todo) == 1 else "s",
-            _gb(need),
-            f" ({_gb(total - need)} already cached)" if total - need >= 1_000_000 else "",
+            format_size(need),
+            f" ({format_size(total - need)} already cached)" if total - need >= 1_000_000 else "",
         )
     else:
         log.info("%s (commit %s) is already in the cache", ref, (commit or "?")[:10])

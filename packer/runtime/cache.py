@@ -16,6 +16,11 @@ and sets that file's mtime (its last use). Unpacking a new model removes the oth
 nobody holds and nobody started for KEEP_DAYS days, as the launcher does for old runtimes. Lock
 files stay (they are empty): unlinking one that others may have opened would let two
 processes "hold" it at once.
+
+The first start shows a progress bar (on a terminal) and one line saying what the model and
+its runtime take on disk, and where. ``model.run --uninstall`` (:func:`uninstall`) removes
+this file's model and runtime and their lock files, taking both locks first (so it skips what
+another copy is running or unpacking), and reports what it freed.
 """
 
 from __future__ import annotations
@@ -29,15 +34,26 @@ import os
 import pwd
 import shutil
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from packer.runtime.atomic_write import TEMP_SUFFIX, atomic_write
 from packer.runtime.errors import BundleError
-from packer.runtime.payload import Bundle
+from packer.runtime.i18n import _
+from packer.runtime.payload import (
+    NO_RUNTIME_KEY,
+    Bundle,
+    PayloadPiece,
+    PayloadReader,
+    payload_pieces,
+)
+from packer.runtime.progress import ProgressBar
+from packer.runtime.sizes import format_size
 
 log = logging.getLogger("packer.runtime.cache")
 
@@ -78,20 +94,22 @@ def candidate_dirs(explicit: str | None = None) -> list[Path]:
     return out
 
 
-CACHE_ADVICE = (
-    "set PACKER_CACHE=/some/dir or pass --cache-dir (a folder of your own that no one else can "
-    "write, on a filesystem that allows running programs)"
-)
+def cache_advice() -> str:
+    """What to do about an unusable cache folder, in the chosen language."""
+    return _(
+        "set PACKER_CACHE=/some/dir or pass --cache-dir (a folder of your own that no one else "
+        "can write, on a filesystem that allows running programs)"
+    )
 
 
 def _not_ours(st: os.stat_result) -> str | None:
     """Why ``st`` (from lstat) is no folder of ours: a real folder owned by the effective uid."""
     if stat.S_ISLNK(st.st_mode):
-        return "is a symlink"
+        return _("is a symlink")
     if not stat.S_ISDIR(st.st_mode):
-        return "is not a folder"
+        return _("is not a folder")
     if st.st_uid != os.geteuid():
-        return "is owned by another user"
+        return _("is owned by another user")
     return None
 
 
@@ -104,20 +122,20 @@ def cache_dir_problem(folder: Path) -> str | None:
     except FileExistsError:
         pass  # a symlink to nothing, or a file: said below
     except OSError as exc:
-        return f"cannot be created ({exc.strerror})"
+        return _("cannot be created ({error})").format(error=exc.strerror)
     try:
         st = os.lstat(folder)
     except OSError as exc:
-        return f"cannot be created ({exc.strerror})"
+        return _("cannot be created ({error})").format(error=exc.strerror)
     problem = _not_ours(st)
     if problem:
         return problem
     if st.st_mode & 0o022:
-        return "is writable by other users"
+        return _("is writable by other users")
     if not os.access(folder, os.W_OK | os.X_OK):
-        return "is not writable"
+        return _("is not writable")
     if os.statvfs(folder).f_flag & os.ST_NOEXEC:
-        return "is on a filesystem mounted noexec (no program can start from there)"
+        return _("is on a filesystem mounted noexec (no program can start from there)")
     return None
 
 
@@ -134,10 +152,18 @@ def resolve_cache_dir(explicit: str | None = None) -> Path:
         problem = cache_dir_problem(folder)
         if problem is None:
             if problems:
-                log.warning("cache: using %s (%s)", folder, "; ".join(problems))
+                log.warning(
+                    _("cache: using {folder} ({problems})").format(
+                        folder=folder, problems="; ".join(problems)
+                    )
+                )
             return folder
         problems.append(f"{folder} {problem}")
-    raise CacheError(f"no usable cache folder ({'; '.join(problems)}): {CACHE_ADVICE}")
+    raise CacheError(
+        _("no usable cache folder ({problems}): {advice}").format(
+            problems="; ".join(problems), advice=cache_advice()
+        )
+    )
 
 
 def private_subdir(folder: Path) -> Path:
@@ -151,16 +177,24 @@ def private_subdir(folder: Path) -> Path:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise CacheError(f"cannot create {folder}: {exc.strerror}") from exc
+        raise CacheError(
+            _("cannot create {folder}: {error}").format(folder=folder, error=exc.strerror)
+        ) from exc
     try:
         st = os.lstat(folder)
         problem = _not_ours(st)
         if problem:
-            raise CacheError(f"the cache folder {folder} {problem}: remove it, or {CACHE_ADVICE}")
+            raise CacheError(
+                _("the cache folder {folder} {problem}: remove it, or {advice}").format(
+                    folder=folder, problem=problem, advice=cache_advice()
+                )
+            )
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.chmod(folder, 0o700)
     except OSError as exc:
-        raise CacheError(f"cannot use {folder}: {exc.strerror}") from exc
+        raise CacheError(
+            _("cannot use {folder}: {error}").format(folder=folder, error=exc.strerror)
+        ) from exc
     return folder
 
 
@@ -261,7 +295,10 @@ def prune_models(models: Path, keep: Path, keep_days: float = KEEP_DAYS) -> list
 
 def ensure_gguf(bundle: Bundle, cache_dir: Path) -> Path:
     """Return the path of the bundle's GGUF in ``cache_dir``, unpacking it first if needed.
-    The model is held (see :func:`hold`) until this process exits."""
+    The model is held (see :func:`hold`) until this process exits. Every part of a split
+    file must be there, with its size (one line naming a missing part), even when the model
+    is already unpacked: a copy missing a part is found on the machine it was made on."""
+    pieces = payload_pieces(bundle)
     target = cached_gguf_path(cache_dir, bundle)
     private_subdir(target.parent)
     hold(target)  # before the check: a pruning model.run cannot remove it under us
@@ -273,77 +310,243 @@ def ensure_gguf(bundle: Bundle, cache_dir: Path) -> Path:
         free = shutil.disk_usage(target.parent).free
         if free < bundle.gguf_size + (64 << 20):
             raise CacheError(
-                f"not enough disk space in {target.parent} to unpack the model "
-                f"({bundle.gguf_size / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free): "
-                "free some space or set PACKER_CACHE to another disk"
+                _(
+                    "not enough disk space in {folder} to unpack the model ({needed} needed, "
+                    "{free} free): free some space or set PACKER_CACHE to another disk"
+                ).format(
+                    folder=target.parent,
+                    needed=format_size(bundle.gguf_size),
+                    free=format_size(free),
+                )
             )
-        _unpack(bundle, target)
+        _first_start_line(bundle, cache_dir, target)
+        _unpack(bundle, pieces, target)
     removed = prune_models(target.parent, target)
     if removed:
         log.info(
-            "removed %d unpacked model(s) that no model.run started for %d days",
-            len(removed),
-            KEEP_DAYS,
+            _("removed {count} unpacked model(s) that no model.run started for {days} days").format(
+                count=len(removed), days=KEEP_DAYS
+            )
         )
     return target
 
 
-def _unpack(bundle: Bundle, target: Path) -> None:
+def disk_usage(path: Path) -> int:
+    """Bytes ``path`` (a file, or a folder and everything under it) takes on disk."""
+    total = 0
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    total += st.st_blocks * 512
+    if stat.S_ISDIR(st.st_mode):
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def runtime_dir(cache_dir: Path, bundle: Bundle) -> Path | None:
+    """Where the launcher unpacked this file's runtime; None for a file without one."""
+    if not bundle.runtime_size or bundle.runtime_key == NO_RUNTIME_KEY:
+        return None
+    return cache_dir / "runtime" / bundle.runtime_key
+
+
+def _first_start_line(bundle: Bundle, cache_dir: Path, target: Path) -> None:
+    """The one line that says what the first start costs on disk, and where."""
+    rt = runtime_dir(cache_dir, bundle)
+    rt_bytes = disk_usage(rt) if rt is not None else 0
+    if rt is not None and rt_bytes:
+        log.info(
+            _(
+                "first start: unpacking the model into {folder} ({size} on disk; its runtime "
+                "takes {runtime} in {runtime_folder}); --uninstall removes both"
+            ).format(
+                folder=target.parent,
+                size=format_size(bundle.gguf_size),
+                runtime=format_size(rt_bytes),
+                runtime_folder=rt,
+            )
+        )
+    else:
+        log.info(
+            _(
+                "first start: unpacking the model into {folder} ({size} on disk); "
+                "--uninstall removes it"
+            ).format(folder=target.parent, size=format_size(bundle.gguf_size))
+        )
+
+
+def _unpack(bundle: Bundle, pieces: list[PayloadPiece], target: Path) -> None:
     import zstandard  # only needed on the first run
 
-    log.info(
-        "unpacking the model (%.0f MB) to %s (first run only)",
-        bundle.gguf_size / 1e6,
-        target.parent,
-    )
+    name = bundle.path.name
+    payload = PayloadReader(pieces)
     try:
-        with open(bundle.path, "rb") as src, atomic_write(target) as dst:
+        with (
+            ProgressBar(bundle.gguf_size, _("unpacking the model")) as bar,
+            atomic_write(target) as dst,
+        ):
             digest = hashlib.sha256()
             written = 0
-            src.seek(bundle.payload_offset)
-            limited = _LimitedReader(src, bundle.payload_size)
-            reader = zstandard.ZstdDecompressor().stream_reader(limited, read_across_frames=True)
+            reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=True)
             while chunk := reader.read(CHUNK):
                 written += len(chunk)
                 if written > bundle.gguf_size:  # never more than declared: not a disk filler
                     raise BundleError(
-                        f"{bundle.path.name} is corrupted (its model is larger than its manifest "
-                        "says): copy the file again"
+                        _(
+                            "{name} is corrupted (its model is larger than its manifest says): "
+                            "copy the file again"
+                        ).format(name=name)
                     )
                 digest.update(chunk)
                 dst.write(chunk)
+                bar.advance(len(chunk))
+            payload.finish()  # the last part's checksum
             if written != bundle.gguf_size or digest.hexdigest() != bundle.gguf_sha256:
                 raise BundleError(  # before the rename: the temp file goes, nothing is cached
-                    f"{bundle.path.name} is corrupted (model checksum mismatch): copy the file again"
+                    _("{name} is corrupted (model checksum mismatch): copy the file again").format(
+                        name=_damaged_piece(payload, pieces, name)
+                    )
                 )
     except zstandard.ZstdError as exc:
         raise BundleError(
-            f"{bundle.path.name} is corrupted (cannot decompress the model: {exc}): copy the file again"
+            _(
+                "{name} is corrupted (cannot decompress the model: {error}): copy the file again"
+            ).format(name=_damaged_piece(payload, pieces, name), error=exc)
         ) from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise CacheError(
-                f"disk full while unpacking the model to {target.parent}: free space or set PACKER_CACHE"
+                _(
+                    "disk full while unpacking the model to {folder}: free space or set "
+                    "PACKER_CACHE"
+                ).format(folder=target.parent)
             ) from exc
-        raise CacheError(f"cannot unpack the model to {target.parent}: {exc.strerror}") from exc
+        raise CacheError(
+            _("cannot unpack the model to {folder}: {error}").format(
+                folder=target.parent, error=exc.strerror
+            )
+        ) from exc
+    finally:
+        payload.close()
 
 
-class _LimitedReader:
-    """A read-only view of ``size`` bytes of a file from its current position."""
+def _damaged_piece(payload: PayloadReader, pieces: list[PayloadPiece], name: str) -> str:
+    """The file to blame: model.run, or for a split one the part being read (``name`` when the
+    payload is all inside it)."""
+    if any(p.sha256 for p in pieces) and payload.current != name:
+        return payload.current
+    return name
 
-    def __init__(self, fh, size: int) -> None:  # type: ignore[no-untyped-def]
-        self._fh = fh
-        self._left = size
 
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._fh.read(n)
-        self._left -= len(data)
-        return data
+# -- --uninstall --------------------------------------------------------------------------
 
-    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
+
+@dataclass
+class Cleanup:
+    """What :func:`uninstall` did: bytes freed, what it removed, what it left (and why)."""
+
+    freed: int = 0
+    removed: list[Path] = field(default_factory=list)
+    busy: list[Path] = field(default_factory=list)
+
+
+def uninstall(bundle: Bundle, cache_dir: Path) -> Cleanup:
+    """Remove this file's unpacked model and runtime from ``cache_dir``, with their lock files;
+    skip either while another model.run holds it (its ``.inuse`` lock) or is unpacking it (its
+    ``.lock``). The runtime this process runs from is let go first: the launcher passed its
+    shared hold on to us; everything is imported already, so removing it is safe (Linux keeps
+    open files until they are closed)."""
+    out = Cleanup()
+    model = cached_gguf_path(cache_dir, bundle)
+    entries = [model]
+    rt = runtime_dir(cache_dir, bundle)
+    if rt is not None:
+        _release_inherited(rt.with_name(rt.name + ".inuse"))
+        entries.append(rt)
+    for entry in entries:
+        inuse = entry.with_name(entry.name.removesuffix(".gguf") + ".inuse")
+        lock = entry.with_name(entry.name.removesuffix(".gguf") + ".lock")
+        _remove_entry(entry, inuse, lock, out)
+    return out
+
+
+def uninstall_main(bundle: Bundle, cache_dir: Path) -> int:
+    """``model.run --uninstall``: clean up, then one line per thing skipped (stderr) and one
+    saying what was freed (stdout). Exit status 1 when something was in use and stays."""
+    result = uninstall(bundle, cache_dir)
+    for entry in result.busy:
+        print(
+            _(
+                "{path} is in use by another running model.run (or being unpacked): left as it "
+                "is; stop it and run --uninstall again"
+            ).format(path=entry),
+            file=sys.stderr,
+        )
+    if result.removed:
+        print(
+            _("removed what {name} unpacked into {folder}: {size} freed").format(
+                name=bundle.path.name, folder=cache_dir, size=format_size(result.freed)
+            )
+        )
+    elif not result.busy:
+        print(
+            _("nothing to remove: {name} has nothing unpacked in {folder}").format(
+                name=bundle.path.name, folder=cache_dir
+            )
+        )
+    sys.stdout.flush()
+    return 1 if result.busy else 0
+
+
+def _release_inherited(inuse: Path) -> None:
+    """Drop the shared lock the launcher took on ``inuse`` for this process (an inherited
+    descriptor: found in /proc/self/fd)."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    real = os.path.realpath(inuse)
+    for fd in fds:
+        with contextlib.suppress(OSError, ValueError):
+            if os.readlink(f"/proc/self/fd/{fd}") == real:
+                fcntl.flock(int(fd), fcntl.LOCK_UN)
+
+
+def _remove_entry(entry: Path, inuse: Path, lock: Path, out: Cleanup) -> None:
+    if not (os.path.lexists(entry) or os.path.lexists(inuse) or os.path.lexists(lock)):
+        return
+    with contextlib.ExitStack() as stack:
+        for path in (inuse, lock):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError:
+                continue
+            stack.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                out.busy.append(entry)
+                return
+            except OSError:
+                continue  # no locks on this filesystem: as when unpacking
+        try:
+            st = os.lstat(entry)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            size = disk_usage(entry)
+            if stat.S_ISDIR(st.st_mode):
+                aside = entry.with_name(f".old-{entry.name}-{os.getpid()}")
+                os.rename(entry, aside)  # gone from its name at once, as the launcher does
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                entry.unlink()
+            out.freed += size
+            out.removed.append(entry)
+        for path in (inuse, lock):  # while locked: no one else is waiting on them
+            with contextlib.suppress(OSError):
+                path.unlink()

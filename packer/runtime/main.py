@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 
 from packer.runtime import __version__, api_key, desktop
 from packer.runtime.backend import BackendError
-from packer.runtime.cache import CacheError, ensure_gguf, optional_cache_dir, resolve_cache_dir
+from packer.runtime.cache import (
+    CacheError,
+    ensure_gguf,
+    optional_cache_dir,
+    resolve_cache_dir,
+    uninstall_main,
+)
 from packer.runtime.cli import UsageError, choose_language, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
@@ -52,15 +58,23 @@ def _dev_flag(argv: list[str], name: str) -> str | None:
     return None
 
 
-def _find_bundle(argv: list[str]) -> Bundle | None:
+def _bundle_path(argv: list[str]) -> str | None:
     # the native launcher (build/launcher/) execs the unpacked runtime with the model.run's path
     launched_by = os.environ.pop("PACKER_BUNDLE", None)
     if launched_by:
-        return read_bundle(launched_by)
+        return launched_by
     if _frozen():  # a layout-v1 model.run: the onefile stub is the model.run itself
-        return read_bundle(sys.executable)
-    path = _dev_flag(argv, "--bundle")
-    return read_bundle(path) if path else None
+        return sys.executable
+    return _dev_flag(argv, "--bundle")
+
+
+def _find_bundle(argv: list[str]) -> Bundle | None:
+    path = _bundle_path(argv)
+    try:
+        return read_bundle(path) if path else None
+    except BundleError as exc:
+        exc.path = path  # type: ignore[attr-defined]  # --verify still checks it, item by item
+        raise
 
 
 def _version_text(bundle: Bundle | None) -> str:
@@ -95,7 +109,13 @@ def _setup_logging(verbose: bool) -> None:
 
 def run(argv: list[str]) -> int:
     choose_language(argv)  # before anything is said; parse() chooses again with the baked args
-    bundle = _find_bundle(argv)
+    damaged: str | None = None  # a file too damaged to read, for --verify
+    try:
+        bundle = _find_bundle(argv)
+    except BundleError as exc:
+        if not parse(argv, [], prog=_prog()).verify:
+            raise
+        bundle, damaged = None, getattr(exc, "path", None)
     baked = list(bundle.manifest.args if bundle else ()) + shlex.split(
         os.environ.get("PACKER_ARGS", "")
     )
@@ -129,6 +149,17 @@ def run(argv: list[str]) -> int:
         from packer.runtime import licence
 
         return licence.show(bundle.manifest, bundle.path.name)
+
+    if args.verify or args.uninstall:  # before the sandbox: neither loads a model
+        target = bundle.path if bundle else damaged
+        if target is None:
+            raise BundleError(_("--verify and --uninstall need a model.run (or --bundle FILE)"))
+        if args.verify:
+            from packer.runtime.verify import verify
+
+            return EXIT_OK if verify(Path(target)) else EXIT_ERROR
+        assert bundle is not None
+        return uninstall_main(bundle, resolve_cache_dir(args.cache_dir))
 
     desktop_start = desktop.is_desktop_start(args)  # a double-click: serve, open the browser
     args.server = args.server or desktop_start

@@ -13,12 +13,14 @@ defaults, so files from older (and newer, same-format) packers still start. Only
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from packer.runtime.errors import BundleError
 
+_ZEROS = "0" * 64
 FORMAT_VERSION = 2  # the layout version (packer.runtime.payload), recorded as "format"
 
 
@@ -37,6 +39,16 @@ class LicenseFile:
 
     name: str = ""
     text: str = ""
+
+
+@dataclass(frozen=True)
+class PayloadPart:
+    """A file next to model.run holding the next piece of its payload (``packer build
+    --split``, ``packer usb`` on FAT32): its file name when written, size and sha256."""
+
+    name: str = ""
+    size: int = 0
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,12 +84,22 @@ class Manifest:
     gguf_sha256: str = ""
     payload_size: int = 0
     packer_version: str = ""
+    # checksums for `model.run --verify` (packer.runtime.verify): the launcher, the runtime
+    # archive, the compressed payload (all its parts together), this manifest itself (its JSON
+    # with this field's value replaced by 64 zeros), and the parts that hold the payload when it
+    # is not inside the file (then the trailer's payload is empty)
+    payload_sha256: str = ""
+    launcher_sha256: str = ""
+    runtime_sha256: str = ""
+    manifest_sha256: str = ""
+    parts: tuple[PayloadPart, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types, fields in their declared order (``--info`` prints this)."""
         out = dataclasses.asdict(self)
         out["args"] = list(self.args)
         out["license_files"] = [dataclasses.asdict(f) for f in self.license_files]
+        out["parts"] = [dataclasses.asdict(p) for p in self.parts]
         return out
 
     def to_json(self) -> bytes:
@@ -86,6 +108,12 @@ class Manifest:
             self.to_dict(), indent=1, sort_keys=True, ensure_ascii=False, separators=(",", ": ")
         )
         return text.encode("utf-8")
+
+    def sealed_json(self) -> bytes:
+        """:meth:`to_json` with ``manifest_sha256`` filled in (see :func:`seal_matches`)."""
+        unsealed = dataclasses.replace(self, manifest_sha256=_ZEROS).to_json()
+        digest = hashlib.sha256(unsealed).hexdigest()
+        return dataclasses.replace(self, manifest_sha256=digest).to_json()
 
     @classmethod
     def from_json(cls, data: bytes | str, source: str = "the model file") -> Manifest:
@@ -142,9 +170,24 @@ class Manifest:
                 gguf_sha256=_str(raw.get("gguf_sha256")),
                 payload_size=_int(raw.get("payload_size"), 0),
                 packer_version=_str(raw.get("packer_version")),
+                payload_sha256=_str(raw.get("payload_sha256")),
+                launcher_sha256=_str(raw.get("launcher_sha256")),
+                runtime_sha256=_str(raw.get("runtime_sha256")),
+                manifest_sha256=_str(raw.get("manifest_sha256")),
+                parts=tuple(_part(p) for p in _list(raw.get("parts"))),
             )
         except (TypeError, KeyError) as exc:
             raise damaged from exc
+
+
+def seal_matches(raw: bytes, recorded: str) -> bool:
+    """Whether the manifest bytes ``raw`` are exactly what :meth:`Manifest.sealed_json` wrote:
+    their sha256, with the recorded value replaced by zeros, is the recorded value."""
+    field_bytes = f'"manifest_sha256": "{recorded}"'.encode()
+    if len(recorded) != len(_ZEROS) or raw.count(field_bytes) != 1:
+        return False
+    unsealed = raw.replace(field_bytes, f'"manifest_sha256": "{_ZEROS}"'.encode())
+    return hashlib.sha256(unsealed).hexdigest() == recorded
 
 
 # -- field readers: None (missing or null) gives the default, a wrong type raises TypeError --
@@ -178,6 +221,16 @@ def _license_file(value: object) -> LicenseFile:
     if not isinstance(value, dict):
         raise TypeError(f"expected an object, got {value!r}")
     return LicenseFile(name=_str(value.get("name")), text=_str(value.get("text")))
+
+
+def _part(value: object) -> PayloadPart:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return PayloadPart(
+        name=_str(value.get("name")),
+        size=_int(value.get("size"), 0),
+        sha256=_str(value.get("sha256")),
+    )
 
 
 def _list(value: object) -> list[object]:

@@ -15,6 +15,15 @@ Layout v1 (PyInstaller onefile stub, no runtime archive) is still read::
 
     magic(8) | payload_offset u64 | payload_size u64 | manifest_offset u64 | manifest_size u64 | magic(8)
 
+Split files (``packer build --split``, ``packer usb`` onto FAT32, which holds no file over
+4 GiB - 1): model.run keeps the launcher, the runtime archive, the manifest and the trailer,
+with an empty payload (``payload_offset == manifest_offset``, ``payload_size == 0``), and the
+manifest's ``parts`` list the files next to it that hold the payload, in order, each with its
+size and sha256: ``model.run.part2``, ``model.run.part3``, ... The launcher reads only the
+first file, so it is the same for both; :class:`PayloadReader` reads the pieces as one stream.
+A part is looked for under the name model.run has now (``<name>.partN``), then under the name
+it was written with.
+
 The manifest is JSON (:mod:`packer.runtime.manifest`). All integers little-endian. Readers find
 the trailer by seeking to the end, so no part needs to know its own length. The stub that
 ``packer.stub`` caches is ``[launcher][runtime archive]`` followed by a :data:`STUB_FOOTER`
@@ -23,13 +32,16 @@ telling ``packer.pack`` where the archive starts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from packer.runtime.errors import BundleError
-from packer.runtime.manifest import Manifest
+from packer.runtime.i18n import _
+from packer.runtime.manifest import Manifest, PayloadPart
 
 MAGIC_V1 = b"PACKER\x00\x01"
 MAGIC = b"PACKER\x00\x02"
@@ -170,3 +182,167 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         runtime_size=r_size,
         runtime_key=key,
     )
+
+
+# -- the payload, inside the file or split into parts --------------------------------------
+
+PART_SUFFIX = ".part"  # model.run's parts: model.run.part2, model.run.part3, ...
+FIRST_PART = 2  # model.run itself is part 1
+
+
+def part_name(base: str, index: int) -> str:
+    """The file name of part ``index`` (2, 3, ...) of the model file named ``base``."""
+    return f"{base}{PART_SUFFIX}{index}"
+
+
+@dataclass(frozen=True)
+class PayloadPiece:
+    """Where one piece of the compressed payload lies: a region of model.run, or a part."""
+
+    label: str  # the file's name, for messages
+    path: Path
+    offset: int
+    size: int
+    sha256: str  # the part's recorded sha256; "" for the region inside model.run
+
+
+def _find_part(bundle: Bundle, index: int, part: PayloadPart) -> Path:
+    count = len(bundle.manifest.parts) + 1
+    written = part.name
+    if not written or "/" in written or written.startswith(".") or "\x00" in written:
+        raise BundleError(
+            _("{name} has a damaged list of parts: the file is corrupted; copy it again").format(
+                name=bundle.path.name
+            )
+        )
+    now = part_name(bundle.path.name, index)
+    for candidate in dict.fromkeys((now, written)):
+        path = bundle.path.parent / candidate
+        if path.is_file():
+            return path
+    raise BundleError(
+        _(
+            "{part} is missing: {name} is split into {count} files that must stay together in "
+            "one folder; copy {part} next to {name}"
+        ).format(part=now, name=bundle.path.name, count=count)
+    )
+
+
+def payload_pieces(bundle: Bundle) -> list[PayloadPiece]:
+    """The payload's pieces in order; every part is there with its recorded size, or a
+    :class:`BundleError` names the first one that is missing or of the wrong size."""
+    pieces = []
+    if bundle.payload_size:
+        pieces.append(
+            PayloadPiece(
+                bundle.path.name, bundle.path, bundle.payload_offset, bundle.payload_size, ""
+            )
+        )
+    for index, part in enumerate(bundle.manifest.parts, start=FIRST_PART):
+        path = _find_part(bundle, index, part)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise BundleError(
+                _("cannot read {part}: {error}").format(part=path.name, error=exc.strerror)
+            ) from exc
+        if size != part.size:
+            raise BundleError(
+                _(
+                    "{part} is damaged (it has {size} bytes, {expected} expected): copy it again"
+                ).format(part=path.name, size=size, expected=part.size)
+            )
+        pieces.append(PayloadPiece(path.name, path, 0, part.size, part.sha256))
+    return pieces
+
+
+class PartDamaged(BundleError):
+    """A part's sha256 is not the one recorded; ``label`` names it."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(
+            _("{part} is damaged (checksum mismatch): copy it again").format(part=label)
+        )
+        self.label = label
+
+
+class PayloadReader:
+    """The compressed payload as one read-only stream over its pieces. Each part's sha256 is
+    checked when its last byte is read (:class:`PartDamaged` otherwise); ``digest`` is the
+    sha256 of everything read; ``current`` names the piece being read, for messages."""
+
+    def __init__(
+        self,
+        pieces: list[PayloadPiece],
+        progress: Callable[[int], None] | None = None,
+        checked: Callable[[PayloadPiece], None] | None = None,
+    ) -> None:
+        self._pieces = list(pieces)
+        self._progress = progress
+        self._checked = checked  # called with each part whose sha256 matched
+        self._fh: object | None = None
+        self._left = 0
+        self._piece_hash = hashlib.sha256()
+        self.digest = hashlib.sha256()
+        self.current = pieces[0].label if pieces else ""
+        self.read_bytes = 0
+
+    def _next(self) -> bool:
+        self._close()
+        if not self._pieces:
+            return False
+        piece = self._pieces[0]
+        try:
+            fh = open(piece.path, "rb")  # noqa: SIM115 - closed by _close
+            fh.seek(piece.offset)
+        except OSError as exc:
+            raise BundleError(
+                _("cannot read {part}: {error}").format(part=piece.label, error=exc.strerror)
+            ) from exc
+        self._fh, self._left = fh, piece.size
+        self._piece_hash = hashlib.sha256()
+        self.current = piece.label
+        return True
+
+    def _close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # type: ignore[attr-defined]
+            self._fh = None
+
+    def read(self, n: int = -1) -> bytes:
+        while self._left <= 0:
+            if self._fh is not None:
+                piece = self._pieces.pop(0)
+                if piece.sha256 and self._piece_hash.hexdigest() != piece.sha256:
+                    self._close()
+                    raise PartDamaged(piece.label)
+                if piece.sha256 and self._checked is not None:
+                    self._checked(piece)
+            if not self._next():
+                return b""
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._fh.read(want)  # type: ignore[attr-defined]
+        if not data:
+            self._close()
+            raise BundleError(_("{part} is truncated: copy it again").format(part=self.current))
+        self._left -= len(data)
+        self._piece_hash.update(data)
+        self.digest.update(data)
+        self.read_bytes += len(data)
+        if self._progress is not None:
+            self._progress(len(data))
+        return data
+
+    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def finish(self) -> None:
+        """Read what is left (the decompressor may stop before the end) and check the last
+        part's sha256."""
+        while self.read(1 << 20):
+            pass
+
+    def close(self) -> None:
+        self._close()
