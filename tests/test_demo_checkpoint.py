@@ -174,12 +174,19 @@ def gguf_rows(hf: np.ndarray, n_heads: int) -> np.ndarray:
 def test_files_and_config(checkpoint: Path, reader: Any) -> None:
     names = sorted(p.name for p in checkpoint.iterdir() if not p.name.startswith("."))
     assert names == [
+        "README.md",
         "config.json",
         "generation_config.json",
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
     ]
+    # the model card carries the GGUF's licence id, as a hub repository's does
+    from packer.licence import collect
+
+    licence = collect(checkpoint, where="the demo checkpoint")
+    assert licence.license == "apache-2.0" and licence.model_card is not None
+    assert licence.license_link == "https://www.apache.org/licenses/LICENSE-2.0"
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert config["model_type"] == "llama"
