@@ -116,6 +116,9 @@ def copy_to_usb(
             f"not enough space on {dest}: {format_size(needed)} needed, {format_size(free)} "
             "free; nothing was copied (free space on the stick or copy fewer models)"
         )
+    for item in planned:
+        if not item.split:  # a re-split checks the source's checksums on the way
+            _check_source(item.bundle.path)
     kind = f"{mount.fstype} at {mount.point}" if mount else "unknown filesystem"
     log.info("copying %d model(s), %s, to %s (%s)", len(planned), format_size(needed), dest, kind)
     sums: dict[str, str] = {}
@@ -139,6 +142,21 @@ def copy_to_usb(
     models = [read_bundle(dest / p.bundle.path.name) for p in planned]  # as on the stick
     written += _write_texts(dest, models, sums)
     return written
+
+
+def _check_source(path: Path) -> None:
+    """A model copied as it is must match the checksums recorded when it was built (launcher,
+    runtime, manifest, every part, the compressed model: not decompressed), or a damaged file
+    would get fresh SHA256SUMS lines on the stick. One line naming what is damaged."""
+    from packer.runtime.verify import verify
+
+    lines: list[str] = []
+    if not verify(path, lines.append, decompress=False):
+        bad = next((line for line in lines if "DAMAGED" in line), lines[-1] if lines else "")
+        raise SourceError(
+            f"{path} is damaged ({bad.strip()}): nothing was copied; build it again or copy it "
+            "from an undamaged source"
+        )
 
 
 def _copy_file(src: Path, dst_stack: contextlib.ExitStack, target: Path, bar: ProgressBar) -> str:

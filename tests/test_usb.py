@@ -253,6 +253,38 @@ def test_damaged_source_is_not_blessed_with_new_checksums(
     assert list(stick.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["payload", "runtime", "part"])
+def test_damaged_source_is_refused_before_a_plain_copy(
+    tmp_path: Path, stick: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """exFAT/ext4 copy a model as it is: its recorded checksums are checked first, so a damaged
+    file is not given fresh SHA256SUMS lines on the stick."""
+    from packer.runtime.payload import payload_pieces
+
+    src = tmp_path / "src"
+    src.mkdir()
+    gguf = src / "m.gguf"
+    gguf.write_bytes(random.Random(4).randbytes(900_000))
+    model = src / "m.run"
+    pack(_stub(src), gguf, model, Manifest(name="m"), split=300_000 if where == "part" else None)
+    b = read_bundle(model)
+    target, offset = {
+        "payload": (model, b.payload_offset + 100),
+        "runtime": (model, b.runtime_offset + 100),
+        "part": (payload_pieces(b)[0].path, payload_pieces(b)[0].size // 2),
+    }[where]
+    assert where != "part" or target != model  # a part of its own
+    with open(target, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    fs(monkeypatch, "ext4", stick)
+    with pytest.raises(SourceError, match="is damaged .*nothing was copied"):
+        usb.copy_to_usb(stick, [model])
+    assert list(stick.iterdir()) == []
+
+
 def test_cli(model: Path, stick: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(

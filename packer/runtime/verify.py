@@ -41,8 +41,12 @@ def _sha256_region(path: Path, offset: int, size: int) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, out: Callable[[str], None] | None = None) -> bool:
-    """Check ``path``; print one line per item (``out``, default stdout) and a verdict."""
+def verify(
+    path: Path, out: Callable[[str], None] | None = None, *, decompress: bool = True
+) -> bool:
+    """Check ``path``; print one line per item (``out``, default stdout) and a verdict.
+    ``decompress=False``: the compressed payload against its recorded sha256 only, not the
+    GGUF it decompresses to (``packer usb`` checking a source before copying it)."""
     say = out or (lambda line: print(line, flush=True))
     good = True
 
@@ -63,7 +67,7 @@ def verify(path: Path, out: Callable[[str], None] | None = None) -> bool:
     m = bundle.manifest
     try:
         good = _check_head(bundle, item) and good
-        good = _check_payload(bundle, item) and good
+        good = _check_payload(bundle, item, decompress) and good
     except OSError as exc:
         item(_("reading {name}").format(name=name), False, exc.strerror or str(exc))
     if good:
@@ -113,7 +117,7 @@ def _trailer_size(raw_tail: bytes) -> int:
     return 0
 
 
-def _check_payload(bundle: Bundle, item: Callable[..., None]) -> bool:
+def _check_payload(bundle: Bundle, item: Callable[..., None], decompress: bool = True) -> bool:
     import zstandard
 
     m = bundle.manifest
@@ -134,12 +138,18 @@ def _check_payload(bundle: Bundle, item: Callable[..., None]) -> bool:
     try:
         with ProgressBar(total, _("checking the model")) as bar:
             last = 0
-            stream = zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
+            stream = (
+                zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
+                if decompress
+                else reader
+            )
             while chunk := stream.read(CHUNK):
-                gguf.update(chunk)
-                written += len(chunk)
                 bar.advance(reader.read_bytes - last)
                 last = reader.read_bytes
+                if not decompress:
+                    continue
+                gguf.update(chunk)
+                written += len(chunk)
                 if written > m.gguf_size:
                     break
             reader.finish()
@@ -156,6 +166,8 @@ def _check_payload(bundle: Bundle, item: Callable[..., None]) -> bool:
         fine = reader.digest.hexdigest() == m.payload_sha256
         item(_("compressed model"), fine, format_size(total))
         good = fine
+    if not decompress:
+        return good
     fine = written == m.gguf_size and gguf.hexdigest() == m.gguf_sha256
     item(
         _("model (GGUF sha256 {digest})").format(digest=m.gguf_sha256[:16]),
