@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PENALTY_LAST_N = 64  # packer.runtime.scheduler.PENALTY_LAST_N
+PENALTY_LAST_N = 64  # packer.runtime.generate.Sampling.repeat_last_n (its default)
 
 
 def dequantize(src: Path, out: Path) -> None:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("packer.runtime.generate")
 
 
+# the samplers after the penalties, in llama.cpp's default order, of those this runtime has
+DEFAULT_SAMPLERS = ("penalties", "top_k", "typ_p", "top_p", "min_p", "temperature")
+
+
 @dataclass
 class Sampling:
     """Sampling settings in llama.cpp's vocabulary. ``max_tokens < 0``: until EOS or the context
@@ -40,6 +44,7 @@ class Sampling:
     min_p: float = 0.05
     typical_p: float = 1.0
     repeat_penalty: float = 1.1
+    repeat_last_n: int = 64  # tokens the penalties look back over; -1 = the context, 0 = none
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     mirostat: int = 0
@@ -50,6 +55,10 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     # GBNF grammar (root rule "root") constraining the output; None = free text
     grammar: str | None = None
+    # the order the samplers apply in (llama.cpp's ``samplers``; the ones left out are skipped)
+    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
+    # (token id, bias) added to the logits before sampling; -inf = never that token
+    logit_bias: tuple[tuple[int, float], ...] = ()
     # > 0: record the chosen token's log-probability and the n_probs most likely alternatives
     n_probs: int = 0
 

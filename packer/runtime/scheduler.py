@@ -43,7 +43,6 @@ __all__ = ["QueueFull", "Scheduler", "SchedulerStats"]
 
 log = logging.getLogger("packer.runtime.scheduler")
 
-PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size, so results match Llama.generate
 N_BATCH = 512  # tokens per llama_decode: every generating slot's token plus prompt chunks
 POLL_S = 0.1  # how often a waiting caller checks its ``cancelled`` callback
 GRAMMAR_DEAD_END = (
@@ -274,15 +273,28 @@ class Scheduler:
         def add(s: Any) -> None:
             ll.llama_sampler_chain_add(chain, s)
 
-        add(
-            ll.llama_sampler_init_penalties(
+        if p.logit_bias:
+            bad = [t for t, _ in p.logit_bias if not 0 <= t < self.n_vocab]
+            if bad:
+                ll.llama_sampler_free(chain)
+                raise PromptError(
+                    f"'logit_bias': token {bad[0]} is not in this model's vocabulary "
+                    f"(0 to {self.n_vocab - 1})"
+                )
+            biases = (ll.llama_logit_bias * len(p.logit_bias))(
+                *(ll.llama_logit_bias(t, b) for t, b in p.logit_bias)
+            )
+            add(ll.llama_sampler_init_logit_bias(self.n_vocab, len(p.logit_bias), biases))
+
+        def penalties() -> Any:
+            return ll.llama_sampler_init_penalties(
                 self.n_vocab,
-                PENALTY_LAST_N,
+                p.repeat_last_n if p.repeat_last_n >= 0 else self.n_ctx,
                 p.repeat_penalty,
                 p.frequency_penalty,
                 p.presence_penalty,
             )
-        )
+
         if p.grammar is not None:
             grammar = ll.llama_sampler_init_grammar(self._vocab, p.grammar.encode("utf-8"), b"root")
             if not grammar:
@@ -295,6 +307,8 @@ class Scheduler:
             if refusal is not None:
                 ll.llama_sampler_free(chain)
                 raise PromptError(refusal)
+        if "penalties" in p.samplers and (p.temperature <= 0 or p.mirostat):
+            add(penalties())  # greedy and mirostat: the penalties, then their own sampler
         if p.temperature < 0:
             add(ll.llama_sampler_init_dist(seed))
         elif p.temperature == 0:
@@ -309,12 +323,17 @@ class Scheduler:
         elif p.mirostat == 2:
             add(ll.llama_sampler_init_temp(p.temperature))
             add(ll.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta))
-        else:
-            add(ll.llama_sampler_init_top_k(p.top_k))
-            add(ll.llama_sampler_init_typical(p.typical_p, 1))
-            add(ll.llama_sampler_init_top_p(p.top_p, 1))
-            add(ll.llama_sampler_init_min_p(p.min_p, 1))
-            add(ll.llama_sampler_init_temp(p.temperature))
+        else:  # the request's order (llama.cpp's `samplers`), then a draw
+            make = {
+                "penalties": penalties,
+                "top_k": lambda: ll.llama_sampler_init_top_k(p.top_k),
+                "typ_p": lambda: ll.llama_sampler_init_typical(p.typical_p, 1),
+                "top_p": lambda: ll.llama_sampler_init_top_p(p.top_p, 1),
+                "min_p": lambda: ll.llama_sampler_init_min_p(p.min_p, 1),
+                "temperature": lambda: ll.llama_sampler_init_temp(p.temperature),
+            }
+            for name in p.samplers:
+                add(make[name]())
             add(ll.llama_sampler_init_dist(seed))
         return chain
 

@@ -82,6 +82,7 @@ def generation_settings(s: Sampling) -> dict[str, Any]:
         "min_p": s.min_p,
         "typical_p": s.typical_p,
         "repeat_penalty": s.repeat_penalty,
+        "repeat_last_n": s.repeat_last_n,
         "presence_penalty": s.presence_penalty,
         "frequency_penalty": s.frequency_penalty,
         "mirostat": s.mirostat,
@@ -92,6 +93,8 @@ def generation_settings(s: Sampling) -> dict[str, Any]:
         "max_tokens": s.max_tokens,
         "n_probs": s.n_probs,
         "grammar": s.grammar or "",
+        "samplers": list(s.samplers),
+        "logit_bias": [[t, b if b != -math.inf else False] for t, b in s.logit_bias],
     }
 
 
@@ -150,6 +153,116 @@ def get_bool(body: dict[str, Any], key: str, default: bool) -> bool:
     if not isinstance(v, bool):
         raise bad_value(key, "true or false", v)
     return v
+
+
+# llama.cpp's sampler names (and one-letter forms) -> ours; None: a sampler this runtime does not
+# have, accepted in the list only while its strength parameter leaves it off (its default)
+SAMPLER_NAMES: dict[str, str | None] = {
+    "penalties": "penalties",
+    "top_k": "top_k",
+    "typ_p": "typ_p",
+    "typical_p": "typ_p",
+    "typical": "typ_p",
+    "top_p": "top_p",
+    "nucleus": "top_p",
+    "min_p": "min_p",
+    "temperature": "temperature",
+    "temp": "temperature",
+    "dry": None,
+    "xtc": None,
+    "top_n_sigma": None,
+    "infill": None,
+}
+SAMPLER_CHARS = {
+    "e": "penalties", "k": "top_k", "y": "typ_p", "p": "top_p", "m": "min_p", "t": "temperature",
+    "d": "dry", "x": "xtc", "s": "top_n_sigma", "i": "infill",
+}  # fmt: skip
+# the strength parameters of the samplers this runtime lacks: set above "off", a 400
+UNSUPPORTED_STRENGTHS = {"dry_multiplier": 0.0, "xtc_probability": 0.0, "top_n_sigma": -1.0}
+
+
+def get_samplers(body: dict[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    """llama.cpp's ``samplers``: a list of names or a string of letters, the order the samplers
+    apply in. DRY, XTC and top-n-sigma are not in this runtime: asking for their effect (a
+    ``dry_multiplier``/``xtc_probability``/``top_n_sigma`` that turns them on) is a 400, naming
+    them in the list while they are off is fine."""
+    for key, off in UNSUPPORTED_STRENGTHS.items():
+        if get_number(body, key, off) > 0:  # 0 (and top_n_sigma's -1) leave them off
+            raise ApiError(
+                400,
+                f"'{key}': this server has no {key.split('_')[0].upper()} sampler; leave "
+                f"'{key}' out (or at {off:g})",
+                param=key,
+            )
+    v = body.get("samplers")
+    if v is None:
+        return default
+    if isinstance(v, str):
+        unknown = sorted({c for c in v if c not in SAMPLER_CHARS})
+        if unknown:
+            raise bad_value("samplers", f"letters of {''.join(SAMPLER_CHARS)}", v)
+        names = [SAMPLER_CHARS[c] for c in v]
+    elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+        names = v
+    else:
+        raise bad_value("samplers", "a list of sampler names", v)
+    out = []
+    for name in names:
+        if name not in SAMPLER_NAMES:
+            known = ", ".join(k for k in SAMPLER_NAMES)
+            raise ApiError(
+                400, f"'samplers': unknown sampler {name!r}; known: {known}"[:300], param="samplers"
+            )
+        ours = SAMPLER_NAMES[name]
+        if ours is not None:
+            out.append(ours)
+    return tuple(out)
+
+
+LOGIT_BIAS_MAX = 1024  # entries of one request's logit_bias
+
+
+def get_logit_bias(
+    body: dict[str, Any], default: tuple[tuple[int, float], ...] = ()
+) -> tuple[tuple[int, float], ...]:
+    """``logit_bias`` as (token id, bias) pairs: OpenAI's ``{"id": bias}`` or llama.cpp's
+    ``[[id, bias], ...]`` (``false`` = never that token). Token text instead of an id is a 400:
+    ids come from ``/tokenize``. Ids beyond the vocabulary are refused when the sampler is
+    made (the model is not known here)."""
+    v = body.get("logit_bias")
+    if v is None:
+        return default
+    if isinstance(v, dict):
+        items: list[Any] = list(v.items())
+    elif isinstance(v, list):
+        items = v
+    else:
+        raise bad_value("logit_bias", "an object of token id -> bias, or [[id, bias], ...]", v)
+    if len(items) > LOGIT_BIAS_MAX:
+        raise ApiError(
+            400,
+            f"'logit_bias' has {len(items)} entries, over this server's limit of {LOGIT_BIAS_MAX}",
+            param="logit_bias",
+        )
+    out: list[tuple[int, float]] = []
+    for item in items:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise bad_value("logit_bias", "pairs of a token id and a bias", item)
+        token, bias = item
+        if isinstance(token, str) and token.strip().lstrip("-").isdigit():
+            token = int(token)
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise ApiError(
+                400,
+                f"'logit_bias': {token!r} is not a token id (get ids from /tokenize)"[:200],
+                param="logit_bias",
+            )
+        if bias is False:
+            bias = -math.inf
+        elif isinstance(bias, bool) or not isinstance(bias, (int, float)) or math.isnan(bias):
+            raise bad_value("logit_bias", "a number (or false: never this token)", bias)
+        out.append((token, float(bias)))
+    return tuple(out)
 
 
 def get_stop(body: dict[str, Any], default: list[str]) -> list[str]:
@@ -303,6 +416,9 @@ def sampling_fields(src: dict[str, Any], defaults: Sampling, max_tokens: int) ->
         min_p=get_number(src, "min_p", defaults.min_p),
         typical_p=get_number(src, "typical_p", defaults.typical_p),
         repeat_penalty=get_number(src, "repeat_penalty", defaults.repeat_penalty),
+        repeat_last_n=get_int(src, "repeat_last_n", defaults.repeat_last_n, bounds=(-1, INT32[1])),
+        logit_bias=get_logit_bias(src, defaults.logit_bias),
+        samplers=get_samplers(src, defaults.samplers),
         presence_penalty=get_number(src, "presence_penalty", defaults.presence_penalty),
         frequency_penalty=get_number(src, "frequency_penalty", defaults.frequency_penalty),
         mirostat=mirostat,
@@ -362,7 +478,7 @@ MAX_N_PROBS = 20  # alternatives per token we report, at most (OpenAI's top_logp
 
 def parse_completion(body: dict[str, Any], defaults: Sampling) -> CompletionRequest:
     """llama.cpp's ``POST /completion``. Unknown fields (LangChain's ``n_keep``, ``tfs_z``,
-    ``penalize_nl``, ``repeat_last_n``, ``cache_prompt``...) are accepted and ignored."""
+    ``penalize_nl``, ``cache_prompt``...) are accepted and ignored."""
     _refuse_unsupported(body)
     n_predict = get_int(body, "n_predict", get_int(body, "max_tokens", defaults.max_tokens))
     params = sampling_fields(body, defaults, max(n_predict, -1))
