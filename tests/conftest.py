@@ -8,13 +8,15 @@ as read-only: copy a folder (``copy_checkpoint``) before changing it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,38 @@ def assert_finite_logits(gguf_path: Path) -> None:
         assert np.isfinite(np.asarray(llm.scores[llm.n_tokens - 1])).all()
     finally:
         llm.close()
+
+
+CHILD_SERVER_SCRIPT = """
+import sys
+from packer.runtime.engine import Engine, EngineOptions
+from packer.runtime.server import serve
+engine = Engine(sys.argv[1], EngineOptions(n_ctx=int(sys.argv[2]), n_threads=1, n_parallel=2))
+serve(engine, "127.0.0.1", 0, ready=lambda url: print("READY", url, flush=True))
+"""
+
+
+@contextlib.contextmanager
+def child_server(n_ctx: int = 512) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A real server of the small model (2 slots) in a child process, and its URL: an abort
+    there kills the child, not pytest. Stopped with SIGTERM (killed after 30 s) on exit."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD_SERVER_SCRIPT, str(smollm_gguf_path()), str(n_ctx)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("READY http://127.0.0.1:"), line + proc.communicate()[1][-2000:]
+        yield proc, line.split()[1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

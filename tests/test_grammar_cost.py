@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import smollm_gguf_path
+from conftest import child_server, smollm_gguf_path
 
 from packer.runtime import grammar_cost
 
@@ -59,7 +56,7 @@ def _check(vocab: tuple[Any, Any, int], grammar: str) -> str | None:
     from packer.runtime.scheduler import _Candidates
 
     ll, v, n = vocab
-    return grammar_cost.check(ll, v, grammar, _Candidates(ll, n))
+    return grammar_cost.check(ll, v, grammar, lambda: _Candidates(ll, n))
 
 
 @pytest.fixture(autouse=True)
@@ -115,29 +112,8 @@ def test_verdicts_are_bounded() -> None:
     assert len(grammar_cost._verdicts) == grammar_cost._REMEMBER
 
 
-SERVE_SCRIPT = """
-import sys
-from packer.runtime.engine import Engine, EngineOptions
-from packer.runtime.server import serve
-engine = Engine(sys.argv[1], EngineOptions(n_ctx=1024, n_threads=1, n_parallel=2))
-serve(engine, "127.0.0.1", 0, ready=lambda url: print("READY", url, flush=True))
-"""
-
-
 def test_the_server_refuses_it_while_another_answer_streams() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE_SCRIPT, str(smollm_gguf_path())],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("READY http://127.0.0.1:"), line + proc.communicate()[1][-2000:]
-        url = line.split()[1]
+    with child_server(n_ctx=1024) as (_proc, url):
         streamed: dict[str, Any] = {}
 
         def stream() -> None:
@@ -172,9 +148,3 @@ def test_the_server_refuses_it_while_another_answer_streams() -> None:
             timeout=60,
         )
         assert r.status_code == 200 and r.json()["content"] in ("yes", "no"), r.text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -11,10 +11,8 @@ there must not take pytest down) and one (slow) a real model.run.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +20,8 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import free_port, smollm_gguf_path
+from conftest import child_server as serve_in_child
+from conftest import free_port
 
 from packer.runtime import grammar_limits as limits
 from packer.runtime import ollama_api as oll
@@ -303,37 +302,12 @@ def test_stop_strings_are_capped_in_every_dialect(
 
 # -- a grammar that allows no token: llama.cpp aborted the process ---------------------------------
 
-SERVE_SCRIPT = """
-import sys
-from packer.runtime.engine import Engine, EngineOptions
-from packer.runtime.server import serve
-engine = Engine(sys.argv[1], EngineOptions(n_ctx=512, n_threads=1, n_parallel=2))
-serve(engine, "127.0.0.1", 0, ready=lambda url: print("READY", url, flush=True))
-"""
-
 
 @pytest.fixture(scope="module")
 def child_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
     """A real server (the small model) in a child process: an abort kills it, not pytest."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE_SCRIPT, str(smollm_gguf_path())],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("READY http://127.0.0.1:"), line + proc.communicate()[1][-2000:]
-        yield proc, line.split()[1]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serve_in_child(n_ctx=512) as server:
+        yield server
 
 
 def _alive(proc: subprocess.Popen[str], url: str) -> None:

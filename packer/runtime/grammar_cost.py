@@ -67,16 +67,18 @@ def step_budget(n_vocab: int) -> float:
     return STEP_CPU_S * max(1.0, n_vocab / 65536)
 
 
-def check(ll: Any, vocab: Any, grammar: str, candidates: Any) -> str | None:
+def check(ll: Any, vocab: Any, grammar: str, make_candidates: Callable[[], Any]) -> str | None:
     """None when ``grammar`` is cheap enough to follow, else a one-line refusal for the client.
-    ``ll``: the llama_cpp module; ``vocab``: the model's vocabulary handle; ``candidates``: a
-    fresh candidates buffer over the vocabulary (``fill(logits)`` -> token data array), used
-    only in the child."""
+    ``ll``: the llama_cpp module; ``vocab``: the model's vocabulary handle;
+    ``make_candidates()``: a fresh candidates buffer over the vocabulary (``fill(logits)`` ->
+    token data array), made only when the grammar is measured (not for a remembered verdict)
+    and used only in the child."""
     key = _key(grammar)
     with _lock:
         if key in _verdicts:
             _verdicts.move_to_end(key)
             return _verdicts[key]
+    candidates = make_candidates()
     budget = step_budget(candidates.size)
     with _measuring:
         verdict = _measure(ll, vocab, grammar.encode("utf-8"), candidates, budget)

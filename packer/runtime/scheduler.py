@@ -303,7 +303,9 @@ class Scheduler:
                     "invalid grammar: llama.cpp cannot parse it as GBNF with a 'root' rule"
                 )
             add(grammar)
-            refusal = grammar_cost.check(ll, self._vocab, p.grammar, _Candidates(ll, self.n_vocab))
+            refusal = grammar_cost.check(
+                ll, self._vocab, p.grammar, lambda: _Candidates(ll, self.n_vocab)
+            )
             if refusal is not None:
                 ll.llama_sampler_free(chain)
                 raise PromptError(refusal)
