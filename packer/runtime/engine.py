@@ -43,6 +43,8 @@ class EngineOptions:
     flash_attn: str = "auto"  # on | off | auto: llama.cpp enables it where the backend can
     seed: int = -1
     verbose: bool = False
+    # --chat-template-file: a Jinja chat template used instead of the model's own
+    chat_template: str | None = None
 
 
 FLASH_ATTN_CHOICES = ("auto", "on", "off")
@@ -125,6 +127,68 @@ class Engine:
         self.has_chat_template = "tokenizer.chat_template" in self.llm.metadata
         self.last_result: GenResult | None = None  # of the latest complete()/chat()
         self._closed = False
+
+    # -- the model, as the rest of the runtime may see it ----------------------------------
+    # Nothing outside this module touches llama-cpp-python's private members: these are the
+    # handles and facts the scheduler, the embedder and the server need.
+    @property
+    def model_ptr(self) -> object:
+        """llama.cpp's ``llama_model *`` (for contexts the scheduler and embedder create)."""
+        return self.llm._model.model
+
+    @property
+    def vocab(self) -> object:
+        """llama.cpp's ``llama_vocab *``."""
+        return self.llm._model.vocab
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.llm.metadata)
+
+    @property
+    def chat_template(self) -> str:
+        return str(self.llm.metadata.get("tokenizer.chat_template", ""))
+
+    def context_params(self) -> object:
+        """A copy of llama.cpp's ``llama_context_params`` the model was loaded with."""
+        import llama_cpp
+
+        return llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
+
+    def model_facts(self) -> dict[str, int]:
+        """``n_vocab``, ``n_ctx_train``, ``n_embd``, ``n_params``, ``size`` (bytes), where this
+        llama-cpp-python has them."""
+        out: dict[str, int] = {}
+        for key in ("n_vocab", "n_ctx_train", "n_embd", "n_params", "size"):
+            fn = getattr(self.llm._model, key, None)
+            if fn is not None:
+                out[key] = int(fn())
+        return out
+
+    def description(self) -> str:
+        """llama.cpp's one-line model description (``llama 135M Q8_0``)."""
+        import ctypes
+
+        import llama_cpp
+
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.llm._model.model, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def add_bos(self) -> bool:
+        """Whether prompts begin with BOS, as the model's metadata asks."""
+        return bool(self.llm._model.add_bos_token()) and self.llm.token_bos() >= 0
+
+    def chat_handler(self) -> object:
+        """llama-cpp-python's chat-completion handler for this model's template."""
+        from llama_cpp import llama_chat_format
+
+        llm = self.llm
+        return (
+            llm.chat_handler
+            or llm._chat_handlers.get(llm.chat_format)
+            or llama_chat_format.get_chat_completion_handler(llm.chat_format)
+        )
 
     # -- prompts -------------------------------------------------------------------------
     def count_tokens(self, text: str, add_special: bool = True) -> int:
