@@ -3,110 +3,65 @@
 Reasoning models (DeepSeek-R1 and its distillations, Qwen3, QwQ, ...) begin their answer with
 a thinking section between ``<think>`` and ``</think>``. Some chat templates already open it at
 the end of the generation prompt, so the generated text starts inside it and only ``</think>``
-appears. :class:`ThinkFilter` follows the text piece by piece (a tag may be split across
-pieces), and :class:`ThinkView` shows it: thinking hidden (with a short "thinking…" indicator
-on a terminal) or, with ``--show-thinking``, dimmed on a terminal and between its tags
-elsewhere. Only a ``<think>`` at the very start of the answer counts: a model that writes about
-the tag in its answer is shown as it wrote it.
+appears. The splitting itself is :mod:`packer.runtime.reasoning`'s (one implementation for the
+terminal chat and the server): :class:`ThinkFilter` is its :class:`TagSplitter` for ``<think>``,
+and :class:`ThinkView` shows the parts: thinking hidden (with a short "thinking…" indicator on
+a terminal) or, with ``--show-thinking``, dimmed on a terminal and between its tags elsewhere.
+Only a ``<think>`` at the very start of the answer counts: a model that writes about the tag in
+its answer is shown as it wrote it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from packer.runtime.i18n import _
+from packer.runtime.reasoning import (
+    ANSWER,
+    THINK,
+    THINK_TAGS,
+    Kind,
+    Markers,
+    TagSplitter,
+    opens_reasoning,
+)
 
 if TYPE_CHECKING:
     from packer.runtime.engine import Engine
 
-OPEN, CLOSE = "<think>", "</think>"
-THINK: Literal["think"] = "think"
-ANSWER: Literal["answer"] = "answer"
-Kind = Literal["think", "answer"]
+__all__ = [
+    "ANSWER",
+    "THINK",
+    "Kind",
+    "ThinkFilter",
+    "ThinkView",
+    "opens_thinking",
+    "prompt_opens_thinking",
+    "write_answer",
+]
+
+OPEN, CLOSE = THINK_TAGS.open, THINK_TAGS.close
 
 DIM, RESET, ERASE_LINE = "\x1b[2m", "\x1b[0m", "\r\x1b[K"
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is the start of ``tag`` (to hold back)."""
-    for n in range(min(len(text), len(tag) - 1), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0
-
-
-class ThinkFilter:
+class ThinkFilter(TagSplitter):
     """Splits streamed text into ``("think", text)`` and ``("answer", text)`` parts.
 
     ``starts_inside``: the prompt already opened ``<think>`` (see :func:`opens_thinking`).
     The whitespace between ``</think>`` and the answer is dropped, as is the whitespace before a
-    leading ``<think>``. A section that is never closed is all thinking.
+    leading ``<think>``. A section that is never closed is all thinking. ``markers``: another
+    family's (:func:`packer.runtime.reasoning.markers_for`).
     """
 
-    def __init__(self, starts_inside: bool = False) -> None:
-        self._state: Literal["start", "think", "after", "answer"] = (
-            "think" if starts_inside else "start"
-        )
-        self._held = ""  # text not decided yet (a possible partial tag, leading whitespace)
-        self.thought = False  # any thinking seen (even an empty section)
-
-    def feed(self, piece: str) -> list[tuple[Kind, str]]:
-        out: list[tuple[Kind, str]] = []
-        text = self._held + piece
-        self._held = ""
-        while text:
-            if self._state == "answer":
-                out.append((ANSWER, text))
-                break
-            if self._state == "start":
-                stripped = text.lstrip()
-                if not stripped or OPEN.startswith(stripped):
-                    self._held = text  # only whitespace or the start of "<think>" so far
-                    break
-                if stripped.startswith(OPEN):
-                    self._state = "think"
-                    self.thought = True
-                    text = stripped[len(OPEN) :]
-                    continue
-                self._state = "answer"
-                continue
-            if self._state == "think":
-                self.thought = True
-                end = text.find(CLOSE)
-                if end >= 0:
-                    if end:
-                        out.append((THINK, text[:end]))
-                    self._state = "after"
-                    text = text[end + len(CLOSE) :]
-                    continue
-                keep = _partial_suffix(text, CLOSE)
-                if len(text) > keep:
-                    out.append((THINK, text[: len(text) - keep]))
-                self._held = text[len(text) - keep :]
-                break
-            # "after": drop the whitespace between </think> and the answer
-            text = text.lstrip()
-            if text:
-                self._state = "answer"
-        return out
-
-    def flush(self) -> list[tuple[Kind, str]]:
-        """What was held back, at the end of the stream."""
-        held, self._held = self._held, ""
-        if not held:
-            return []
-        if self._state == "think":
-            return [(THINK, held)]  # never closed: it was all thinking
-        if self._state == "start" and held.strip():
-            return [(ANSWER, held)]  # "<thi" and the answer ended: it was text after all
-        return []  # whitespace only
+    def __init__(self, starts_inside: bool = False, markers: Markers = THINK_TAGS) -> None:
+        super().__init__(markers, starts_inside)
 
 
 def opens_thinking(prompt_tail: str) -> bool:
     """Whether a generation prompt ends inside an opened ``<think>`` section."""
-    start = prompt_tail.rfind(OPEN)
-    return start >= 0 and prompt_tail.rfind(CLOSE) < start
+    return opens_reasoning(prompt_tail, THINK_TAGS)
 
 
 def prompt_opens_thinking(engine: Engine) -> bool:
@@ -187,10 +142,12 @@ class ThinkView:
         return _("(the model only thought: --show-thinking shows it)")
 
 
-def write_answer(pieces: Iterable[str], view: ThinkView, starts_inside: bool) -> None:
+def write_answer(
+    pieces: Iterable[str], view: ThinkView, starts_inside: bool, markers: Markers = THINK_TAGS
+) -> None:
     """Stream ``pieces`` through a :class:`ThinkFilter` into ``view`` (the caller closes the
     view, also when a Ctrl-C stops the stream)."""
-    think = ThinkFilter(starts_inside)
+    think = ThinkFilter(starts_inside, markers)
     for piece in pieces:
         for kind, text in think.feed(piece):
             view.write(kind, text)
