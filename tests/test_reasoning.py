@@ -20,6 +20,7 @@ from packer.runtime.reasoning import (
     TagSplitter,
     markers_for,
     opens_reasoning,
+    preserved_token_ids,
 )
 
 # the part of each family's chat template that names it (shortened real templates)
@@ -300,6 +301,12 @@ def test_the_preserved_markers_name_each_family() -> None:
     assert THINK_TAGS.preserved == ("<think>", "</think>")
     assert "[THINK]" in MAGISTRAL.preserved and "<|END_THINKING|>" in COMMAND_R7B.preserved
     assert {"<|channel|>", "<|message|>", "<|end|>", "<|start|>"} <= set(HARMONY.preserved)
+
+
+def test_preserved_token_ids_are_the_single_token_markers() -> None:
+    vocab = {"[THINK]": [7], "[/THINK]": [8], "<think>": [1, 2, 3]}
+    assert preserved_token_ids(MAGISTRAL, lambda text: vocab[text]) == {7, 8}
+    assert preserved_token_ids(THINK_TAGS, lambda text: vocab.get(text, [])) == frozenset()
 
 
 def test_the_raw_splitters_keep_the_thinking_as_written() -> None:
