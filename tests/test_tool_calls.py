@@ -204,7 +204,11 @@ def test_openai_tools_parsed() -> None:
     assert bare[0].parameters == {"type": "object", "properties": {}}
     assert bare[0].openai() == {
         "type": "function",
-        "function": {"name": "now", "parameters": {"type": "object", "properties": {}}},
+        "function": {
+            "name": "now",
+            "description": "",
+            "parameters": {"type": "object", "properties": {}},
+        },
     }
 
 
@@ -352,7 +356,7 @@ def test_generic_template_gets_a_system_message_and_text() -> None:
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "user"]
     system = msgs[0]["content"]
     assert system.startswith("Be brief.\n\n")
-    assert json.dumps(WEATHER) in system and json.dumps(BOOKING) in system
+    assert all(json.dumps(t.openai(), ensure_ascii=False) in system for t in TOOLS)
     assert "<tool_call>" in system and "answer normally" in system
     assert msgs[2]["content"] == (
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
@@ -384,6 +388,9 @@ def test_generic_template_forced_call_and_none() -> None:
 
 
 def test_template_without_system_role() -> None:
+    msgs, _ = messages_for_template(HISTORY, TOOLS, ToolChoice("none"), NO_SYSTEM)
+    assert msgs[0] == {"role": "user", "content": "Be brief.\n\nWeather in Paris and Rome?"}
+    render(NO_SYSTEM, msgs)
     msgs, _ = messages_for_template(HISTORY[1:], TOOLS, AUTO, NO_SYSTEM)
     assert msgs[0]["role"] == "user" and msgs[0]["content"].startswith("You can call functions")
     assert msgs[0]["content"].endswith("Weather in Paris and Rome?")
@@ -402,7 +409,8 @@ def test_alternating_template() -> None:
 
 def test_hermes_template_gets_tools_and_calls() -> None:
     msgs, kwargs = messages_for_template(HISTORY, TOOLS, AUTO, HERMES)
-    assert kwargs == {"tools": [WEATHER, {"type": "function", "function": BOOKING["function"]}]}
+    booking = {"type": "function", "function": {**BOOKING["function"], "description": ""}}
+    assert kwargs == {"tools": [WEATHER, booking]}
     assert msgs[0] == HISTORY[0]
     assert msgs[2] == {
         "role": "assistant",
@@ -434,13 +442,21 @@ def test_hermes_template_gets_tools_and_calls() -> None:
     assert messages_for_template(HISTORY, TOOLS, ToolChoice("none"), HERMES)[1] == {}
 
 
-def test_llama3_template() -> None:
-    history = HISTORY[1:3] + HISTORY[3:4]
-    history[1] = {**history[1], "tool_calls": history[1]["tool_calls"][:1]}
-    msgs, kwargs = messages_for_template(history, TOOLS, AUTO, LLAMA3)
+def test_llama3_template_takes_one_call_per_message() -> None:
+    msgs, kwargs = messages_for_template(HISTORY, TOOLS, AUTO, LLAMA3)
+    assert [m["role"] for m in msgs] == [
+        "system", "user", "assistant", "tool", "assistant", "tool", "user"
+    ]  # fmt: skip
+    assert [m["content"] for m in msgs if m["role"] == "tool"] == ["18 C, sunny", "25 C"]
     prompt = render(LLAMA3, msgs, **kwargs)
-    assert '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>' in prompt
-    assert "<|start_header_id|>ipython<|end_header_id|>\n\n18 C, sunny" in prompt
+    paris = '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>'
+    assert paris + "<|start_header_id|>ipython<|end_header_id|>\n\n18 C, sunny" in prompt
+    assert '{"city": "Rome"}}<|eot_id|><|start_header_id|>ipython' in prompt
+    # results without ids answer the calls in order
+    no_ids = [dict(m) for m in HISTORY]
+    for m in no_ids[3:5]:
+        del m["tool_call_id"]
+    assert messages_for_template(no_ids, TOOLS, AUTO, LLAMA3)[0][3]["content"] == "18 C, sunny"
 
 
 @pytest.mark.parametrize("template", [MISTRAL, MISTRAL_ARGS], ids=["mistral", "mistral_args"])

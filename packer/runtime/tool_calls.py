@@ -46,10 +46,8 @@ class Tool:
 
     def openai(self) -> dict[str, Any]:
         """The tool in OpenAI's shape, as chat templates expect ``tools``."""
-        fn: dict[str, Any] = {"name": self.name}
-        if self.description:
-            fn["description"] = self.description
-        fn["parameters"] = self.parameters
+        # some templates (Hermes 2/3 Pro) read every tool's description
+        fn = {"name": self.name, "description": self.description, "parameters": self.parameters}
         return {"type": "function", "function": fn}
 
 
@@ -241,6 +239,8 @@ def messages_for_template(
     the template (``tools`` when it describes them itself). With ``tool_choice: none`` the
     tools are not shown at all; earlier calls and results still are."""
     fmt = tf.detect(template)
+    if fmt.single_call:
+        messages = _one_call_each(messages)
     ids = _mistral_id if fmt.family in (tf.MISTRAL, tf.MISTRAL_ARGS) else (lambda s: s)
     out: list[dict[str, Any]] = []
     from_results: set[int] = set()  # indexes in ``out`` of user messages made of tool results
@@ -292,12 +292,15 @@ def messages_for_template(
                     from_results.add(len(out))
                     out.append({"role": "user", "content": text})
         else:
-            msg = dict(m)
+            msg = {k: v for k, v in m.items() if k != "tool_calls"}  # e.g. "tool_calls": []
             msg["content"] = _text(m.get("content"))
             if fmt.alternates and role == "user" and out and len(out) - 1 in from_results:
                 out[-1]["content"] += "\n\n" + msg["content"]
             else:
                 out.append(msg)
+    if not fmt.system_role and out and out[0].get("role") == "system":
+        system = out.pop(0)["content"]  # a template without a system role: into the first user turn
+        _add_system(out, system, fmt)
     kwargs: dict[str, Any] = {}
     if tools and choice.mode != "none":
         shown = [t.openai() for t in tools]
@@ -307,6 +310,36 @@ def messages_for_template(
             must = None if choice.mode == "auto" else (choice.name or "")
             _add_system(out, tf.describe_tools(fmt, shown, must), fmt)
     return out, kwargs
+
+
+def _one_call_each(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For templates taking one call per assistant message: an assistant message with several
+    calls becomes one message per call, each followed by its result."""
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i < len(messages):
+        m = messages[i]
+        calls = m.get("tool_calls") if m.get("role") == "assistant" else None
+        if not isinstance(calls, list) or len(calls) < 2:
+            out.append(m)
+            i += 1
+            continue
+        results = []
+        i += 1
+        while i < len(messages) and messages[i].get("role") == "tool":
+            results.append(messages[i])
+            i += 1
+        for k, call in enumerate(calls):
+            out.append({**m, "content": m.get("content") if k == 0 else "", "tool_calls": [call]})
+            call_id = call.get("id") if isinstance(call, dict) else None
+            mine = [r for r in results if call_id and r.get("tool_call_id") == call_id]
+            if not mine and results and not results[0].get("tool_call_id"):
+                mine = results[:1]  # results without ids answer the calls in order
+            for r in mine:
+                results.remove(r)
+            out.extend(mine)
+        out.extend(results)
+    return out
 
 
 def _add_system(out: list[dict[str, Any]], text: str, fmt: tf.ToolFormat) -> None:

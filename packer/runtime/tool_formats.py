@@ -51,8 +51,10 @@ class ToolFormat:
     renders_results: bool  # ... ``role: "tool"`` messages
     # the template checks that user and assistant turns alternate (merge what would break it)
     alternates: bool = False
-    # the template takes a system message (else the tools go into the first user message)
+    # the template takes a system message (else it goes into the first user message)
     system_role: bool = True
+    # the template takes one call per assistant message (Llama 3.x)
+    single_call: bool = False
 
     @property
     def args_key(self) -> str:
@@ -78,6 +80,7 @@ def detect(template: str) -> ToolFormat:
         renders_results=native and re.search(r"""["']tool["']|ipython""", template) is not None,
         alternates="alternate" in template,
         system_role=not re.search(r"raise_exception\([^)]*[Ss]ystem role", template),
+        single_call="single tool-call" in template,
     )
 
 
