@@ -29,6 +29,8 @@ from packer.runtime.tool_calls import (
     ToolCallParser,
     ToolChoice,
     messages_for_template,
+    ollama_tool_call,
+    openai_tool_call,
     parse_ollama_tools,
     parse_openai_tools,
     tool_grammar,
@@ -574,6 +576,19 @@ def test_text_before_a_call_is_passed_on_at_once_and_markers_held() -> None:
     assert parser.feed("s> b") == (" <tools> b", [])  # not a marker after all
     assert parser.feed("\n\n") == ("", [])
     assert parser.finish() == ("\n\n", [])  # no call: trailing whitespace kept
+
+
+def test_call_shapes() -> None:
+    call = ToolCall("call_1", "get_weather", '{"city":"Paris"}')
+    assert openai_tool_call(call) == {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+    }
+    assert openai_tool_call(call, 0)["index"] == 0
+    assert ollama_tool_call(call) == {
+        "function": {"name": "get_weather", "arguments": {"city": "Paris"}}
+    }
 
 
 def test_several_calls_and_text_around_them() -> None:

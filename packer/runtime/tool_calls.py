@@ -68,6 +68,21 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
+def openai_tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    """A call in OpenAI's shape (``message.tool_calls[i]``; with ``index`` for a stream's
+    ``delta.tool_calls``)."""
+    out: dict[str, Any] = {} if index is None else {"index": index}
+    out.update(
+        id=call.id, type="function", function={"name": call.name, "arguments": call.arguments}
+    )
+    return out
+
+
+def ollama_tool_call(call: ToolCall) -> dict[str, Any]:
+    """A call in Ollama's shape (``message.tool_calls[i]``: arguments as an object)."""
+    return {"function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+
+
 # -- requests ---------------------------------------------------------------------------------
 
 
