@@ -628,6 +628,26 @@ def test_malformed_calls_are_content(answer: str) -> None:
     assert calls == [] and text == answer
 
 
+FRAGMENTS = [
+    "<tool_call>", "</tool_call>", "<tool", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>", "{", "}",
+    "[", "]", '"', "\\", ":", ",", ";", " ", "\n", '"name"', '"arguments"', '"parameters"',
+    '"get_weather"', "get_weather", '{"city": "Paris"}', "text", "ñ", "\x00",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_any_text_is_kept_or_parsed_never_a_crash(family: str) -> None:
+    rng = random.Random(family)
+    for _ in range(400):
+        answer = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 14)))
+        chunks = iter(lambda: rng.randint(1, 5), 0)
+        text, calls = run(answer, FAMILIES[family], chunks=chunks)
+        if not calls:
+            assert text == answer
+        for c in calls:
+            assert c.name == "get_weather" and isinstance(json.loads(c.arguments), dict)
+
+
 def test_call_without_closing_tag_at_the_end() -> None:
     answer = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
     text, calls = run(answer, HERMES)
@@ -666,6 +686,12 @@ def test_mistral_calls_without_their_marker_at_the_start() -> None:
     bare = CALLS["mistral"].removeprefix("[TOOL_CALLS]")
     assert [c.name for c in run(bare, MISTRAL)[1]] == ["get_weather"]
     assert run("[TOOL_CALLS]oops", MISTRAL_ARGS) == ("[TOOL_CALLS]oops", [])
+    # [TOOL_CALLS] and [ARGS] are control tokens: the text may lack them
+    for bare in ('get_weather{"city": "Paris"}', 'get_weather[ARGS]{"city": "Paris"}'):
+        text, calls = run(bare, MISTRAL_ARGS)
+        assert text == "" and [c.arguments for c in calls] == ['{"city":"Paris"}']
+    for answer in ("get_weather is a tool.", "get", "Sunny today.", "get_weather{oops"):
+        assert run(answer, MISTRAL_ARGS) == (answer, [])
 
 
 def test_tool_choice_none_and_named_function() -> None:

@@ -435,6 +435,8 @@ def _may_open_call(text: str) -> bool:
     return key[:end] in _CALL_KEYS
 
 
+_BARE = "\0name"  # the marker of a call opening the answer with a function's name
+
 # (characters consumed, the calls found or None when that text is plain content), or None
 # while the call is not complete yet
 _Step = tuple[int, list[ToolCall] | None] | None
@@ -517,8 +519,11 @@ class ToolCallParser:
                     pos, marker = k, m
             if not self._said and self._openers:
                 k = _skip_ws(buf, 0)
-                if k < len(buf) and buf[k] in self._openers and (pos < 0 or k < pos):
-                    pos, marker = k, buf[k]
+                if k < len(buf) and (pos < 0 or k < pos):
+                    if buf[k] in self._openers:
+                        pos, marker = k, buf[k]
+                    elif self._fmt.family == tf.MISTRAL_ARGS:
+                        pos, marker = k, _BARE  # "name[ARGS]{...}" without its marker
             if pos < 0:
                 hold = 0 if final else self._partial_marker(buf)
                 self._emit(buf[: len(buf) - hold])
@@ -552,6 +557,8 @@ class ToolCallParser:
 
     def _call_at(self, rest: str, marker: str, final: bool) -> _Step:
         """The call(s) at the start of ``rest``, which starts with ``marker``."""
+        if marker == _BARE:
+            return self._bare_call(rest, final)
         if marker in ("{", "["):  # an answer opening with JSON (Llama 3.x, Mistral)
             if not final and any(m.startswith(rest) for m in self._markers):
                 return None  # "[TOOL_CALLS]" coming
@@ -611,6 +618,30 @@ class ToolCallParser:
             return (len(rest), None) if final else None
         call = self._call({"name": m.group(1), "arguments": rest[j:end]})
         return (end, None) if call is None else (end, [call])
+
+    def _bare_call(self, rest: str, final: bool) -> _Step:
+        """``name{...}`` or ``name[ARGS]{...}`` opening the answer: Mistral's calls when its
+        control tokens ``[TOOL_CALLS]``/``[ARGS]`` were not written out as text."""
+        for name in sorted(self._names, key=len, reverse=True):
+            if not rest.startswith(name):
+                if not final and name.startswith(rest):
+                    return None  # may be this name
+                continue
+            j = _skip_ws(rest, len(name))
+            if rest.startswith(tf.ARGS, j):
+                j = _skip_ws(rest, j + len(tf.ARGS))
+            elif not final and tf.ARGS.startswith(rest[j:]) and rest[j:]:
+                return None
+            if j == len(rest):
+                return (len(rest), None) if final else None
+            if rest[j] != "{":
+                continue
+            end = _json_end(rest, j)
+            if end is None:
+                return (len(rest), None) if final else None
+            call = self._call({"name": name, "arguments": rest[j:end]})
+            return (end, None) if call is None else (end, [call])
+        return 1, None
 
     def _call(self, item: Any) -> ToolCall | None:
         """A :class:`ToolCall` from a parsed call object, None when it is not a valid call."""
