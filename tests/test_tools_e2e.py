@@ -274,7 +274,11 @@ def test_tools_langchain_chat_ollama_bind_tools(ollama_url: str) -> None:
         tool_calls=[
             {
                 "name": "get_weather",
-                "args": {"city": "Paris", "unit": "celsius", "when": {"day": "tomorrow", "hour": 12}},
+                "args": {
+                    "city": "Paris",
+                    "unit": "celsius",
+                    "when": {"day": "tomorrow", "hour": 12},
+                },
                 "id": "call_1",
             }
         ],

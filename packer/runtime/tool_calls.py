@@ -100,8 +100,9 @@ def _parse_tools(tools: Any, *, need_type: bool) -> list[Tool]:
     size = len(json.dumps(tools, ensure_ascii=False, default=str).encode("utf-8"))
     if size > TOOLS_MAX_BYTES:
         raise _bad(
-            "tools", f"'tools' is {size} bytes of JSON, over this server's limit of "
-            f"{TOOLS_MAX_BYTES}: send fewer or smaller tools"
+            "tools",
+            f"'tools' is {size} bytes of JSON, over this server's limit of "
+            f"{TOOLS_MAX_BYTES}: send fewer or smaller tools",
         )
     out: list[Tool] = []
     for i, entry in enumerate(tools):
@@ -214,7 +215,9 @@ def _arguments(value: Any, where: str) -> Any:
         try:
             return json.loads(value) if value.strip() else {}
         except ValueError:
-            raise _bad("messages", f"'{where}.arguments' must be JSON text, got {value!r}") from None
+            raise _bad(
+                "messages", f"'{where}.arguments' must be JSON text, got {value!r}"
+            ) from None
     return value
 
 
@@ -377,7 +380,9 @@ def _add_system(out: list[dict[str, Any]], text: str, fmt: tf.ToolFormat) -> Non
 # the keys a call object may open with (a JSON object opening with another is plain content)
 _CALL_KEYS = ("name", "type", "function", "id", "arguments", "parameters")
 _MISTRAL_NAME = re.compile(
-    r"([A-Za-z0-9_.-]+)\s*(?:" + re.escape(tf.CALL_ID) + r"\s*([A-Za-z0-9_-]+)\s*)?"
+    r"([A-Za-z0-9_.-]+)\s*(?:"
+    + re.escape(tf.CALL_ID)
+    + r"\s*([A-Za-z0-9_-]+)\s*)?"
     + re.escape(tf.ARGS)
 )
 _MISTRAL_NAME_PARTIAL = re.compile(r"[A-Za-z0-9_.-]*(?:\[[A-Z_]*\]?[A-Za-z0-9_-]*)*\s*")
@@ -693,7 +698,7 @@ def tool_grammar(tools: list[Tool], choice: ToolChoice, template: str) -> str | 
     head, tail = _wrapper(fmt)
     grammar = "\n".join(
         [
-            f"root ::= {head} call {tail}".replace("  ", " "),
+            "root ::= " + " ".join(part for part in (head, "call", tail) if part),
             "call ::= " + " | ".join(f"call{n}" for n in range(len(calls))),
             *(f"call{n} ::= {rule}" for n, rule in enumerate(calls)),
             *rules,
