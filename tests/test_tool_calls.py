@@ -521,8 +521,9 @@ def test_ollama_shaped_history() -> None:
 )
 def test_bad_history_is_a_400(tool_calls: Any, words: str) -> None:
     messages = [{"role": "assistant", "content": "", "tool_calls": tool_calls}]
-    err = api_error(messages_for_template, messages, TOOLS, AUTO, HERMES)
-    assert err.param == "messages" and words in err.message, err.message
+    for template in (HERMES, LLAMA3, CHATML):
+        err = api_error(messages_for_template, messages, TOOLS, AUTO, template)
+        assert err.param == "messages" and words in err.message, err.message
 
 
 # -- parsing the answer --------------------------------------------------------------------

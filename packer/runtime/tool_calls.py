@@ -258,6 +258,9 @@ def messages_for_template(
     tools are not shown at all; earlier calls and results still are."""
     fmt = tf.detect(template)
     if fmt.single_call:
+        for i, m in enumerate(messages):  # checked first: errors name the caller's indexes
+            if m.get("role") == "assistant" and m.get("tool_calls"):
+                _past_calls(m, i)
         messages = _one_call_each(messages)
     ids = _mistral_id if fmt.family in (tf.MISTRAL, tf.MISTRAL_ARGS) else (lambda s: s)
     out: list[dict[str, Any]] = []
