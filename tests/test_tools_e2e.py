@@ -129,6 +129,54 @@ def create(oai: Any, **kw: Any) -> Any:
     )
 
 
+# -- the engine, without HTTP (passes before the dialects are wired) --------------------------
+
+
+def test_tools_engine_forced_call_on_the_real_template(engine: Engine) -> None:
+    """SmolLM2's own template (generic format): the tools described in a system message, a
+    required call forced by the grammar, parsed back into a call with valid arguments; then
+    the call and its result in the next turn."""
+    from dataclasses import replace
+
+    from packer.runtime.generate import Sampling
+    from packer.runtime.tool_calls import (
+        ToolCallParser,
+        messages_for_template,
+        openai_tool_call,
+        parse_openai_tools,
+        tool_grammar,
+    )
+
+    template = engine.chat_template
+    tools, choice = parse_openai_tools(
+        [WEATHER, TIME], {"type": "function", "function": {"name": "get_weather"}}
+    )
+    messages, kwargs = messages_for_template(QUESTION, tools, choice, template)
+    assert kwargs == {} and messages[0]["role"] == "system"
+    grammar = tool_grammar(tools, choice, template)
+    sampling = Sampling(temperature=0, max_tokens=MAX_TOKENS, grammar=grammar)
+    parser = ToolCallParser(tools, choice, template)
+    text, calls = "", []
+    for piece in engine.chat(messages, sampling):
+        t, c = parser.feed(piece)
+        text, calls = text + t, calls + c
+    t, c = parser.finish()
+    text, calls = text + t, calls + c
+    assert engine.last_result.stop_type == "eos", engine.last_result
+    assert text == "" and [c.name for c in calls] == ["get_weather"]
+    check_weather_args(json.loads(calls[0].arguments))
+
+    history = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [openai_tool_call(calls[0])]},
+        {"role": "tool", "tool_call_id": calls[0].id, "content": "Sunny, 24 degrees."},
+    ]
+    auto = replace(choice, mode="auto", name=None)
+    messages, _ = messages_for_template(history, tools, auto, template)
+    answer = "".join(engine.chat(messages, replace(sampling, grammar=None, max_tokens=24)))
+    assert isinstance(answer, str) and engine.last_result.n_prompt > 0
+
+
 # -- the openai package ---------------------------------------------------------------------
 
 

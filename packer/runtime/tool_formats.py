@@ -66,8 +66,8 @@ def detect(template: str) -> ToolFormat:
     """The tool-call format of a chat template (Jinja text; "" for none)."""
     if TOOL_CALL_OPEN in template:
         family = HERMES
-    elif "<|start_header_id|>ipython<|end_header_id|>" in template:
-        family = LLAMA3
+    elif "<|start_header_id|>ipython<|end_header_id|>" in template and "<function=" not in template:
+        family = LLAMA3  # (Functionary v3.1 has the ipython turn but its own syntax: generic)
     elif TOOL_CALLS in template:
         family = MISTRAL_ARGS if ARGS in template else MISTRAL
     else:
