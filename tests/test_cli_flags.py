@@ -121,7 +121,6 @@ def test_bad_reasoning_format(capsys: pytest.CaptureFixture[str]) -> None:
     ("argv", "dest", "value"),
     [
         (["--predict", "7"], "n_predict", 7),
-        (["--temperature", "0.2"], "temp", 0.2),
         (["-s", "42"], "seed", 42),
         (["--n-gpu-layers", "99"], "gpu_layers", 99),
     ],

@@ -149,7 +149,6 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--temp",
-        "--temperature",
         type=_number,
         default=0.8,
         metavar="T",
@@ -260,9 +259,9 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     srv = p.add_argument_group(
         _("server"),
         _(
-            "Server flags may also come from llama-server's environment variables, e.g. "
-            "LLAMA_ARG_PORT=8081 or LLAMA_ARG_ENDPOINT_METRICS=1 (README lists them); a flag on "
-            "the command line wins over its variable."
+            "Server flags also read llama-server's LLAMA_ARG_* variables, e.g. "
+            "LLAMA_ARG_PORT=8081\n"
+            "(README lists them); a flag on the command line wins over its variable."
         ),
     )
     srv.add_argument(
