@@ -21,7 +21,9 @@ from packer.runtime.payload import BundleError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def args_of(*argv: str, baked: tuple[str, ...] = (), env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def args_of(
+    *argv: str, baked: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> argparse.Namespace:
     return parse(list(argv), list(baked), environ=env or {})
 
 
