@@ -319,6 +319,17 @@ def test_read_template(tmp_path: Path) -> None:
     assert read_template(str(path)) == TEMPLATE
 
 
+def test_template_with_hugging_face_tags(tmp_path: Path) -> None:
+    """What llama-cpp-python's formatter parses: {% generation %} blocks, {% break %}."""
+    path = tmp_path / "t.jinja"
+    text = (
+        "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}"
+        "{% if loop.index > 3 %}{% break %}{% endif %}{% endfor %}"
+    )
+    path.write_text(text)
+    assert read_template(str(path)) == text
+
+
 @pytest.mark.parametrize(
     ("content", "words"),
     [

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jinja2 import TemplateSyntaxError
+
 from packer.runtime.cli import UsageError
 from packer.runtime.i18n import _, os_reason
 
@@ -43,17 +45,31 @@ def read_template(path: str) -> str:
         ) from None
     if not text.strip():
         raise UsageError(_("{flag} {path}: the file is empty").format(flag=FLAG, path=path))
-    import jinja2
-
     try:
-        jinja2.Environment().parse(text)
-    except jinja2.TemplateSyntaxError as exc:
+        _syntax_checker().parse(text)
+    except TemplateSyntaxError as exc:
         raise UsageError(
             _("{flag} {path}: not a Jinja template: line {line}: {reason}").format(
                 flag=FLAG, path=path, line=exc.lineno, reason=exc.message
             )
         ) from None
     return text
+
+
+def _syntax_checker() -> Any:
+    """A Jinja environment that parses what llama-cpp-python's chat formatter parses:
+    ``{% break %}``/``{% continue %}`` and Hugging Face's ``{% generation %}`` blocks included."""
+    import jinja2
+    import jinja2.ext
+
+    class GenerationBlock(jinja2.ext.Extension):
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            parser.stream.skip()  # the tag's name
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return jinja2.Environment(extensions=[jinja2.ext.loopcontrols, GenerationBlock])
 
 
 def token_text(llm: Any, token: int) -> str:
