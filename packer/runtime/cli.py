@@ -555,10 +555,7 @@ def _choose_mode(args: argparse.Namespace, typed: dict[str, Any]) -> None:
             return
         if "system" in typed:
             raise UsageError(
-                _(
-                    "with --chat, -p TEXT is the system prompt and -sys gives one too: pass "
-                    "only one"
-                )
+                _("with --chat, -p TEXT is the system prompt and -sys gives one too: pass only one")
             )
         args.system, args.prompt = args.prompt, None
 
