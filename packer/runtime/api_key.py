@@ -4,7 +4,8 @@ First match wins:
 
 1. the command line: ``--api-key KEY`` or ``--api-key-file FILE`` (both at once: a usage
    error);
-2. ``$PACKER_API_KEY`` (empty: as if unset);
+2. ``$PACKER_API_KEY``, else llama-server's ``$LLAMA_API_KEY`` (empty: as if unset), else the
+   file named by llama-server's ``$LLAMA_ARG_API_KEY_FILE``;
 3. the defaults baked into the file (``--api-key`` or ``--api-key-file`` given to ``packer
    build``), so a key baked in keeps working.
 
@@ -21,6 +22,8 @@ from packer.runtime.cli import UsageError
 from packer.runtime.i18n import _
 
 ENV_VAR = "PACKER_API_KEY"
+LLAMA_ENV_VAR = "LLAMA_API_KEY"  # llama-server's names for --api-key and --api-key-file
+LLAMA_FILE_VAR = "LLAMA_ARG_API_KEY_FILE"
 MAX_LINE = 4096  # a key is short; a huge first line is the wrong file
 
 
@@ -43,16 +46,22 @@ def resolve(args: argparse.Namespace, argv: list[str], environ: Mapping[str, str
         return str(args.api_key)
     if on_file:
         return read_key_file(args.api_key_file)
-    env = environ.get(ENV_VAR)
-    if env:
-        key = env.strip()
-        if not key:
-            raise UsageError(
-                _("${name} is only spaces: set it to the key clients must send").format(
-                    name=ENV_VAR
+    for var in (ENV_VAR, LLAMA_ENV_VAR):
+        env = environ.get(var)
+        if env:
+            key = env.strip()
+            if not key:
+                raise UsageError(
+                    _("${name} is only spaces: set it to the key clients must send").format(
+                        name=var
+                    )
                 )
-            )
-        return key
+            return key
+    if environ.get(LLAMA_FILE_VAR):
+        try:
+            return read_key_file(environ[LLAMA_FILE_VAR])
+        except UsageError as exc:
+            raise UsageError(f"${LLAMA_FILE_VAR}: {exc}") from None
     if args.api_key_file:
         if args.api_key is not None:
             raise UsageError(_("--api-key and --api-key-file both give a key: pass only one"))

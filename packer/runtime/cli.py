@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from packer.runtime import i18n
+from packer.runtime import i18n, llama_env
 from packer.runtime.backend import GPU_CHOICES, parse_gpu_layers
 from packer.runtime.connections import CONNECTIONS_MARGIN
 from packer.runtime.engine import FLASH_ATTN_CHOICES
 from packer.runtime.i18n import _
+from packer.runtime.server_options import REASONING_FORMATS
 
 SECRET_FLAGS = ("--api-key",)  # never shown by --help or --info
 LANG_FLAG = "--lang"
@@ -59,6 +60,22 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         "--server", action="store_true", help=_("serve the HTTP API and the web chat page")
     )
     mode.add_argument(
+        "--cli",
+        action="store_true",
+        help=_(
+            "no server: with -p (or text on stdin) answer once, else chat in the terminal "
+            "(llamafile's --cli; add --raw for its plain completion)"
+        ),
+    )
+    mode.add_argument(
+        "--chat",
+        action="store_true",
+        help=_(
+            "chat in the terminal, even where --server is baked in; with it, -p TEXT is the "
+            "system prompt (llamafile's --chat)"
+        ),
+    )
+    mode.add_argument(
         "--info", action="store_true", help=_("print the model's manifest (JSON) and exit")
     )
     mode.add_argument(
@@ -98,9 +115,20 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         "--raw", action="store_true", help=_("plain completion of the prompt, no chat template")
     )
     gen.add_argument(
+        "-sys",
+        "--system-prompt",
         "--system",
+        dest="system",
         metavar=_("TEXT"),
-        help=_("system prompt for chat (default: the model's own)"),
+        help=_(
+            "system prompt for chat, -p and the server's chats that bring none (default: the "
+            "model's own)"
+        ),
+    )
+    gen.add_argument(
+        "--chat-template-file",
+        metavar=_("FILE"),
+        help=_("a Jinja chat template to use instead of the model's own"),
     )
     gen.add_argument(
         "--show-thinking",
@@ -113,6 +141,7 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     gen.add_argument(
         "-n",
         "--n-predict",
+        "--predict",
         type=_whole_number,
         default=-1,
         metavar="N",
@@ -131,6 +160,7 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     gen.add_argument("--min-p", type=_number, default=0.05, metavar="P", help=default)
     gen.add_argument("--repeat-penalty", type=_number, default=1.1, metavar="X", help=default)
     gen.add_argument(
+        "-s",
         "--seed",
         type=_whole_number,
         default=-1,
@@ -139,6 +169,12 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     )
 
     res = p.add_argument_group(_("resources"))
+    res.add_argument(
+        "-m",
+        "--model",
+        metavar=_("FILE.gguf"),
+        help=_("run another GGUF model with this file's runtime instead of the one inside it"),
+    )
     res.add_argument(
         "-c",
         "--ctx-size",
@@ -168,6 +204,7 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     res.add_argument(
         "-ngl",
         "--gpu-layers",
+        "--n-gpu-layers",
         type=_gpu_layers,
         default="auto",
         metavar="N|auto",
@@ -211,9 +248,22 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         action="store_true",
         help=_("after a one-shot answer, print llama.cpp's timings as one JSON line on stderr"),
     )
-    res.add_argument("--verbose", action="store_true", help=_("show llama.cpp's own log on stderr"))
+    res.add_argument(
+        "-v",
+        "--verbose",
+        "--log-verbose",
+        action="store_true",
+        help=_("show llama.cpp's own log on stderr"),
+    )
 
-    srv = p.add_argument_group(_("server"))
+    srv = p.add_argument_group(
+        _("server"),
+        _(
+            "Server flags also read llama-server's LLAMA_ARG_* variables, e.g. "
+            "LLAMA_ARG_PORT=8081\n"
+            "(README lists them); a flag on the command line wins over its variable."
+        ),
+    )
     srv.add_argument(
         "--host",
         default="127.0.0.1",
@@ -329,6 +379,39 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
             "without a terminal, open it when a desktop session is present)"
         ),
     )
+    srv.add_argument(
+        "--metrics",
+        action="store_true",
+        help=_("serve GET /metrics in Prometheus text format (as llama-server's --metrics)"),
+    )
+    srv.add_argument(
+        "--reasoning-format",
+        type=_reasoning_format,
+        choices=REASONING_FORMATS,
+        default="deepseek",
+        help=_(
+            "deepseek = a reasoning model's <think> text goes to reasoning_content (OpenAI) and "
+            "thinking (Ollama); none = it stays inside the answer (default: %(default)s)"
+        ),
+    )
+
+    compat = p.add_argument_group(_("accepted for llamafile and llama-server command lines"))
+    compat.add_argument(
+        "--embedding",
+        "--embeddings",
+        action="store_true",
+        help=_("nothing to do: the embeddings endpoints are always served"),
+    )
+    compat.add_argument(
+        "--jinja",
+        action="store_true",
+        help=_("nothing to do: the chat template is always run as Jinja"),
+    )
+    compat.add_argument(
+        "--log-disable",
+        action="store_true",
+        help=_("nothing to do: llama.cpp's log is off unless -v"),
+    )
 
     p.add_argument(
         LANG_FLAG,
@@ -362,6 +445,11 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(
             _("{value!r} is not a number").format(value=text)
         ) from None
+
+
+def _reasoning_format(text: str) -> str:
+    # llama-server's default, auto, is what deepseek does here: reasoning split off where found
+    return "deepseek" if text == "auto" else text
 
 
 def _gpu_layers(text: str) -> int | str:
@@ -398,18 +486,35 @@ def choose_language(argv: Sequence[str], baked: Sequence[str] = ()) -> str:
         raise UsageError(str(exc)) from None
 
 
-def parse(argv: list[str], baked: list[str], prog: str = "model.run") -> argparse.Namespace:
-    """Parse ``argv`` on top of the ``baked`` default arguments, which --help shows as defaults.
-    Chooses the language first (:func:`choose_language`)."""
+def parse(
+    argv: list[str],
+    baked: list[str],
+    prog: str = "model.run",
+    environ: Mapping[str, str] | None = None,
+) -> argparse.Namespace:
+    """Parse ``argv`` on top of llama-server's ``LLAMA_ARG_*`` variables in ``environ`` (default:
+    the process's; :mod:`packer.runtime.llama_env`) on top of the ``baked`` default arguments,
+    which --help shows as defaults. Chooses the language first (:func:`choose_language`)."""
     choose_language(argv, baked)
     parser = build_parser(prog)
+    given: dict[str, Any] = {}
     if baked:
-        base = parser.parse_args(baked)
-        parser.set_defaults(**_explicit(vars(base), parser))
+        given.update(_explicit(vars(parser.parse_args(baked)), parser))
         parser.epilog = _("defaults baked into this file: {args}").format(
             args=shlex.join(redact_args(baked))
         )
-    args = parser.parse_args(argv)
+    env_error = None
+    try:
+        given.update(llama_env.defaults(parser, os.environ if environ is None else environ))
+    except ValueError as exc:
+        env_error = str(exc)
+    parser.set_defaults(**given)
+    args = parser.parse_args(argv)  # --help and a bad flag end here, a bad variable after it
+    if env_error:
+        raise UsageError(env_error)
+    plain = build_parser(prog)
+    typed = _explicit(vars(plain.parse_args(argv)), plain)  # what the command line says itself
+    _choose_mode(args, typed)
     key = args.api_key
     if key is not None and not key.strip():
         raise UsageError(
@@ -426,6 +531,33 @@ def parse(argv: list[str], baked: list[str], prog: str = "model.run") -> argpars
             )
         )
     return args
+
+
+def _choose_mode(args: argparse.Namespace, typed: dict[str, Any]) -> None:
+    """--server against --cli/--chat: the one typed wins over the one baked in; both typed (or
+    both baked) is an error. ``--chat -p TEXT``: TEXT is the system prompt, as in llamafile."""
+    terminal = [flag for flag in ("cli", "chat") if getattr(args, flag)]
+    if args.server and terminal:
+        typed_terminal = any(flag in typed for flag in terminal)
+        if ("server" in typed) == typed_terminal:
+            raise UsageError(
+                _("--server and --{mode} ask for different things: pass only one").format(
+                    mode=terminal[-1]
+                )
+            )
+        if typed_terminal:
+            args.server = False
+        else:
+            args.cli = args.chat = False
+    if args.chat and args.prompt is not None:
+        if "chat" not in typed and "prompt" in typed:  # -p typed, --chat baked: one answer
+            args.chat = False
+            return
+        if "system" in typed:
+            raise UsageError(
+                _("with --chat, -p TEXT is the system prompt and -sys gives one too: pass only one")
+            )
+        args.system, args.prompt = args.prompt, None
 
 
 class UsageError(ValueError):

@@ -49,7 +49,18 @@ log = logging.getLogger("packer.runtime.desktop")
 
 # flags that choose what model.run does (cli.py's "what to do" group): any of them, given or
 # baked in, means the start is not a bare double-click
-MODE_FLAGS = ("prompt", "server", "info", "extract", "version", "license", "verify", "uninstall")
+MODE_FLAGS = (
+    "prompt",
+    "server",
+    "cli",
+    "chat",
+    "info",
+    "extract",
+    "version",
+    "license",
+    "verify",
+    "uninstall",
+)
 LOG_ROTATE_BYTES = 1 << 20
 PORT_TRIES = 20  # a taken port: the next ones up to this many, then any free port
 WAIT_OTHER_S = 600.0  # how long a second start waits for the first one's URL

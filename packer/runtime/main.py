@@ -28,6 +28,7 @@ from packer.runtime.i18n import _, os_reason
 from packer.runtime.payload import Bundle, BundleError, read_bundle
 from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
 from packer.runtime.quantize import run as quantize_main
+from packer.runtime.server_options import ServerFeatures
 
 if TYPE_CHECKING:
     from packer.runtime.server import HttpOptions
@@ -165,10 +166,22 @@ def run(argv: list[str]) -> int:
     args.server = args.server or desktop_start
     args.api_key = api_key.resolve(args, argv, os.environ)
 
+    chat_template = None
+    if args.chat_template_file:  # before unpacking or loading: a bad file is said at once
+        from packer.runtime.chat_template import read_template
+
+        chat_template = read_template(args.chat_template_file)
+    if args.model:
+        if args.extract:
+            raise UsageError(
+                _("--extract writes out the model inside this file: leave out -m/--model")
+            )
+        check_gguf(Path(args.model))
+
     # resolved once: each resolution checks every candidate folder and warns about a fallback
     cache_dir: Path | None
     instance: desktop.Instance | None = None
-    if bundle:
+    if bundle and not args.model:
         if args.extract and not Path(args.extract).resolve().parent.is_dir():  # before unpacking
             raise CacheError(
                 _("cannot write {path}: there is no folder {folder}").format(
@@ -187,9 +200,9 @@ def run(argv: list[str]) -> int:
             print(args.extract)
             return EXIT_OK
         name = args.alias or bundle.manifest.name or gguf.stem
-    elif args.gguf:
+    elif args.model or args.gguf:  # -m: another GGUF, run by this file's runtime
         cache_dir = optional_cache_dir(args.cache_dir)  # only the CPU verdict goes there
-        gguf = Path(args.gguf)
+        gguf = Path(args.model or args.gguf)
         if not gguf.is_file():
             raise BundleError(_("no such GGUF file: {path}").format(path=gguf))
         name = args.alias or gguf.stem
@@ -259,9 +272,11 @@ def run(argv: list[str]) -> int:
         verbose=args.verbose,
         n_parallel=args.parallel or (SERVER_SLOTS if args.server else 1),
         max_queue=args.max_queue,
+        chat_template=chat_template,
     )
     history = None
-    if not args.server and args.prompt is None and sys.stdin.isatty():  # the terminal chat
+    chat = args.chat or (args.prompt is None and sys.stdin.isatty())
+    if not args.server and chat:  # the terminal chat
         from packer.runtime.chat_history import ChatHistory
 
         history = ChatHistory.open(cache_dir)  # its file is opened before writes end
@@ -274,7 +289,7 @@ def run(argv: list[str]) -> int:
             from packer.runtime.server import serve
             from packer.runtime.webpage import PageInfo
 
-            page = PageInfo.from_manifest(bundle.manifest) if bundle else None
+            page = PageInfo.from_manifest(bundle.manifest) if bundle and not args.model else None
             serve(
                 engine,
                 args.host,
@@ -286,10 +301,11 @@ def run(argv: list[str]) -> int:
                     _http_options(args), page=page or PageInfo(size=gguf.stat().st_size)
                 ),
                 ready=on_listening,
+                features=server_features(args),
             )
             return EXIT_OK
         prompt = args.prompt
-        if prompt is None and not sys.stdin.isatty():
+        if prompt is None and not chat:
             prompt = sys.stdin.read()  # `echo question | ./model.run`
         if prompt is not None:
             code = _one_shot(
@@ -325,6 +341,39 @@ def _desktop_begin(cache_dir: Path, name: str, key: str) -> desktop.Instance | s
     if isinstance(running, str):
         desktop.open_running(running)
     return running
+
+
+def server_features(args: argparse.Namespace) -> ServerFeatures:
+    """What --metrics, --reasoning-format and -sys/--system-prompt ask of the server."""
+    return ServerFeatures(
+        metrics=args.metrics, reasoning_format=args.reasoning_format, system_prompt=args.system
+    )
+
+
+def check_gguf(path: Path) -> None:
+    """-m FILE: a GGUF file, else a one-line error saying what it is instead."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise BundleError(_("-m {path}: no such file").format(path=path)) from None
+    except IsADirectoryError:
+        raise BundleError(_("-m {path}: a folder, not a GGUF file").format(path=path)) from None
+    except OSError as exc:
+        raise BundleError(
+            _("-m {path}: cannot read it ({reason})").format(path=path, reason=os_reason(exc))
+        ) from None
+    if magic == b"GGUF":
+        return
+    if magic in (b"\x7fELF", b"MZ\x90\x00") or magic.startswith(b"#!"):
+        raise BundleError(
+            _("-m {path}: a program (a model.run?), not a GGUF file: run it itself").format(
+                path=path
+            )
+        )
+    raise BundleError(
+        _("-m {path}: not a GGUF file (it does not begin with GGUF)").format(path=path)
+    )
 
 
 def _backend_info(args: argparse.Namespace) -> dict[str, object]:

@@ -64,6 +64,7 @@ from packer.runtime.generate import PromptError, Sampling
 from packer.runtime.request_body import content_type_refusal, parse_json_object, read_body
 from packer.runtime.scheduler import QueueFull
 from packer.runtime.server_api import ApiError
+from packer.runtime.server_options import ServerFeatures
 from packer.runtime.webpage import VENDOR, PageInfo, license_json, page_json
 
 if TYPE_CHECKING:
@@ -1259,6 +1260,7 @@ def serve(
     ready: Callable[[str], None] | None = None,
     sampling: Sampling | None = None,
     http: HttpOptions | None = None,
+    features: ServerFeatures | None = None,  # flags' placeholder: split's server uses it
 ) -> None:
     """Blocking. Serve until KeyboardInterrupt/SIGTERM, then return (the caller closes the
     engine; by then no request is using it). ``sampling``: defaults for fields a request omits;
