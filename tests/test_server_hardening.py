@@ -43,8 +43,8 @@ from packer.runtime.request_body import (
     read_body,
 )
 from packer.runtime.server import HttpOptions, PackerHTTPServer, make_server
-from packer.runtime.transport import Handler
 from packer.runtime.server_api import ApiError
+from packer.runtime.transport import Handler
 
 ROOT = Path(__file__).resolve().parents[1]
 

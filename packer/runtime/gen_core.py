@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 # the server's request log: one logger for the transport and the core (``-v`` shows it)
 log = logging.getLogger("packer.runtime.server")
 
+
 @dataclass
 class GenRequest:
     """One generation, whatever dialect asked for it.

@@ -247,9 +247,7 @@ class Handler(BaseHTTPRequestHandler):
         return path.rstrip("/") or "/"
 
     def _dialect(self) -> routes.Dialect:
-        return routes.dialect_of(
-            None if self.path is None else self._path(), self.server.ollama
-        )
+        return routes.dialect_of(None if self.path is None else self._path(), self.server.ollama)
 
     def _announces_body(self) -> bool:
         h = self.headers
