@@ -29,11 +29,11 @@ from packer.runtime import generate as gen
 from packer.runtime.generate import GenResult, Sampling, TokenProb
 from packer.runtime.replies import Events, Json, Reply
 from packer.runtime.server_api import ApiError
+from packer.runtime.server_options import ServerFeatures
 from packer.runtime.think import ThinkFilter, opens_thinking
 
 if TYPE_CHECKING:
     from packer.runtime.engine import Engine
-    from packer.runtime.server_options import ServerFeatures
 
 # the server's request log: one logger for the transport and the core (``-v`` shows it)
 log = logging.getLogger("packer.runtime.server")
@@ -74,9 +74,6 @@ class Delta:
     reasoning: str = ""  # text inside <think>…</think>
     tool_calls: list[Any] = field(default_factory=list)  # tool_calls.ToolCall, complete calls
     probs: list[TokenProb] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.content or self.reasoning or self.tool_calls or self.probs)
 
 
 # -- reasoning -------------------------------------------------------------------------------
@@ -231,8 +228,6 @@ class Core:
         max_tokens: int = -1,
         features: ServerFeatures | None = None,
     ) -> None:
-        from packer.runtime.server_options import ServerFeatures
-
         self.engine = engine
         self._gate = gate
         self._closing = closing
