@@ -342,7 +342,8 @@ class ModelCard:
             "template": template,
             "details": self.details(),
             "model_info": info,
-            "capabilities": ["completion", "embedding"],
+            "capabilities": ["completion", "embedding"]
+            + (["thinking"] if "<think>" in template else []),
             "modified_at": modified,
         }
 
