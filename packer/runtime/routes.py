@@ -94,12 +94,17 @@ def other_method(method: str, path: str, ollama_listener: bool) -> Route | None:
     return None
 
 
-def dialect_of(path: str | None, ollama_listener: bool) -> Dialect:
-    """The dialect of errors for ``path`` (None: the request line was unreadable)."""
-    if path is not None:
-        for m in ("GET", "POST"):
-            if (route := find(m, path, ollama_listener)) is not None:
-                return route.dialect
-    if ollama_listener or (path is not None and path.startswith("/api/")):
-        return "ollama"
-    return "llama"
+def dialect_of(raw_path: str | None, ollama_listener: bool) -> Dialect:
+    """The dialect of errors for a request's path as sent (None: the request line was
+    unreadable): OpenAI's routes speak OpenAI's anywhere; ``/api/...`` and everything else on
+    the Ollama listener speak Ollama's; the rest llama.cpp's."""
+    if raw_path is not None:
+        path = raw_path.rstrip("/") or "/"
+        if any(
+            (route := find(m, path, ollama_listener)) is not None and route.dialect == "openai"
+            for m in ("GET", "POST")
+        ):
+            return "openai"
+        if raw_path.startswith("/api/"):
+            return "ollama"
+    return "ollama" if ollama_listener else "llama"

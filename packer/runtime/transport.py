@@ -247,7 +247,8 @@ class Handler(BaseHTTPRequestHandler):
         return path.rstrip("/") or "/"
 
     def _dialect(self) -> routes.Dialect:
-        return routes.dialect_of(None if self.path is None else self._path(), self.server.ollama)
+        raw = None if self.path is None else urlsplit(self.path).path
+        return routes.dialect_of(raw, self.server.ollama)
 
     def _announces_body(self) -> bool:
         h = self.headers
