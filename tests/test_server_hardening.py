@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-from packer.runtime import server as server_mod
+from packer.runtime import transport as server_mod
 from packer.runtime.browser_guard import (
     host_refusal,
     listens_on_loopback,
@@ -42,8 +42,9 @@ from packer.runtime.request_body import (
     parse_json_object,
     read_body,
 )
-from packer.runtime.server import Handler, HttpOptions, PackerHTTPServer, make_server
+from packer.runtime.server import HttpOptions, PackerHTTPServer, make_server
 from packer.runtime.server_api import ApiError
+from packer.runtime.transport import Handler
 
 ROOT = Path(__file__).resolve().parents[1]
 

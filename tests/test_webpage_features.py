@@ -26,7 +26,7 @@ import pytest
 import requests
 from chromium import CHROMIUM, Browser
 
-from packer.runtime import server as server_mod
+from packer.runtime import gen_core as server_mod
 from packer.runtime.engine import EngineOptions
 from packer.runtime.manifest import LicenseFile
 from packer.runtime.server import HttpOptions, PackerHTTPServer, make_server

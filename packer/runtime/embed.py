@@ -2,7 +2,7 @@
 ``/api/embed`` and ``/api/embeddings``.
 
 A second llama.cpp context is made lazily on the model already in memory
-(``engine.llm._model``; the weights are shared, only a KV cache is added), with embeddings on
+(``engine.model_ptr``; the weights are shared, only a KV cache is added), with embeddings on
 and mean pooling over the input's tokens. It has its own lock, so embedding never waits for a
 generation, nor a generation for it.
 
@@ -43,12 +43,11 @@ class Embedder:
 
     @property
     def n_embd(self) -> int:
-        return int(self.engine.llm._model.n_embd())
+        return int(self.engine.model_facts()["n_embd"])
 
     def _context(self) -> Any:
         if self._ctx is None:
             import llama_cpp
-            from llama_cpp import _internals
 
             from packer.runtime.engine import default_threads, flash_attn_type
 
@@ -62,12 +61,12 @@ class Embedder:
             params.embeddings = True
             params.flash_attn_type = flash_attn_type(engine.options.flash_attn)
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            model = engine.llm._model
             with _quiet(engine.options.verbose):  # llama.cpp warns that we override pooling
-                self._ctx = _internals.LlamaContext(model=model, params=params, verbose=False)
-            self._batch = _internals.LlamaBatch(
-                n_tokens=engine.n_ctx, embd=0, n_seq_max=1, verbose=False
-            )
+                ctx = llama_cpp.llama_init_from_model(engine.model_ptr, params)
+            if not ctx:
+                raise RuntimeError("llama.cpp could not create the embeddings context")
+            self._ctx = ctx
+            self._batch = llama_cpp.llama_batch_init(engine.n_ctx, 0, 1)
             self.n_ctx = engine.n_ctx
             log.info("embeddings: context of %d tokens, mean pooling", self.n_ctx)
         return self._ctx
@@ -102,12 +101,20 @@ class Embedder:
         return vectors, sum(len(t) for t in token_lists)
 
     def _embed_tokens(self, ctx: Any, tokens: list[int]) -> list[float]:
-        ctx.kv_cache_clear()
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, -1, -1)
         batch = self._batch
-        batch.reset()
-        batch.add_sequence(tokens, 0, True)
-        ctx.decode(batch)
-        ptr = ctx.get_embeddings_seq(0)
+        for i, token in enumerate(tokens):  # the whole input, one sequence, every output pooled
+            batch.token[i] = token
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = True
+        batch.n_tokens = len(tokens)
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama.cpp could not embed the input")
+        ptr = llama_cpp.llama_get_embeddings_seq(ctx, 0)
         if not ptr:
             raise RuntimeError("llama.cpp returned no pooled embedding")
         vec = [float(ptr[i]) for i in range(self.n_embd)]

@@ -158,17 +158,12 @@ def tokenize(
     )
 
 
-def _add_bos(engine: Engine) -> bool:
-    llm = engine.llm
-    return bool(llm._model.add_bos_token()) and llm.token_bos() >= 0
-
-
 def completion_tokens(engine: Engine, prompt: str | list[int | str]) -> list[int]:
     """llama.cpp's /completion prompt: a string, token ids, or a mix. BOS as the model asks
     (only when the prompt starts with text, as llama.cpp does)."""
     parts: list[int | str] = [prompt] if isinstance(prompt, str) else list(prompt)
     tokens: list[int] = []
-    if parts and isinstance(parts[0], str) and _add_bos(engine):
+    if parts and isinstance(parts[0], str) and engine.add_bos():
         tokens.append(engine.llm.token_bos())
     for part in parts:
         if isinstance(part, str):
@@ -222,13 +217,7 @@ def chat_tokens(
         # a base model: a plain transcript, stopping at the next turn
         return completion_tokens(engine, transcript(messages)), [*stop, "\nUser:"]
 
-    from llama_cpp import llama_chat_format
-
-    handler = (
-        llm.chat_handler
-        or llm._chat_handlers.get(llm.chat_format)
-        or llama_chat_format.get_chat_completion_handler(llm.chat_format)
-    )
+    handler: Any = engine.chat_handler()
     try:
         handler(llama=_PromptCapture(llm), messages=messages, stop=list(stop), stream=False)
     except _Captured as cap:
@@ -244,7 +233,7 @@ def chat_tokens(
     else:  # pragma: no cover - a handler that does not end in create_completion
         raise RuntimeError("the chat handler did not build a prompt")
     if isinstance(prompt, str):
-        prompt = tokenize(engine, prompt, add_special=_add_bos(engine))
+        prompt = tokenize(engine, prompt, add_special=engine.add_bos())
     stops = [raw_stop] if isinstance(raw_stop, str) else list(raw_stop)
     return list(prompt), [s for s in dict.fromkeys(stops) if s]
 
@@ -271,7 +260,7 @@ def token_piece(engine: Engine, token: int, special: bool = False) -> bytes:
     """The bytes of one token, as llama.cpp's server streams them (no 32-byte limit)."""
     import llama_cpp
 
-    vocab = engine.llm._model.vocab
+    vocab = engine.vocab
     size = 64
     while True:
         buf = ctypes.create_string_buffer(size)

@@ -1,4 +1,4 @@
-"""Ollama's HTTP API: request parsing and response shapes (``ollama/ollama`` ``docs/api.md``).
+"""Ollama's HTTP API: request parsing and the model card (``ollama/ollama`` ``docs/api.md``).
 
 Served on the main port under ``/api/...`` and, with ``--ollama-port``, on a second listener
 (Ollama's own port is 11434) so clients made for Ollama work with only the address changed:
@@ -12,7 +12,8 @@ the ``ollama`` Python package, LangChain's ``Ollama``/``ChatOllama``/``OllamaEmb
 * errors: ``{"error": "message"}``.
 
 Any model name is accepted: one server holds one model, and clients send the name they were
-configured with (LangChain's default is "llama2"). Nothing here touches the model.
+configured with (LangChain's default is "llama2"). Nothing here touches the model; the answers'
+shapes and the handlers are :mod:`packer.runtime.dialect_ollama`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from packer.runtime.server_api import (
 )
 
 if TYPE_CHECKING:
-    from packer.runtime.generate import GenResult, Sampling, TokenProb
+    from packer.runtime.generate import Sampling
 
 # the Ollama release whose API this follows (clients compare it against their minimum)
 OLLAMA_VERSION = "0.12.0"
@@ -54,6 +55,7 @@ class GenerateRequest:
     stream: bool = True
     logprobs: bool = False
     n_top: int = 0
+    reasoning: str | None = None  # from ``think``: deepseek | none | the server's
 
 
 @dataclass
@@ -64,6 +66,7 @@ class ChatRequest:
     stream: bool = True
     logprobs: bool = False
     n_top: int = 0
+    reasoning: str | None = None  # from ``think``: deepseek | none | the server's
 
 
 @dataclass
@@ -136,9 +139,24 @@ def _logprobs(body: dict[str, Any]) -> tuple[bool, int]:
     return want, n_top if want else 0
 
 
+THINK_LEVELS = ("low", "medium", "high")
+
+
+def think(body: dict[str, Any]) -> str | None:
+    """Ollama's ``think``: true (or a level) returns the reasoning apart, as ``thinking``;
+    false leaves the model's answer as it is, any ``<think>`` section inline; absent: as the
+    server's --reasoning-format says."""
+    v = body.get("think")
+    if v is None:
+        return None
+    if v is False:
+        return "none"
+    if v is True or v in THINK_LEVELS:
+        return "deepseek"
+    raise bad_value("think", f"true, false or one of {list(THINK_LEVELS)}", v)
+
+
 def _refuse_common(body: dict[str, Any]) -> None:
-    if body.get("think") not in (None, False):
-        raise ApiError(400, "this model does not support thinking ('think')")
     if body.get("tools"):
         raise ApiError(400, "this model does not support tools")
 
@@ -167,6 +185,7 @@ def parse_generate(body: dict[str, Any], defaults: Sampling) -> GenerateRequest:
         stream=get_bool(body, "stream", True),
         logprobs=want,
         n_top=n_top,
+        reasoning=think(body),
     )
 
 
@@ -205,6 +224,7 @@ def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
         stream=get_bool(body, "stream", True),
         logprobs=want,
         n_top=n_top,
+        reasoning=think(body),
     )
 
 
@@ -233,119 +253,6 @@ def parse_embeddings(body: dict[str, Any]) -> EmbedRequest:
     if not isinstance(prompt, str):
         raise bad_value("prompt", "a string", prompt)
     return EmbedRequest(model=_model(body), inputs=[prompt], truncate=True, single=True)
-
-
-# -- responses ------------------------------------------------------------------------------
-
-
-def now() -> str:
-    """Ollama's ``created_at``: RFC 3339 in UTC."""
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def done_reason(r: GenResult) -> str:
-    return "length" if r.stop_type == "limit" else "stop"
-
-
-def durations(r: GenResult, t_start_ns: int, t_end_ns: int) -> dict[str, int]:
-    """The counters and durations (nanoseconds) of a finished generation."""
-    return {
-        "total_duration": max(t_end_ns - t_start_ns, 0),
-        "load_duration": 0,  # the model was loaded when the server started
-        "prompt_eval_count": r.n_prompt,
-        "prompt_eval_duration": int(r.t_prompt_ms * 1e6),
-        "eval_count": r.n_predicted,
-        "eval_duration": int(r.t_predicted_ms * 1e6),
-    }
-
-
-def logprobs(probs: list[TokenProb], n_top: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "token": p.text,
-            "logprob": p.logprob,
-            "bytes": list(p.text.encode("utf-8")),
-            "top_logprobs": [
-                {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
-                for _, t, lp in p.top[:n_top]
-            ],
-        }
-        for p in probs
-    ]
-
-
-def generate_chunk(
-    model: str, piece: str, probs: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": model, "created_at": now(), "response": piece, "done": False}
-    if probs is not None:
-        out["logprobs"] = probs
-    return out
-
-
-def generate_final(
-    model: str,
-    r: GenResult,
-    t_start_ns: int,
-    t_end_ns: int,
-    *,
-    response: str,
-    context: list[int],
-    probs: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    out = generate_chunk(model, response, probs) | {
-        "done": True,
-        "done_reason": done_reason(r),
-        "context": context,
-    }
-    return out | durations(r, t_start_ns, t_end_ns)
-
-
-def chat_chunk(model: str, piece: str, probs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "model": model,
-        "created_at": now(),
-        "message": {"role": "assistant", "content": piece},
-        "done": False,
-    }
-    if probs is not None:
-        out["logprobs"] = probs
-    return out
-
-
-def chat_final(
-    model: str,
-    r: GenResult,
-    t_start_ns: int,
-    t_end_ns: int,
-    *,
-    content: str,
-    probs: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    out = chat_chunk(model, content, probs) | {"done": True, "done_reason": done_reason(r)}
-    return out | durations(r, t_start_ns, t_end_ns)
-
-
-def loaded(model: str, chat: bool) -> dict[str, Any]:
-    """The answer to an empty prompt / empty conversation: Ollama just "loads" the model."""
-    out: dict[str, Any] = {"model": model, "created_at": now(), "done": True, "done_reason": "load"}
-    if chat:
-        out["message"] = {"role": "assistant", "content": ""}
-    else:
-        out["response"] = ""
-    return out
-
-
-def embed_response(
-    model: str, vectors: list[list[float]], n_tokens: int, t_start_ns: int, t_end_ns: int
-) -> dict[str, Any]:
-    return {
-        "model": model,
-        "embeddings": vectors,
-        "total_duration": max(t_end_ns - t_start_ns, 0),
-        "load_duration": 0,
-        "prompt_eval_count": n_tokens,
-    }
 
 
 # -- the model, as /api/tags, /api/show and /api/ps describe it --------------------------------
@@ -435,7 +342,8 @@ class ModelCard:
             "template": template,
             "details": self.details(),
             "model_info": info,
-            "capabilities": ["completion", "embedding"],
+            "capabilities": ["completion", "embedding"]
+            + (["thinking"] if "<think>" in template else []),
             "modified_at": modified,
         }
 

@@ -1,32 +1,32 @@
-"""The HTTP server's wire formats: request parsing/validation and response shapes.
+"""Request parsing shared by the server's dialects: fields, sampling, grammars, errors.
 
-Two dialects, both checked against their public references:
+* :class:`ApiError`: a refused request, rendered in the dialect of its route by the transport;
+* typed field access (numbers, booleans, stop strings, ``logit_bias``, ``samplers``) and the
+  sampling fields every dialect names alike (:func:`sampling_fields`, also for Ollama's
+  ``options``);
+* constrained output: ``grammar``, ``json_schema``, ``response_format`` (and Ollama's
+  ``format``) become a GBNF grammar in :attr:`Sampling.grammar` via llama-cpp-python's
+  JSON-schema converter, within :mod:`packer.runtime.grammar_limits`;
+* the bodies of llama.cpp's and OpenAI's generation requests (:func:`parse_completion`,
+  :func:`parse_openai_completion`, :func:`parse_chat`): one parser each, as llama-server's
+  OpenAI routes take llama.cpp's own fields too.
 
-* llama.cpp's server (``tools/server/README.md``): ``/completion``, ``/tokenize``, ``/props``...,
-  errors as ``{"error": {"code": 400, "message", "type"}}``;
-* OpenAI's API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
-  ``/v1/embeddings``, errors as ``{"error": {"message", "type", "param", "code"}}``.
-
-(Ollama's dialect lives in :mod:`packer.runtime.ollama_api`; its errors are ``{"error": "..."}``.)
-Constrained output (``grammar``, ``json_schema``, ``response_format``) becomes a GBNF grammar in
-:attr:`Sampling.grammar` via llama-cpp-python's JSON-schema converter; token log-probabilities
-come from :attr:`GenResult.probs`. Nothing here touches the model; see :mod:`packer.runtime.generate`.
+The dialects (:mod:`packer.runtime.dialect_llama`, :mod:`packer.runtime.dialect_openai`,
+:mod:`packer.runtime.dialect_ollama`, whose requests :mod:`packer.runtime.ollama_api` parses)
+translate these into a :class:`packer.runtime.gen_core.GenRequest` and shape the answers.
+Nothing here touches the model.
 """
 
 from __future__ import annotations
 
-import base64
 import math
-import struct
-import time
-import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from packer.runtime import grammar_limits as limits
 
 if TYPE_CHECKING:
-    from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb
+    from packer.runtime.generate import PromptError, Sampling
 
 
 class ApiError(Exception):
@@ -66,36 +66,6 @@ class ApiError(Exception):
     def ollama_body(self) -> dict[str, Any]:
         """Ollama's error shape: ``{"error": "message"}``."""
         return {"error": self.message}
-
-
-# -- sampling settings ----------------------------------------------------------------------
-
-
-def generation_settings(s: Sampling) -> dict[str, Any]:
-    """Sampling settings as llama.cpp's ``generation_settings`` / ``/props`` show them."""
-    return {
-        "n_predict": s.max_tokens,
-        "seed": s.seed,
-        "temperature": s.temperature,
-        "top_k": s.top_k,
-        "top_p": s.top_p,
-        "min_p": s.min_p,
-        "typical_p": s.typical_p,
-        "repeat_penalty": s.repeat_penalty,
-        "repeat_last_n": s.repeat_last_n,
-        "presence_penalty": s.presence_penalty,
-        "frequency_penalty": s.frequency_penalty,
-        "mirostat": s.mirostat,
-        "mirostat_tau": s.mirostat_tau,
-        "mirostat_eta": s.mirostat_eta,
-        "ignore_eos": s.ignore_eos,
-        "stop": list(s.stop),
-        "max_tokens": s.max_tokens,
-        "n_probs": s.n_probs,
-        "grammar": s.grammar or "",
-        "samplers": list(s.samplers),
-        "logit_bias": [[t, b if b != -math.inf else False] for t, b in s.logit_bias],
-    }
 
 
 def prompt_error(exc: PromptError) -> ApiError:
@@ -452,6 +422,7 @@ class ChatRequest:
     include_usage: bool = False
     logprobs: bool = False
     n_top: int = 0
+    reasoning: str | None = None  # llama.cpp's reasoning_format: deepseek | none | the server's
 
 
 def _prompt(body: dict[str, Any], key: str = "prompt") -> str | list[int | str]:
@@ -592,220 +563,28 @@ def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
         include_usage=_stream_options(body),
         logprobs=logprobs,
         n_top=n_top,
+        reasoning=reasoning_format(body),
     )
 
 
-# -- log-probabilities ----------------------------------------------------------------------
+# llama-server's per-request ``reasoning_format`` -> ours (the legacy and auto forms split too)
+REASONING_FORMAT_FIELD = {
+    "none": "none",
+    "deepseek": "deepseek",
+    "deepseek-legacy": "deepseek",
+    "auto": "deepseek",
+}
 
 
-class ProbsCursor:
-    """Hands out the :class:`TokenProb` entries of a running generation not handed out yet
-    (each entry is recorded before the piece holding its text is yielded)."""
-
-    def __init__(self, result: GenResult) -> None:
-        self._result = result
-        self._seen = 0
-
-    def take(self) -> list[TokenProb]:
-        out = self._result.probs[self._seen :]
-        self._seen += len(out)
-        return out
-
-
-def _utf8(text: str) -> list[int]:
-    return list(text.encode("utf-8"))
-
-
-def llama_probs(probs: list[TokenProb]) -> list[dict[str, Any]]:
-    """llama.cpp's ``completion_probabilities``."""
-    return [
-        {
-            "id": p.token,
-            "token": p.text,
-            "bytes": _utf8(p.text),
-            "logprob": p.logprob,
-            "top_logprobs": [
-                {"id": i, "token": t, "bytes": _utf8(t), "logprob": lp} for i, t, lp in p.top
-            ],
-        }
-        for p in probs
-    ]
-
-
-def chat_logprobs(probs: list[TokenProb], n_top: int) -> dict[str, Any]:
-    """OpenAI chat's ``choices[].logprobs``."""
-    return {
-        "content": [
-            {
-                "token": p.text,
-                "logprob": p.logprob,
-                "bytes": _utf8(p.text),
-                "top_logprobs": [
-                    {"token": t, "logprob": lp, "bytes": _utf8(t)} for _, t, lp in p.top[:n_top]
-                ],
-            }
-            for p in probs
-        ],
-        "refusal": None,
-    }
-
-
-def text_logprobs(probs: list[TokenProb], n_top: int, offset: int) -> dict[str, Any]:
-    """OpenAI legacy completions' ``choices[].logprobs``; ``offset``: characters before these
-    tokens' text in the answer."""
-    offsets = []
-    for p in probs:
-        offsets.append(offset)
-        offset += len(p.text)
-    return {
-        "tokens": [p.text for p in probs],
-        "token_logprobs": [p.logprob for p in probs],
-        "top_logprobs": [{t: lp for _, t, lp in p.top[:n_top]} for p in probs],
-        "text_offset": offsets,
-    }
-
-
-# -- responses: llama.cpp -------------------------------------------------------------------
-
-
-def completion_chunk(piece: str, probs: list[TokenProb] | None = None) -> dict[str, Any]:
-    """One streamed ``/completion`` event."""
-    out: dict[str, Any] = {"content": piece, "tokens": [], "stop": False, "id_slot": 0}
-    if probs is not None:
-        out["completion_probabilities"] = llama_probs(probs)
-    return out
-
-
-def completion_final(
-    r: GenResult,
-    model: str,
-    params: Sampling,
-    n_ctx: int,
-    *,
-    content: str,
-    probs: list[TokenProb] | None = None,
-) -> dict[str, Any]:
-    """The non-streamed ``/completion`` answer, or (``content=""``) the last streamed event."""
-    settings = generation_settings(params) | {"n_ctx": n_ctx, "model": model}
-    extra = {} if probs is None else {"completion_probabilities": llama_probs(probs)}
-    return extra | {
-        "content": content,
-        "tokens": [],
-        "id_slot": 0,
-        "stop": True,
-        "model": model,
-        "tokens_predicted": r.n_predicted,
-        "tokens_evaluated": r.n_prompt,
-        "tokens_cached": r.n_cached,
-        "generation_settings": settings,
-        "has_new_line": "\n" in r.text,
-        "truncated": r.truncated,
-        "stop_type": r.stop_type if r.stop_type != "abort" else "limit",
-        "stopping_word": r.stopping_word,
-        "stopped_eos": r.stop_type == "eos",
-        "stopped_word": r.stop_type == "word",
-        "stopped_limit": r.stop_type in ("limit", "abort"),
-        "timings": r.timings(),
-    }
-
-
-# -- responses: OpenAI ----------------------------------------------------------------------
-
-
-def usage(r: GenResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": r.n_prompt,
-        "completion_tokens": r.n_predicted,
-        "total_tokens": r.n_prompt + r.n_predicted,
-    }
-
-
-class OpenAIIds:
-    """``id``/``created``/``model`` shared by all chunks of one response."""
-
-    def __init__(self, prefix: str, model: str) -> None:
-        self.id = f"{prefix}-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
-
-    def head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-
-
-def chat_response(
-    ids: OpenAIIds, r: GenResult, logprobs: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    return ids.head("chat.completion") | {
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": r.text},
-                "logprobs": logprobs,
-                "finish_reason": r.finish_reason,
-            }
-        ],
-        "usage": usage(r),
-        "system_fingerprint": None,
-        "timings": r.timings(),
-    }
-
-
-def chat_chunk(
-    ids: OpenAIIds,
-    delta: dict[str, Any],
-    finish_reason: str | None = None,
-    logprobs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-    return ids.head("chat.completion.chunk") | {
-        "choices": [choice],
-        "system_fingerprint": None,
-    }
-
-
-def usage_chunk(ids: OpenAIIds, obj: str, r: GenResult) -> dict[str, Any]:
-    """The extra last chunk of ``stream_options: {"include_usage": true}``."""
-    return ids.head(obj) | {"choices": [], "usage": usage(r), "timings": r.timings()}
-
-
-def text_response(
-    ids: OpenAIIds, r: GenResult, prefix: str = "", logprobs: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    return ids.head("text_completion") | {
-        "choices": [
-            {
-                "text": prefix + r.text,
-                "index": 0,
-                "logprobs": logprobs,
-                "finish_reason": r.finish_reason,
-            }
-        ],
-        "usage": usage(r),
-        "system_fingerprint": None,
-        "timings": r.timings(),
-    }
-
-
-def text_chunk(
-    ids: OpenAIIds,
-    text: str,
-    finish_reason: str | None = None,
-    logprobs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
-    return ids.head("text_completion") | {
-        "choices": [choice],
-        "system_fingerprint": None,
-    }
-
-
-def models_list(model: str, created: int, meta: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [
-            {"id": model, "object": "model", "created": created, "owned_by": "packer", "meta": meta}
-        ],
-    }
+def reasoning_format(body: dict[str, Any]) -> str | None:
+    """llama.cpp's ``reasoning_format`` field: where a ``<think>`` section goes (None: as the
+    server's --reasoning-format says)."""
+    v = body.get("reasoning_format")
+    if v is None:
+        return None
+    if v not in REASONING_FORMAT_FIELD:
+        raise bad_value("reasoning_format", f"one of {sorted(REASONING_FORMAT_FIELD)}", v)
+    return REASONING_FORMAT_FIELD[v]
 
 
 # -- embeddings -----------------------------------------------------------------------------
@@ -820,34 +599,3 @@ def embedding_inputs(body: dict[str, Any], key: str) -> tuple[list[str], bool]:
     if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
         return list(v), False
     raise bad_value(key, "a string or a non-empty list of strings", v)
-
-
-def encoding_format(body: dict[str, Any]) -> str:
-    """OpenAI's ``encoding_format``: "float" (a list) or "base64" (little-endian float32 bytes;
-    the ``openai`` package asks for it by default and decodes it itself)."""
-    fmt = body.get("encoding_format")
-    if fmt is None:
-        return "float"
-    if fmt not in ("float", "base64"):
-        raise bad_value("encoding_format", "'float' or 'base64'", fmt)
-    return str(fmt)
-
-
-def _encode(vec: list[float], fmt: str) -> list[float] | str:
-    if fmt == "float":
-        return vec
-    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode("ascii")
-
-
-def openai_embeddings(
-    model: str, vectors: list[list[float]], n_tokens: int, fmt: str = "float"
-) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": _encode(v, fmt)}
-            for i, v in enumerate(vectors)
-        ],
-        "model": model,
-        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-    }
