@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from packer.runtime import generate as gen
 from packer.runtime import server_api as api
 from packer.runtime.dialect_llama import generation_settings
+from packer.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from packer.runtime.ollama_api import OLLAMA_VERSION
 from packer.runtime.replies import Call, Json, Raw, Reply
 from packer.runtime.server_api import ApiError
@@ -85,6 +86,18 @@ def health(srv: PackerHTTPServer, call: Call) -> Reply:
     if srv.gate.closing:
         raise ApiError(503, "the server is shutting down", "unavailable_error")
     return Json({"status": "ok"})
+
+
+def metrics(srv: PackerHTTPServer, call: Call) -> Reply:
+    """``GET /metrics``: Prometheus text (``--metrics``), else llama-server's 501."""
+    if srv.metrics is None:
+        raise ApiError(
+            501,
+            "this server does not serve /metrics: start it with --metrics",
+            "not_supported_error",
+        )
+    text = srv.metrics.render(srv.engine.scheduler.metrics_snapshot())
+    return Raw(text.encode("utf-8"), METRICS_CONTENT_TYPE)
 
 
 def props(srv: PackerHTTPServer, call: Call) -> Reply:

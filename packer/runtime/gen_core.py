@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from packer.runtime import generate as gen
 from packer.runtime.generate import GenResult, Sampling, TokenProb
+from packer.runtime.metrics import Metrics
+from packer.runtime.reasoning import ReasoningSplitter, markers_for
 from packer.runtime.replies import Events, Json, Reply
 from packer.runtime.server_api import ApiError
 from packer.runtime.server_options import ServerFeatures
-from packer.runtime.think import ThinkFilter, opens_thinking
 
 if TYPE_CHECKING:
     from packer.runtime.engine import Engine
@@ -87,29 +88,10 @@ class Splitter(Protocol):
     def finish(self) -> tuple[str, str]: ...
 
 
-class _ThinkSplitter:
-    """:class:`packer.runtime.think.ThinkFilter` with the splitter interface."""
-
-    def __init__(self, template: str, prompt_tail: str) -> None:
-        self._filter = ThinkFilter(starts_inside=opens_thinking(prompt_tail))
-
-    @staticmethod
-    def _join(parts: list[tuple[str, str]]) -> tuple[str, str]:
-        think = "".join(text for kind, text in parts if kind == "think")
-        answer = "".join(text for kind, text in parts if kind != "think")
-        return think, answer
-
-    def feed(self, text: str) -> tuple[str, str]:
-        return self._join(self._filter.feed(text))
-
-    def finish(self) -> tuple[str, str]:
-        return self._join(self._filter.flush())
-
-
 def reasoning_splitter(template: str, prompt_tail: str) -> Splitter:
     """The splitter for one generation; ``prompt_tail``: the end of the prompt text (a template
-    may open ``<think>`` itself). The one place to swap in another splitter."""
-    return _ThinkSplitter(template, prompt_tail)
+    may open ``<think>`` itself)."""
+    return ReasoningSplitter(template, prompt_tail)
 
 
 # -- the generation ----------------------------------------------------------------------------
@@ -233,6 +215,7 @@ class Core:
         self._closing = closing
         self.max_tokens = max_tokens
         self.features = features or ServerFeatures()
+        self.metrics: Metrics | None = None  # --metrics: each finished generation is counted
 
     def capped(self, params: Sampling, name: str) -> Sampling:
         """The server's --max-tokens: more is refused, none asked means the cap."""
@@ -285,7 +268,7 @@ class Core:
             return None
         template = str(getattr(self.engine, "chat_template", ""))  # stand-ins may have none
         tail = ""
-        if "<think>" in template:  # a template that may open the section in the prompt itself
+        if markers_for(template).open in template:  # the template may open it in the prompt
             tail = self.text_of(prompt[-16:])
         return reasoning_splitter(template, tail)
 
@@ -319,6 +302,10 @@ class Core:
         return Generation(self, req, prompt, params, result, pieces, splitter, cleanup)
 
     def log_result(self, r: GenResult) -> None:
+        if self.metrics is not None:
+            self.metrics.generation(
+                r.n_prompt - r.n_cached, r.n_predicted, r.t_prompt_ms, r.t_predicted_ms
+            )
         tps = r.n_predicted * 1e3 / r.t_predicted_ms if r.t_predicted_ms > 0 else 0.0
         log.info(
             "generation: %d prompt tokens (%d cached), %d generated (%.1f t/s), stop: %s",

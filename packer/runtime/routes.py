@@ -70,8 +70,8 @@ ROUTES: tuple[Route, ...] = (
     *_r("GET", ("/api/tags",), ep.ollama_tags, **OLLAMA),
     *_r("GET", ("/api/version",), ep.ollama_version, **OLLAMA),
     *_r("GET", ("/api/ps",), ep.ollama_ps, **OLLAMA),
-    # GET /metrics (Prometheus text, ServerFeatures.metrics) comes here once metrics.py is in:
-    # a llama-dialect route, not public, main port only, added only when the flag is on
+    # Prometheus text, like llama-server's; a 501 unless the server was started with --metrics
+    *_r("GET", ("/metrics",), ep.metrics),
 )
 
 _BY_KEY = {(r.method, r.path): r for r in ROUTES}

@@ -51,6 +51,7 @@ from packer.runtime.connections import CONNECTIONS_MARGIN, WorkLimit
 from packer.runtime.embed import Embedder
 from packer.runtime.gen_core import Core
 from packer.runtime.generate import Sampling
+from packer.runtime.metrics import Metrics
 from packer.runtime.server_api import ApiError
 from packer.runtime.server_options import ServerFeatures
 from packer.runtime.transport import HttpOptions, HttpServer
@@ -137,6 +138,8 @@ class PackerHTTPServer(HttpServer):
             max_connections=http.max_connections or slots + queue + CONNECTIONS_MARGIN,
             ollama=ollama,
         )
+        self.metrics = Metrics() if self.features.metrics else None
+        self.core.metrics = self.metrics
 
     def _make_core(self, http: HttpOptions) -> Core:
         gate = self.gate
@@ -153,6 +156,7 @@ class PackerHTTPServer(HttpServer):
         embeddings context) and limits (connections, waiting lines)."""
         self.gate = other.gate
         self.core = other.core
+        self.metrics = other.metrics
         self.embedder = other.embedder
         self.connections = other.connections
         self.lingerer = other.lingerer

@@ -36,6 +36,7 @@ from packer.runtime import browser_guard as guard
 from packer.runtime import server_api as api
 from packer.runtime.connections import ConnectionLimit, DeadlineReader, Lingerer, client_gone
 from packer.runtime.generate import PromptError
+from packer.runtime.metrics import Metrics
 from packer.runtime.replies import Call, Events, Json, Raw, Reply
 from packer.runtime.request_body import content_type_refusal, parse_json_object, read_body
 from packer.runtime.scheduler import QueueFull
@@ -135,6 +136,7 @@ class HttpServer(ThreadingHTTPServer):
         self.http = http
         self.ollama = ollama
         self.api_key = api_key
+        self.metrics: Metrics | None = None  # --metrics: requests are counted here
         self.connections = ConnectionLimit(max_connections)
         self.lingerer = Lingerer()
         super().__init__(address, Handler)
@@ -494,8 +496,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # a body nobody reads: the connection cannot go on
         t0 = time.perf_counter()
         status = 200
+        counted = "unmatched"  # the route pattern /metrics counts it under
         try:
             route = self._route(path)
+            counted = route.path
             call = Call(
                 method=self.command,
                 path=path,
@@ -523,6 +527,7 @@ class Handler(BaseHTTPRequestHandler):
             )
             self._send_api_error(err)
         except (ConnectionError, TimeoutError, ClientGone):
+            status = 499  # counted as nginx does: the client closed the request
             self.close_connection = True
             log.info("%s %s: client went away", self.command, path)
         except Exception as exc:  # a bug: answer 500 and keep serving
@@ -540,3 +545,7 @@ class Handler(BaseHTTPRequestHandler):
                 status,
                 (time.perf_counter() - t0) * 1e3,
             )
+        finally:
+            metrics = self.server.metrics
+            if metrics is not None:
+                metrics.request(counted, status, time.perf_counter() - t0)
