@@ -62,6 +62,8 @@ EVIL = (
     "<a href=\"javascript:window.pwned=4\">raw link</a> <iframe src='http://example.com'></iframe>"
 )
 ASK_WIDE = "Show me a long line"
+ASK_THINK = "Think first"
+THOUGHT = "<think>Counting the sheep one by one.</think>Two sheep."
 WIDE = "A long line of code:\n\n```\n" + "x = 1; " * 60 + "\n```\n\n" + "word " * 80
 
 
@@ -79,6 +81,7 @@ class ScriptedEngine:
             ASK_SPANISH: SPANISH,
             ASK_EVIL: EVIL,
             ASK_WIDE: WIDE,
+            ASK_THINK: THOUGHT,
         }
 
     def chat_tokens(
@@ -436,6 +439,21 @@ def test_conversation_survives_reload_and_new_chat_clears_it(
     assert b.js("!!document.querySelector('.empty')")
     ask(b, "alone")
     assert engine.seen[-1] == [{"role": "user", "content": "alone"}]
+
+
+def test_thinking_is_folded_away_and_not_sent_back(
+    browser: Browser, url: str, engine: ScriptedEngine
+) -> None:
+    b = fresh(browser, url)
+    el = ask(b, ASK_THINK)
+    assert b.js(f"{el}.answer") == "Two sheep."
+    assert b.js(f"{el}.querySelector('.body').textContent").strip() == "Two sheep."
+    assert b.js(f"{el}.querySelector('details.thinking summary').textContent") == "Thinking"
+    assert b.js(f"{el}.querySelector('details.thinking').open") is False
+    text = b.js(f"{el}.querySelector('details.thinking .text').textContent")
+    assert text == "Counting the sheep one by one."
+    ask(b, "and then?")
+    assert engine.seen[-1][-2] == {"role": "assistant", "content": "Two sheep."}
 
 
 LAST = "#log > .msg.assistant:last-child"
