@@ -1,8 +1,8 @@
 """packer.runtime.scheduler: continuous batching on the real small model (SmolLM2-135M-Instruct Q4_1).
 
-Several requests share one llama.cpp context (4 slots) and are decoded together; these tests
-check that batching changes nothing in the output, that it really batches, and the slot
-bookkeeping around it (prefix cache, cancellation, queue limit, grammar, log-probabilities).
+Several requests share one llama.cpp context (4 slots, one unified KV cache) and are decoded
+together; these tests check that batching changes nothing in the output, that it really
+batches, and the slot bookkeeping around it (prefix cache, cancellation, queue limit, grammar, log-probabilities).
 """
 
 from __future__ import annotations
@@ -70,12 +70,15 @@ def _long_running(engine: Engine, n: int) -> list[tuple[Iterator[str], gen.GenRe
     return out
 
 
-def test_slot_context_is_a_share_of_the_total(engine: Engine) -> None:
+def test_every_request_may_use_the_whole_context(engine: Engine) -> None:
+    # one unified KV cache: a slot is not limited to n_ctx / n_parallel (512) tokens
     assert engine.scheduler.n_parallel == SLOTS
-    assert engine.n_ctx == engine.scheduler.n_ctx_total // SLOTS == 512
+    assert engine.n_ctx == engine.scheduler.n_ctx_total == 2048
+    r = _run(engine, "hello " * 600, Sampling(max_tokens=4, ignore_eos=True))
+    assert r.n_prompt > 512 and r.n_predicted == 4
     with pytest.raises(gen.PromptError) as exc:
-        _run(engine, "hello " * 600, Sampling(max_tokens=4))
-    assert exc.value.n_ctx == 512 and exc.value.n_prompt is not None and exc.value.n_prompt > 512
+        _run(engine, "hello " * 2100, Sampling(max_tokens=4))
+    assert exc.value.n_ctx == 2048 and exc.value.n_prompt is not None and exc.value.n_prompt > 2048
 
 
 def test_concurrent_greedy_equals_alone_and_is_batched(engine: Engine) -> None:
