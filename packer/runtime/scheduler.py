@@ -149,6 +149,10 @@ class Scheduler:
         params.n_batch = params.n_ubatch = N_BATCH
         params.kv_unified = True  # one KV cache of n_ctx cells shared by every slot
         params.embeddings = False
+        if any(f[0] == "n_outputs_max" for f in type(params)._fields_):
+            # a batch has one output per slot at most: the compute buffer is sized for that,
+            # not for N_BATCH rows of logits (100 MB with a 49k vocabulary)
+            params.n_outputs_max = self.n_parallel
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
@@ -442,11 +446,9 @@ class Scheduler:
             return req.max_new
         return min(req.max_new, max(min(MIN_NEW, self.share), self.share - len(req.prompt)))
 
-    def _held(self, skip: _Slot | None = None) -> int:
+    def _held(self) -> int:
         """KV cells spoken for: running requests' claims and idle slots' cached tokens."""
-        return sum(
-            (s.claim if s.req is not None else len(s.cache)) for s in self._slots if s is not skip
-        )
+        return sum((s.claim if s.req is not None else len(s.cache)) for s in self._slots)
 
     def _make_room(self, cells: int, keep: _Slot | None = None) -> bool:
         """Make ``cells`` KV cells free beyond what is spoken for, dropping idle slots' cached
