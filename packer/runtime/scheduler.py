@@ -156,6 +156,10 @@ class Scheduler:
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
+        # llama-server's and llama-bench's way: one ggml threadpool for the context, made
+        # once; without it ggml makes a throwaway one for every llama_decode (and a variant
+        # built without OpenMP starts and joins its threads each time)
+        self._threadpool = _Threadpool.attach(llama_cpp, self._ctx, int(params.n_threads))
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx_total = int(llama_cpp.llama_n_ctx(self._ctx))
         # what one request may use: with the unified cache, the whole context
@@ -303,6 +307,9 @@ class Scheduler:
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
         self._ctx = None
+        if self._threadpool is not None:
+            self._threadpool.free()
+            self._threadpool = None
 
     # -- samplers -----------------------------------------------------------------------
     def _make_sampler(self, p: Sampling) -> Any:
@@ -725,6 +732,65 @@ class Scheduler:
         req.result.stop_type = "abort"
         self._ll.llama_sampler_free(req.sampler)
         self._emit(req, _DONE)
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    _fields_ = [  # ggml.h's struct ggml_threadpool_params
+        ("cpumask", ctypes.c_bool * 512),  # GGML_MAX_N_THREADS
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+class _Threadpool:
+    """A ggml CPU threadpool attached to one llama.cpp context (llama-cpp-python binds none of
+    this: the functions come from libllama's ggml and from the loaded CPU backend)."""
+
+    def __init__(self, pool: int, free: Callable[[int], None]) -> None:
+        self._pool = pool
+        self._free = free
+
+    @classmethod
+    def attach(cls, ll: Any, ctx: Any, n_threads: int) -> _Threadpool | None:
+        """The pool attached to ``ctx``; None (ggml's own per-decode pools) where this
+        llama.cpp or its CPU backend does not offer one."""
+        try:
+            lib = ll.llama_cpp._lib
+            p = ctypes.c_void_p
+            by_type = lib.ggml_backend_dev_by_type
+            by_type.restype, by_type.argtypes = p, [ctypes.c_int]
+            reg_of = lib.ggml_backend_dev_backend_reg
+            reg_of.restype, reg_of.argtypes = p, [p]
+            proc = lib.ggml_backend_reg_get_proc_address
+            proc.restype, proc.argtypes = p, [p, ctypes.c_char_p]
+            init = lib.ggml_threadpool_params_init
+            init.restype, init.argtypes = None, [ctypes.POINTER(_ThreadpoolParams), ctypes.c_int]
+            attach = lib.llama_attach_threadpool
+            attach.restype, attach.argtypes = None, [p, p, p]
+            dev = by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+            reg = reg_of(dev) if dev else None
+            new_at = proc(reg, b"ggml_threadpool_new") if reg else None
+            free_at = proc(reg, b"ggml_threadpool_free") if reg else None
+            if not new_at or not free_at:
+                return None
+            params = _ThreadpoolParams()
+            init(ctypes.byref(params), n_threads)
+            new = ctypes.CFUNCTYPE(p, ctypes.POINTER(_ThreadpoolParams))(new_at)
+            pool = new(ctypes.byref(params))
+            if not pool:
+                return None
+            attach(ctx, pool, None)
+            return cls(pool, ctypes.CFUNCTYPE(None, p)(free_at))
+        except (AttributeError, OSError) as exc:  # an older llama.cpp: ggml's own pools
+            log.debug("no ggml threadpool: %s", exc)
+            return None
+
+    def free(self) -> None:
+        """After the context is freed."""
+        self._free(self._pool)
 
 
 class _Candidates:
