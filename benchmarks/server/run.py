@@ -163,6 +163,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also measure llama.cpp's own llama-server binary (build/llama-server.sh builds "
         "it) on the same GGUF, slots and threads, in the same rounds",
     )
+    p.add_argument(
+        "--cpu-variant",
+        metavar="NAME",
+        help="pin model.run's CPU variant of ggml (its --cpu-variant), to match a llama-server "
+        "built for that variant (benchmarks/variants/llama-peers.sh NAME)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--parallel", type=int, default=4, help="-np of the server (default: 4)")
     p.add_argument("--tokens", type=int, default=128, help="tokens per request (default: 128)")
@@ -195,6 +201,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             base.run_timed([str(model_run), "-p", "Hi", "-n", "1"], env, timeout=300)
             gguf = base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
     cmd += ["--server", "-t", str(args.threads), "-c", str(base.N_CTX), "-np", str(args.parallel)]
+    if args.cpu_variant:
+        cmd += ["--cpu-variant", args.cpu_variant]
     cmd += base.sampling_flags()
     n = 32 if args.quick else args.tokens
     repeat = 1 if args.quick else args.repeat
@@ -205,6 +213,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         servers["llama-server"] = [
             str(args.llama_server), "-m", str(gguf), "-t", str(args.threads),
             "-tb", str(args.threads), "-c", str(base.N_CTX), "-np", str(args.parallel),
+            "-kvu",  # one KV cache shared by the slots, as model.run has
         ]  # fmt: skip
     agg = {name: {c: [] for c in levels} for name in servers}
     ttft = {name: {c: [] for c in levels} for name in servers}
@@ -254,7 +263,24 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for c in levels
         }
 
+    versus = None
+    if "llama-server" in servers:  # model.run / llama-server, paired within each round
+        versus = {
+            str(c): {
+                "tok_s_ratio": statistics.median(
+                    ours / theirs
+                    for ours, theirs in zip(
+                        agg["model.run"][c], agg["llama-server"][c], strict=True
+                    )
+                    if theirs
+                ),
+                "ttft_p95_s": _pct(ttft["model.run"][c], 0.95),
+                "llama_server_ttft_p95_s": _pct(ttft["llama-server"][c], 0.95),
+            }
+            for c in levels
+        }
     return {
+        "versus_llama_server": versus,
         "machine": facts,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "settings": {
@@ -265,6 +291,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "n_ctx": base.N_CTX,
             "unfrozen": args.unfrozen,
             "model": Path(cmd[0]).name if not args.unfrozen else str(gguf),
+            "cpu_variant": args.cpu_variant or "auto",
         },
         "single_stream": {
             "server_tok_s": single_med,
@@ -284,7 +311,7 @@ def print_report(r: dict[str, Any]) -> None:
         f"\nserver benchmark: {r['settings']['threads']} threads, -np {r['settings']['parallel']},"
         f" {r['settings']['tokens']} tokens/request, median of {r['settings']['repeat']}"
     )
-    print(f"model: {r['settings']['model']}")
+    print(f"model: {r['settings']['model']}, CPU variant {r['settings']['cpu_variant']}")
     print(f"load average: start {m['loadavg_start']}, end {r['loadavg_end']}")
     verdict = "ok" if s["ratio"] and s["ratio"] >= 0.95 else "below target"
     print(
@@ -311,9 +338,22 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"4 clients vs one, paired: {four['paired_ratio']:.2f}x (target >= 1.4x: {ok})")
         theirs = (r.get("llama_server") or {}).get("4")
         if theirs:
+            print(f"llama-server, same run: {theirs['paired_ratio']:.2f}x")
+    versus = r.get("versus_llama_server")
+    if versus:
+        print("model.run vs llama-server, same run (tok/s paired within each round):")
+        for c in ("1", "4"):
+            v = versus.get(c)
+            if v is None:
+                continue
+            ok = "ok" if v["tok_s_ratio"] >= 0.97 else "below target"
+            print(f"  {c} client(s): {v['tok_s_ratio']:.3f}x (target >= 0.97x: {ok})")
+        v4 = versus.get("4")
+        if v4:
+            ok = "ok" if v4["ttft_p95_s"] <= v4["llama_server_ttft_p95_s"] else "worse"
             print(
-                f"llama-server, same run: {theirs['paired_ratio']:.2f}x; model.run's 4-client"
-                f" tok/s = {four['tok_s'] / theirs['tok_s']:.2f}x llama-server's"
+                f"  TTFT p95, 4 clients: {v4['ttft_p95_s']:.3f}s vs "
+                f"{v4['llama_server_ttft_p95_s']:.3f}s (target: no worse: {ok})"
             )
 
 

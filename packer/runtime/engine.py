@@ -2,9 +2,11 @@
 
 The rest of the runtime talks to :class:`Engine` and :mod:`packer.runtime.generate`, never to
 ``llama_cpp`` directly. Generation goes through ``engine.scheduler``
-(:class:`packer.runtime.scheduler.Scheduler`): ``n_parallel`` slots sharing one llama.cpp context,
-decoded together. ``llama_cpp.Llama`` itself is kept for the model, its tokenizer, metadata and
-chat templates; its own context is made minimal, as nothing decodes with it.
+(:class:`packer.runtime.scheduler.Scheduler`): ``n_parallel`` slots sharing one llama.cpp context
+with one unified KV cache, decoded together; any one request may use the whole context. The
+scheduler gets the model's handles and the context parameters, not the engine.
+``llama_cpp.Llama`` itself is kept for the model, its tokenizer, metadata and chat templates; its
+own context is made minimal, as nothing decodes with it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from packer.runtime.context_size import ContextSize, for_gguf
 from packer.runtime.generate import (
     GenResult,
     Sampling,
@@ -35,8 +38,10 @@ LLAMA_CTX = 64  # tokens of the Llama object's own context (unused: the schedule
 
 @dataclass
 class EngineOptions:
-    n_ctx: int = 4096  # all slots together (llama-server's -c); 0 = the model's trained one
-    n_parallel: int = 1  # slots: requests decoded at once, each with n_ctx / n_parallel tokens
+    # tokens of context, shared by all slots, any one request may use all of it (llama-server's
+    # -c with a unified KV cache); 0 = the model's trained context capped by memory
+    n_ctx: int = 0
+    n_parallel: int = 1  # slots: requests decoded together
     max_queue: int = 64  # requests that may wait for a slot before QueueFull
     n_threads: int | None = None  # None = physical cores
     n_gpu_layers: int = 0
@@ -83,6 +88,7 @@ class Engine:
         self.name = name or self.path.stem
         threads = options.n_threads or default_threads()
         n_parallel = max(1, options.n_parallel)
+        ctx = for_gguf(self.path, options.n_ctx)
         log.info(
             ngettext(
                 "loading {name} (ctx {ctx}, {slots} slot, {threads} threads, flash attention "
@@ -92,7 +98,7 @@ class Engine:
                 n_parallel,
             ).format(
                 name=self.name,
-                ctx=options.n_ctx or _("trained"),
+                ctx=ctx.describe() if ctx is not None else _("trained"),
                 slots=n_parallel,
                 threads=threads,
                 flash_attn=options.flash_attn,
@@ -111,19 +117,27 @@ class Engine:
             seed=options.seed if options.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
             verbose=options.verbose,
         )
-        n_ctx = options.n_ctx or int(self.llm._model.n_ctx_train())
+        n_ctx_train = int(self.llm._model.n_ctx_train())
+        if ctx is None:  # the GGUF header could not be read here: llama.cpp's trained size
+            ctx = ContextSize(n_ctx_train, n_ctx_train, "trained")
+        ctx = replace(ctx, n_ctx_train=n_ctx_train)
+        self.context = ctx
+        params = self.context_params()
+        params.n_ctx = ctx.n_ctx  # type: ignore[attr-defined]
+        params.n_threads = params.n_threads_batch = threads  # type: ignore[attr-defined]
+        params.flash_attn_type = flash_attn_type(options.flash_attn)  # type: ignore[attr-defined]
         try:
             self.scheduler = Scheduler(
-                self,
-                n_ctx=n_ctx,
+                self.model_ptr,
+                self.vocab,
+                params,
                 n_parallel=n_parallel,
-                n_threads=threads,
                 max_queue=options.max_queue,
             )
         except BaseException:
             self.llm.close()
             raise
-        self.n_ctx = self.scheduler.n_ctx  # per slot: what one request may use
+        self.n_ctx = self.scheduler.n_ctx  # what one request may use: the whole context
         self.has_chat_template = "tokenizer.chat_template" in self.llm.metadata
         self.last_result: GenResult | None = None  # of the latest complete()/chat()
         self._closed = False

@@ -1,16 +1,27 @@
 """Continuous batching: N requests decoded together, one ``llama_decode`` per step.
 
-One llama.cpp context holds ``n_parallel`` sequences ("slots"), each with ``n_ctx / n_parallel``
-tokens of KV cache (llama-server's semantics for ``-c`` and ``-np``). One decode thread runs the
-loop; per step it
+One llama.cpp context holds ``n_parallel`` sequences ("slots") in one unified KV cache of
+``n_ctx`` cells: any one request may use the whole context, and requests decoded together
+share it. One decode thread runs the loop; per step it
 
 1. hands queued requests (FIFO) to idle slots, each to the idle slot whose cached tokens share
-   the longest prefix with its prompt, so only the rest of the prompt is decoded;
+   the longest prefix with its prompt, so only the rest of the prompt is decoded, as long as the
+   request's cells fit (see below);
 2. puts into ONE ``llama_batch`` the last sampled token of every generating slot and then as
    many prompt tokens of the slots still reading their prompt as the batch has room for;
 3. calls ``llama_decode`` once and samples the next token of every slot that has logits, with
    that request's own sampler chain (penalties, grammar, top-k/typical/top-p/min-p/temp/dist or
    mirostat, as llama-cpp-python's ``Llama.generate`` builds it).
+
+KV cells are handed out so that ``llama_decode`` never finds the cache full. A running request
+holds a *claim*: the cells it may fill. A request with ``max_tokens`` claims its prompt plus
+``max_tokens`` when it is admitted, so it always gets all of them. A request without (until
+EOS or the context is full) claims its prompt plus its fair share (``n_ctx / n_parallel``, at
+least :data:`MIN_NEW` tokens) and grows by :data:`GROW` cells at a time while cells are free;
+when none are, it ends with stop type "limit" (finish reason "length"), like a request whose
+context is full. A request waits in the queue while its claim does not fit. Idle slots keep
+their tokens for prefix reuse, and give them up (least recently used first) when a claim needs
+the room.
 
 Text handling per slot is :class:`packer.runtime.textstream.TextStream` (UTF-8 safe, stop strings held
 back). Each request's pieces reach its caller through a queue; the caller's iterator polls the
@@ -30,21 +41,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from packer.runtime import grammar_cost
 from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
 from packer.runtime.textstream import TextStream
 
-if TYPE_CHECKING:
-    from packer.runtime.engine import Engine
-
-__all__ = ["QueueFull", "Scheduler", "SchedulerStats"]
+__all__ = ["QueueFull", "Scheduler", "SchedulerStats", "token_bytes"]
 
 log = logging.getLogger("packer.runtime.scheduler")
 
 N_BATCH = 512  # tokens per llama_decode: every generating slot's token plus prompt chunks
 POLL_S = 0.1  # how often a waiting caller checks its ``cancelled`` callback
+MIN_NEW = 128  # cells for generated tokens a request without max_tokens claims at least
+GROW = 256  # cells such a request's claim grows by when it has filled it
 GRAMMAR_DEAD_END = (
     "the grammar allows no token at this point of the answer (it asks for something no token "
     "of this model produces, such as \\x00): change the grammar or the schema"
@@ -75,6 +85,9 @@ class SchedulerStats:
     prompt_tokens: int = 0  # prompt tokens decoded (cache hits excluded)
     cached_tokens: int = 0  # prompt tokens reused from a slot's cache
     cache_hits: int = 0  # requests that reused at least one cached token
+    predicted_tokens: int = 0  # tokens generated
+    context_full: int = 0  # requests ended because no KV cell was free to grow into
+    evictions: int = 0  # idle slots' cached tokens dropped to make room
 
 
 @dataclass(eq=False)
@@ -83,8 +96,9 @@ class _Request:
     params: Sampling
     result: GenResult
     sampler: Any  # llama_sampler_p (a chain), freed by the decode thread
-    max_new: int
-    room: int
+    max_new: int  # tokens it may generate at most
+    room: int  # the context left after its prompt
+    elastic: bool  # no max_tokens of its own (or more than the room): claims grow as it runs
     cancelled: Callable[[], bool] | None
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     stop_flag: bool = False  # set by the caller's side: client gone / iterator closed
@@ -103,45 +117,54 @@ class _Slot:
     t_first: float | None = None
     last_used: int = 0
     params: Sampling | None = None  # of the latest request (for /slots)
+    claim: int = 0  # KV cells this slot's request may fill (prompt + generated), while it runs
 
 
 class Scheduler:
-    """Owns the generation context of ``engine``'s model and its decode thread."""
+    """Owns a generation context of one model and its decode thread.
+
+    ``model`` and ``vocab`` are llama.cpp's ``llama_model *`` and ``llama_vocab *``; ``params``
+    the ``llama_context_params`` to create the context with (``n_ctx``, threads, flash
+    attention set by the caller; the scheduler sets the sequences, batch size and the unified
+    KV cache)."""
 
     def __init__(
         self,
-        engine: Engine,
+        model: Any,
+        vocab: Any,
+        params: Any,
         *,
-        n_ctx: int,
         n_parallel: int = 1,
-        n_threads: int,
         max_queue: int = 64,
     ) -> None:
         import llama_cpp
 
-        from packer.runtime.engine import flash_attn_type  # engine imports this module
-
         self._ll = llama_cpp
-        self.engine = engine
         self.n_parallel = max(1, n_parallel)
         self.max_queue = max(0, max_queue)
-        model = engine.llm._model
-        self._vocab = model.vocab
-        self.n_vocab = int(model.n_vocab())
-        params = llama_cpp.llama_context_params.from_buffer_copy(engine.llm.context_params)
-        params.n_ctx = n_ctx
+        self._vocab = vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        params = llama_cpp.llama_context_params.from_buffer_copy(params)
         params.n_seq_max = self.n_parallel
         params.n_batch = params.n_ubatch = N_BATCH
-        params.n_threads = params.n_threads_batch = n_threads
-        params.kv_unified = False  # each slot its own KV stream of n_ctx / n_parallel cells
+        params.kv_unified = True  # one KV cache of n_ctx cells shared by every slot
         params.embeddings = False
-        params.flash_attn_type = flash_attn_type(engine.options.flash_attn)
-        self._ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if any(f[0] == "n_outputs_max" for f in type(params)._fields_):
+            # a batch has one output per slot at most: the compute buffer is sized for that,
+            # not for N_BATCH rows of logits (100 MB with a 49k vocabulary)
+            params.n_outputs_max = self.n_parallel
+        self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
-            raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens")
+            raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
+        # llama-server's and llama-bench's way: one ggml threadpool for the context, made
+        # once; without it ggml makes a throwaway one for every llama_decode (and a variant
+        # built without OpenMP starts and joins its threads each time)
+        self._threadpool = _Threadpool.attach(llama_cpp, self._ctx, int(params.n_threads))
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx_total = int(llama_cpp.llama_n_ctx(self._ctx))
-        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self._ctx))  # per slot
+        # what one request may use: with the unified cache, the whole context
+        self.n_ctx = min(self.n_ctx_total, int(llama_cpp.llama_n_ctx_seq(self._ctx)))
+        self.share = max(1, self.n_ctx_total // self.n_parallel)
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
         self._queue: deque[_Request] = deque()
@@ -169,12 +192,13 @@ class Scheduler:
         part of a stop string, never half a UTF-8 character). ``result`` is complete once the
         iterator is exhausted. Raises :class:`PromptError` (too long, bad grammar) or
         :class:`QueueFull` here, before anything is queued."""
-        check_context(self.engine, len(prompt))
+        check_context(self, len(prompt))  # reads only .n_ctx, which this has too
         room = self.n_ctx - len(prompt)
-        max_new = room if params.max_tokens < 0 else min(params.max_tokens, room)
+        elastic = params.max_tokens < 0 or params.max_tokens >= room
+        max_new = room if elastic else params.max_tokens
         result.n_prompt = len(prompt)
         sampler = self._make_sampler(params)
-        req = _Request(list(prompt), params, result, sampler, max_new, room, cancelled)
+        req = _Request(list(prompt), params, result, sampler, max_new, room, elastic, cancelled)
         with self._cond:
             try:
                 if self._closing:
@@ -251,6 +275,26 @@ class Scheduler:
         with self._cond:
             return len(self._queue)
 
+    def metrics_snapshot(self) -> dict[str, float]:
+        """Gauges and counters for /metrics: slots busy and total, requests waiting, KV cells
+        used (tokens in the cache, idle slots' cached prompts included), reserved (cells the
+        running requests may fill) and total, tokens predicted and prompt tokens decoded
+        (cache hits excluded) since start."""
+        with self._cond:
+            busy = sum(s.req is not None for s in self._slots)
+            return {
+                "slots_busy": float(busy),
+                "slots_total": float(self.n_parallel),
+                "queue_depth": float(len(self._queue)),
+                "kv_cells_used": float(sum(len(s.cache) for s in self._slots)),
+                "kv_cells_reserved": float(self._held()),
+                "kv_cells_total": float(self.n_ctx_total),
+                "tokens_predicted_total": float(self.stats.predicted_tokens),
+                "tokens_prompt_total": float(self.stats.prompt_tokens),
+                "tokens_prompt_cached_total": float(self.stats.cached_tokens),
+                "requests_context_full_total": float(self.stats.context_full),
+            }
+
     def close(self) -> None:
         """Stop every request (stop type "abort"), end the decode thread, free the context."""
         with self._cond:
@@ -263,6 +307,9 @@ class Scheduler:
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
         self._ctx = None
+        if self._threadpool is not None:
+            self._threadpool.free()
+            self._threadpool = None
 
     # -- samplers -----------------------------------------------------------------------
     def _make_sampler(self, p: Sampling) -> Any:
@@ -343,9 +390,7 @@ class Scheduler:
         """The bytes of one token (cached; the vocabulary does not change)."""
         raw = self._pieces.get(token)
         if raw is None:
-            from packer.runtime.generate import token_piece
-
-            raw = self._pieces[token] = token_piece(self.engine, token)
+            raw = self._pieces[token] = token_bytes(self._ll, self._vocab, token)
         return raw
 
     # -- the decode thread ----------------------------------------------------------------
@@ -378,7 +423,8 @@ class Scheduler:
         return any(s.req is not None for s in self._slots)
 
     def _admit(self) -> None:
-        """Under the lock: drop stopped requests, then hand queued ones to idle slots."""
+        """Under the lock: drop stopped requests, then hand queued ones to idle slots, in
+        order, while their claims fit in the KV cache."""
         for slot in self._slots:
             if slot.req is not None and slot.req.stop_flag:
                 self._finish(slot, "abort")
@@ -391,11 +437,63 @@ class Scheduler:
             idle = [s for s in self._slots if s.req is None]
             if not idle:
                 break
-            req = self._queue.popleft()
+            req = self._queue[0]
             best = max(idle, key=lambda s: (_common_prefix(s.cache, req.prompt), -s.last_used))
-            self._assign(best, req)
+            claim = len(req.prompt) + self._first_claim(req)
+            # the cells the slot holds now become part of its claim
+            if not self._make_room(claim - len(best.cache), keep=best):
+                break  # it waits (first in line) until running requests give cells back
+            self._queue.popleft()
+            self._assign(best, req, claim)
 
-    def _assign(self, slot: _Slot, req: _Request) -> None:
+    def _first_claim(self, req: _Request) -> int:
+        """Generated tokens' cells ``req`` claims when admitted: all it asked for, or for a
+        request without a limit, its fair share of the context (at least MIN_NEW)."""
+        if not req.elastic:
+            return req.max_new
+        return min(req.max_new, max(min(MIN_NEW, self.share), self.share - len(req.prompt)))
+
+    def _held(self) -> int:
+        """KV cells spoken for: running requests' claims and idle slots' cached tokens."""
+        return sum((s.claim if s.req is not None else len(s.cache)) for s in self._slots)
+
+    def _make_room(self, cells: int, keep: _Slot | None = None) -> bool:
+        """Make ``cells`` KV cells free beyond what is spoken for, dropping idle slots' cached
+        tokens (least recently used first, never ``keep``'s) if needed; False, dropping
+        nothing, when even that would not be enough."""
+        free = self.n_ctx_total - self._held()
+        if free >= cells:
+            return True
+        idle = sorted(
+            (s for s in self._slots if s.req is None and s is not keep and s.cache),
+            key=lambda s: s.last_used,
+        )
+        if free + sum(len(s.cache) for s in idle) < cells:
+            return False
+        for slot in idle:
+            free += len(slot.cache)
+            self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+            slot.cache.clear()
+            self.stats.evictions += 1
+            if free >= cells:
+                break
+        return True
+
+    def _grow(self, slot: _Slot) -> bool:
+        """Give a running request without a limit more cells, when it has filled its claim;
+        False when none are free."""
+        req = slot.req
+        assert req is not None
+        want = min(GROW, len(req.prompt) + req.max_new - slot.claim)
+        idle = sum(len(s.cache) for s in self._slots if s.req is None)
+        want = min(want, self.n_ctx_total - self._held() + idle)
+        if want <= 0:
+            return False
+        self._make_room(want)
+        slot.claim += want
+        return True
+
+    def _assign(self, slot: _Slot, req: _Request, claim: int) -> None:
         prompt = req.prompt
         n_keep = min(_common_prefix(slot.cache, prompt), len(prompt) - 1)
         if n_keep < len(slot.cache):
@@ -408,6 +506,7 @@ class Scheduler:
             self.stats.cache_hits += 1
             self.stats.cached_tokens += n_keep
         slot.req = req
+        slot.claim = claim
         slot.params = req.params
         slot.pending = prompt[n_keep:]
         slot.next_token = None
@@ -504,6 +603,7 @@ class Scheduler:
             self._finish(slot, "eos")
             return
         result.n_predicted += 1
+        self.stats.predicted_tokens += 1
         if req.params.n_probs > 0:
             result.probs.append(self._token_prob(idx, token, req.params.n_probs))
         piece = slot.text.add(self.piece(token))
@@ -513,6 +613,9 @@ class Scheduler:
             self._finish(slot, "word")
         elif result.n_predicted >= req.max_new:
             self._finish(slot, "limit")
+        elif len(slot.cache) >= slot.claim and not self._grow(slot):
+            self.stats.context_full += 1  # the shared context is full: as if this one were
+            self._finish(slot, "limit", context_full=True)
         else:
             slot.next_token = token
 
@@ -545,6 +648,7 @@ class Scheduler:
         self._ll.llama_sampler_free(req.sampler)
         req.sampler = None
         slot.req = None
+        slot.claim = 0
         slot.next_token = None
         slot.text = None
         self._emit(req, exc)
@@ -582,7 +686,7 @@ class Scheduler:
     def _text(self, token: int) -> str:
         return self.piece(token).decode("utf-8", errors="replace")
 
-    def _finish(self, slot: _Slot, stop_type: str) -> None:
+    def _finish(self, slot: _Slot, stop_type: str, context_full: bool = False) -> None:
         """End the slot's request (under the lock): flush its text, fill its result, free its
         sampler; the slot keeps its cache for the next request."""
         req = slot.req
@@ -597,7 +701,7 @@ class Scheduler:
         result.stop_type = stop_type
         result.stopping_word = slot.text.stopping_word
         if stop_type == "limit":
-            result.truncated = req.max_new == req.room
+            result.truncated = context_full or req.max_new == req.room
         result.t_prompt_ms = (t_first - slot.t_start) * 1e3
         result.t_predicted_ms = (now - t_first) * 1e3
         self._avg_s = 0.8 * self._avg_s + 0.2 * (now - req.t_submit)
@@ -606,6 +710,7 @@ class Scheduler:
         if slot.pending:  # stopped while reading its prompt: that part of the cache is unknown
             slot.pending = []
         slot.req = None
+        slot.claim = 0
         slot.next_token = None
         slot.text = None
         self._emit(req, _DONE)
@@ -618,6 +723,7 @@ class Scheduler:
             slot.cache.clear()
             self._ll.llama_sampler_free(req.sampler)
             slot.req = None
+            slot.claim = 0
             slot.next_token = None
             slot.pending = []
             self._emit(req, RuntimeError(f"generation failed: {exc}"))
@@ -626,6 +732,65 @@ class Scheduler:
         req.result.stop_type = "abort"
         self._ll.llama_sampler_free(req.sampler)
         self._emit(req, _DONE)
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    _fields_ = [  # ggml.h's struct ggml_threadpool_params
+        ("cpumask", ctypes.c_bool * 512),  # GGML_MAX_N_THREADS
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+class _Threadpool:
+    """A ggml CPU threadpool attached to one llama.cpp context (llama-cpp-python binds none of
+    this: the functions come from libllama's ggml and from the loaded CPU backend)."""
+
+    def __init__(self, pool: int, free: Callable[[int], None]) -> None:
+        self._pool = pool
+        self._free = free
+
+    @classmethod
+    def attach(cls, ll: Any, ctx: Any, n_threads: int) -> _Threadpool | None:
+        """The pool attached to ``ctx``; None (ggml's own per-decode pools) where this
+        llama.cpp or its CPU backend does not offer one."""
+        try:
+            lib = ll.llama_cpp._lib
+            p = ctypes.c_void_p
+            by_type = lib.ggml_backend_dev_by_type
+            by_type.restype, by_type.argtypes = p, [ctypes.c_int]
+            reg_of = lib.ggml_backend_dev_backend_reg
+            reg_of.restype, reg_of.argtypes = p, [p]
+            proc = lib.ggml_backend_reg_get_proc_address
+            proc.restype, proc.argtypes = p, [p, ctypes.c_char_p]
+            init = lib.ggml_threadpool_params_init
+            init.restype, init.argtypes = None, [ctypes.POINTER(_ThreadpoolParams), ctypes.c_int]
+            attach = lib.llama_attach_threadpool
+            attach.restype, attach.argtypes = None, [p, p, p]
+            dev = by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+            reg = reg_of(dev) if dev else None
+            new_at = proc(reg, b"ggml_threadpool_new") if reg else None
+            free_at = proc(reg, b"ggml_threadpool_free") if reg else None
+            if not new_at or not free_at:
+                return None
+            params = _ThreadpoolParams()
+            init(ctypes.byref(params), n_threads)
+            new = ctypes.CFUNCTYPE(p, ctypes.POINTER(_ThreadpoolParams))(new_at)
+            pool = new(ctypes.byref(params))
+            if not pool:
+                return None
+            attach(ctx, pool, None)
+            return cls(pool, ctypes.CFUNCTYPE(None, p)(free_at))
+        except (AttributeError, OSError) as exc:  # an older llama.cpp: ggml's own pools
+            log.debug("no ggml threadpool: %s", exc)
+            return None
+
+    def free(self) -> None:
+        """After the context is freed."""
+        self._free(self._pool)
 
 
 class _Candidates:
@@ -676,3 +841,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def token_bytes(ll: Any, vocab: Any, token: int, special: bool = False) -> bytes:
+    """The bytes of one token, as llama.cpp's server streams them (no 32-byte limit)."""
+    size = 64
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = ll.llama_token_to_piece(vocab, token, buf, size, 0, special)
+        if n >= 0:
+            return buf.raw[:n]
+        size = -n

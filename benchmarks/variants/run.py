@@ -1,0 +1,265 @@
+"""One-shot generation (tg) and prompt processing (pp) of a model.run, per CPU variant of ggml,
+against llama.cpp's own ``llama-bench`` built for the same variant with gcc.
+
+    .venv/bin/python benchmarks/variants/run.py                      # demo model.run, every variant this CPU runs
+    .venv/bin/python benchmarks/variants/run.py --variants haswell   # only these
+    .venv/bin/python benchmarks/variants/run.py --model-run m.run --repeat 5
+
+For each variant, model.run runs pinned to it (``--cpu-variant NAME``) and llama-bench is the
+one ``benchmarks/variants/llama-peers.sh NAME`` builds (the vendored llama.cpp, our patches, the
+variant's instruction set features, gcc; ~10 minutes for the first variant, ~3 for each more).
+Same GGUF (the one the model.run unpacks), threads and flash attention (auto).
+
+* tg: ``model.run -p STORY --raw -n N --stats``: the runtime's own generation tokens/s (greedy
+  sampling included) against ``llama-bench -n N`` (decoding only, no sampling);
+* pp: ``model.run -p TEXT --raw -n 1 --stats`` with a prompt of about P tokens: the runtime's
+  prompt tokens/s against ``llama-bench -p P``.
+
+Target: each >= 0.97x. Rounds are interleaved (every variant, both programs, then again) and
+medians reported, so background load hits every figure alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+DEMO_RUN = ROOT / "SmolLM2-135M-Instruct.Q5_K_M.run"
+TARGET = 0.97
+PP_TEXT = (
+    "The river ran past the mill, under the old stone bridge and out into the fields, where the "
+    "farmers had planted wheat, barley and rows of beans that the children weeded every summer. "
+)
+
+# ggml's x86-64 CPU variants and the instruction set features each needs (ggml/src/CMakeLists.txt
+# of the vendored llama.cpp), as the kernel's /proc/cpuinfo flags name them
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "x64": (),
+    "sse42": ("sse4_2",),
+    "sandybridge": ("sse4_2", "avx"),
+    "ivybridge": ("sse4_2", "avx", "f16c"),
+    "piledriver": ("sse4_2", "avx", "f16c", "fma"),
+    "haswell": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2"),
+    "skylakex": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f"),
+    "cannonlake": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512vbmi"),
+    "cascadelake": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512_vnni"),
+    "icelake": (
+        "sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512vbmi", "avx512_vnni",
+    ),
+    "cooperlake": (
+        "sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512_vnni", "avx512_bf16",
+    ),
+    "zen4": (
+        "sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512vbmi", "avx512_vnni",
+        "avx512_bf16",
+    ),
+    "alderlake": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx_vnni"),
+    "sapphirerapids": (
+        "sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512vbmi", "avx512_vnni",
+        "avx512_bf16", "amx_tile", "amx_int8",
+    ),
+}  # fmt: skip
+
+
+def _load_base() -> Any:
+    """benchmarks/run.py, for its model.run helpers."""
+    spec = importlib.util.spec_from_file_location("bench_base", ROOT / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_base"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+base = _load_base()
+log = base.log
+BenchError = base.BenchError
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def runnable_variants() -> list[str]:
+    """The variants this CPU has every feature of, best (most features) first."""
+    flags = cpu_flags()
+    ok = [name for name, needs in VARIANTS.items() if set(needs) <= flags]
+    return sorted(ok, key=lambda n: -len(VARIANTS[n]))
+
+
+def build_peer(variant: str) -> Path:
+    """llama-bench for ``variant`` (built once, cached)."""
+    script = HERE / "llama-peers.sh"
+    log(f"llama-bench for {variant}: {script.name} (builds it the first time, minutes)")
+    res = subprocess.run(
+        ["bash", str(script), variant, sys.executable], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        tail = " | ".join(res.stderr.strip().splitlines()[-3:])
+        raise BenchError(f"llama-peers.sh {variant} failed: {tail}")
+    return Path(res.stdout.strip().splitlines()[-1]) / "llama-bench"
+
+
+def llama_bench(binary: Path, gguf: Path, threads: int, n_prompt: int, n_gen: int) -> dict:
+    """One llama-bench run (its warm-up, then one repetition): tokens/s of pp and tg."""
+    cmd = [str(binary), "-m", str(gguf), "-t", str(threads), "-p", str(n_prompt)]
+    cmd += ["-n", str(n_gen), "-fa", "auto", "-r", "1", "-o", "json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=base.PROC_TIMEOUT_S)
+    if res.returncode != 0:
+        tail = " | ".join(res.stderr.strip().splitlines()[-3:])
+        raise BenchError(f"llama-bench failed (exit {res.returncode}): {tail}")
+    out: dict[str, float] = {}
+    for row in json.loads(res.stdout):
+        key = "pp" if row.get("n_gen", 0) == 0 else "tg"
+        out[key] = float(row["avg_ts"])
+    return out
+
+
+def model_run_stats(
+    model_run: Path, env: dict[str, str], variant: str, prompt: str, n: int, threads: int
+) -> dict[str, Any]:
+    cmd = [str(model_run), "-p", prompt, "--raw", "-n", str(n), "-t", str(threads)]
+    cmd += ["-c", str(base.N_CTX), "--cpu-variant", variant, *base.sampling_flags(), "--stats"]
+    res = base._check(base.run_timed(cmd, env), f"model.run --cpu-variant {variant}")
+    return base._stats_line(res.stderr)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model-run", type=Path, help=f"default: {DEMO_RUN.name} (make demo)")
+    p.add_argument("--gguf", type=Path, help="the GGUF for llama-bench (default: found for you)")
+    p.add_argument(
+        "--variants", help="comma-separated variant names (default: every one this CPU runs)"
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=128, help="tg: tokens generated (default 128)")
+    p.add_argument("--prompt-tokens", type=int, default=512, help="pp: prompt size (default 512)")
+    p.add_argument("--repeat", type=int, default=5, help="rounds; medians reported (default 5)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    env = base.model_env(work / "cache")
+    model_run = (args.model_run or DEMO_RUN).resolve()
+    if not model_run.is_file():
+        raise BenchError(f"{model_run} is not there: make demo, or pass --model-run")
+    variants = (
+        [v.strip() for v in args.variants.split(",") if v.strip()]
+        if args.variants
+        else runnable_variants()
+    )
+    if not variants:
+        raise BenchError("no CPU variant of ggml runs on this CPU")
+    base.run_timed([str(model_run), "-p", "Hi", "-n", "1"], env, timeout=300)  # unpack once
+    gguf = args.gguf or base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
+    peers = {v: build_peer(v) for v in variants}
+    # a prompt of about --prompt-tokens tokens (the runtime reports how many it was)
+    words = len(PP_TEXT.split())
+    pp_prompt = PP_TEXT * max(1, round(args.prompt_tokens / (words * 1.25)))
+    samples: dict[str, dict[str, list[float]]] = {
+        v: {k: [] for k in ("tg_ours", "tg_theirs", "pp_ours", "pp_theirs", "pp_n")}
+        for v in variants
+    }
+    facts = base.machine_facts()
+    for i in range(args.repeat):
+        for v in variants:
+            log(f"round {i + 1}/{args.repeat}: {v}: model.run tg, pp; llama-bench")
+            s = samples[v]
+            tg = model_run_stats(model_run, env, v, base.STORY, args.tokens, args.threads)
+            s["tg_ours"].append(float(tg["predicted_per_second"]))
+            pp = model_run_stats(model_run, env, v, pp_prompt, 1, args.threads)
+            s["pp_ours"].append(float(pp["prompt_per_second"]))
+            s["pp_n"].append(float(pp["prompt_n"]))
+            theirs = llama_bench(peers[v], gguf, args.threads, args.prompt_tokens, args.tokens)
+            s["tg_theirs"].append(theirs["tg"])
+            s["pp_theirs"].append(theirs["pp"])
+
+    def paired(a: list[float], b: list[float]) -> float:
+        return statistics.median(x / y for x, y in zip(a, b, strict=True) if y)
+
+    table = {
+        v: {
+            "tg_model_run": statistics.median(s["tg_ours"]),
+            "tg_llama_bench": statistics.median(s["tg_theirs"]),
+            "tg_ratio": paired(s["tg_ours"], s["tg_theirs"]),
+            "pp_model_run": statistics.median(s["pp_ours"]),
+            "pp_llama_bench": statistics.median(s["pp_theirs"]),
+            "pp_ratio": paired(s["pp_ours"], s["pp_theirs"]),
+            "pp_prompt_tokens": statistics.median(s["pp_n"]),
+            "samples": s,
+        }
+        for v, s in samples.items()
+    }
+    return {
+        "machine": facts,
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "settings": {
+            "model": model_run.name,
+            "gguf": str(gguf),
+            "threads": args.threads,
+            "tokens": args.tokens,
+            "prompt_tokens": args.prompt_tokens,
+            "repeat": args.repeat,
+        },
+        "variants": table,
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    st, m = r["settings"], r["machine"]
+    print(
+        f"\nCPU variants: {st['model']}, {st['threads']} threads, tg {st['tokens']} tokens, "
+        f"pp {st['prompt_tokens']} tokens, median of {st['repeat']}"
+    )
+    print(f"load average: start {m['loadavg_start']}, end {r['loadavg_end']}")
+    print(
+        f"{'variant':<15} {'tg model.run':>12} {'llama-bench':>11} {'ratio':>7}"
+        f" {'pp model.run':>12} {'llama-bench':>11} {'ratio':>7}"
+    )
+    for v, t in r["variants"].items():
+        print(
+            f"{v:<15} {t['tg_model_run']:>12.1f} {t['tg_llama_bench']:>11.1f}"
+            f" {t['tg_ratio']:>6.3f}x {t['pp_model_run']:>12.1f} {t['pp_llama_bench']:>11.1f}"
+            f" {t['pp_ratio']:>6.3f}x"
+        )
+    print(f"(tokens/s; ratio: median of the per-round ratios; target >= {TARGET}x)")
+    for v, t in r["variants"].items():
+        for what in ("tg", "pp"):
+            if t[f"{what}_ratio"] < TARGET:
+                print(f"below target: {v} {what} {t[f'{what}_ratio']:.3f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="packer-bench-variants-") as tmp:
+            result = bench(args, Path(tmp))
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    print_report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
