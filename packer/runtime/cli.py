@@ -179,9 +179,12 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         "-c",
         "--ctx-size",
         type=_whole_number,
-        default=4096,
+        default=0,
         metavar="N",
-        help=_("context size in tokens, 0 = the model's own (default: %(default)s)"),
+        help=_(
+            "context size in tokens (default: 0 = the model's trained context, capped by what "
+            "fits in memory)"
+        ),
     )
     res.add_argument(
         "-t",
@@ -347,8 +350,8 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help=_(
-            "requests generated at once (slots), decoded together in one batch; each slot gets "
-            "--ctx-size / N tokens (default: 4 with --server, else 1)"
+            "requests generated at once (slots), decoded together in one batch; they share the "
+            "context, and any one may use all of it (default: 4 with --server, else 1)"
         ),
     )
     srv.add_argument(

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("packer.runtime.embed")
 
 
+MAX_EMBED_CTX = 8192  # tokens of one input to embed, at most
+
+
 class Embedder:
     """Embeds texts with ``engine``'s model; the context is created on first use."""
 
@@ -45,6 +48,12 @@ class Embedder:
     def n_embd(self) -> int:
         return int(self.engine.model_facts()["n_embd"])
 
+    @property
+    def limit(self) -> int:
+        """Tokens one input may have: the model's context, at most :data:`MAX_EMBED_CTX` (one
+        input is one batch: its compute buffer grows with it)."""
+        return min(self.engine.n_ctx, MAX_EMBED_CTX)
+
     def _context(self) -> Any:
         if self._ctx is None:
             import llama_cpp
@@ -55,7 +64,8 @@ class Embedder:
             threads = engine.options.n_threads or default_threads()
             params = llama_cpp.llama_context_default_params()
             # one input at a time, all of it in one batch: pooling needs the whole sequence
-            params.n_ctx = params.n_batch = params.n_ubatch = engine.n_ctx
+            n_ctx = self.limit
+            params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
             params.n_seq_max = 1
             params.n_threads = params.n_threads_batch = threads
             params.embeddings = True
@@ -66,8 +76,8 @@ class Embedder:
             if not ctx:
                 raise RuntimeError("llama.cpp could not create the embeddings context")
             self._ctx = ctx
-            self._batch = llama_cpp.llama_batch_init(engine.n_ctx, 0, 1)
-            self.n_ctx = engine.n_ctx
+            self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+            self.n_ctx = n_ctx
             log.info("embeddings: context of %d tokens, mean pooling", self.n_ctx)
         return self._ctx
 
@@ -78,7 +88,7 @@ class Embedder:
         tokens = list(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
         if not tokens:
             raise PromptError("the input to embed is empty")
-        n_ctx = self.engine.n_ctx
+        n_ctx = self.limit
         if len(tokens) > n_ctx:
             if not truncate:
                 raise PromptError(

@@ -117,6 +117,10 @@ class Engine:
             seed=options.seed if options.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
             verbose=options.verbose,
         )
+        if options.chat_template:  # --chat-template-file: used everywhere the model's would be
+            from packer.runtime.chat_template import use_chat_template
+
+            use_chat_template(self.llm, options.chat_template)
         n_ctx_train = int(self.llm._model.n_ctx_train())
         if ctx is None:  # the GGUF header could not be read here: llama.cpp's trained size
             ctx = ContextSize(n_ctx_train, n_ctx_train, "trained")

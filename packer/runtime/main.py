@@ -253,12 +253,15 @@ def run(argv: list[str]) -> int:
         seed=args.seed,
     )
     from packer.runtime.backend import plan
+    from packer.runtime.context_size import for_gguf
 
+    # GPU layers are planned for the context the engine will take (0: trained, memory-capped)
+    planned = for_gguf(gguf, args.ctx_size)
     _backends, placement = plan(
         args.gpu,
         args.gpu_layers,
         gguf,
-        args.ctx_size,
+        planned.n_ctx if planned else args.ctx_size,
         verbose=args.verbose,
         cpu=args.cpu_variant,
         cache_dir=cache_dir,
