@@ -29,8 +29,9 @@ class FakeCore(Core):
         features: ServerFeatures | None = None,
         max_tokens: int = -1,
         fail: Exception | None = None,
+        chat_template: str = "",
     ) -> None:
-        engine = SimpleNamespace(n_ctx=4096, chat_template="", name="fake")
+        engine = SimpleNamespace(n_ctx=4096, chat_template=chat_template, name="fake")
         super().__init__(
             engine,  # type: ignore[arg-type]
             nullcontext,
@@ -43,12 +44,15 @@ class FakeCore(Core):
         self.fail = fail  # raised after the first piece
         self.requests: list[GenRequest] = []
         self.messages: list[dict[str, Any]] | None = None  # as the template would get them
+        self.template_kwargs: dict[str, Any] = {}  # what else the template would get (tools)
         self.params: Sampling | None = None
 
-    def _prompt(self, req: GenRequest) -> tuple[list[int], list[str]]:
+    def _prompt(
+        self, req: GenRequest, template_kwargs: dict[str, Any]
+    ) -> tuple[list[int], list[str]]:
         self.requests.append(req)
-        if req.messages is not None:
-            self.messages = self.with_system_prompt(req.messages)
+        self.messages = req.messages
+        self.template_kwargs = template_kwargs
         return [*req.context, *PROMPT], list(req.sampling.stop)
 
     def _generate(

@@ -147,3 +147,58 @@ def test_embeddings() -> None:
     assert answer(ollama.embeddings(app, Call("POST", "/api/embeddings", {}))) == {"embedding": []}
     with pytest.raises(ApiError):
         ollama.embed(app, Call("POST", "/api/embed", {"input": 5}))
+
+
+# -- tool calling -----------------------------------------------------------------------------
+
+WEATHER = {  # Ollama takes OpenAI's shape; "type" may be left out
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+OLLAMA_CALL = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+
+
+def test_chat_tool_calls_whole_answer() -> None:
+    core = FakeCore([CALL[:15], CALL[15:]])
+    out = chat({"messages": MSGS, "tools": [WEATHER], "stream": False}, core)
+    assert out["message"] == {"role": "assistant", "content": "", "tool_calls": [OLLAMA_CALL]}
+    assert out["done"] is True and out["done_reason"] == "stop"  # as Ollama answers calls
+    assert core.messages is not None and "get_weather" in core.messages[0]["content"]
+
+
+def test_chat_tool_calls_streamed() -> None:
+    lines = chat({"messages": MSGS, "tools": [WEATHER]}, FakeCore(["Sure. ", CALL[:15], CALL[15:]]))
+    assert lines[0]["message"] == {"role": "assistant", "content": "Sure."}
+    with_calls = [line for line in lines if "tool_calls" in line["message"]]
+    assert len(with_calls) == 1 and with_calls[0]["message"]["tool_calls"] == [OLLAMA_CALL]
+    assert with_calls[0]["done"] is False
+    assert lines[-1]["done"] is True and lines[-1]["done_reason"] == "stop"
+
+
+def test_chat_takes_calls_and_tool_results_next_turn() -> None:
+    history = [
+        *MSGS,
+        {"role": "assistant", "content": "", "tool_calls": [OLLAMA_CALL]},
+        {"role": "tool", "content": "Sunny, 24 degrees.", "tool_name": "get_weather"},
+    ]
+    core = FakeCore(["Sunny."])
+    out = chat({"messages": history, "tools": [WEATHER], "stream": False}, core)
+    assert out["message"] == {"role": "assistant", "content": "Sunny."}
+    assert core.messages is not None and all(m["role"] != "tool" for m in core.messages)
+    assert "Sunny, 24 degrees." in core.messages[-1]["content"]
+    assert "get_weather" in core.messages[-1]["content"]
+
+
+def test_tools_refusals() -> None:
+    for call, body, what in (
+        (generate, {"prompt": "x", "tools": [WEATHER]}, "/api/chat"),
+        (chat, {"messages": MSGS, "tools": [{"function": {"name": "a b"}}]}, "tools[0].function"),
+        (chat, {"messages": [{"role": "tool", "content": "x", "tool_name": 3}]}, "tool_name"),
+    ):
+        with pytest.raises(ApiError) as exc:
+            call(body, FakeCore([]))
+        assert exc.value.status == 400 and what in exc.value.message, body

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 from typing import Any
 
@@ -174,3 +175,168 @@ def test_models_and_embeddings() -> None:
     assert struct.unpack("<2f", raw) == pytest.approx((0.6, 0.8))
     with pytest.raises(ApiError):
         openai.embeddings(app, Call("POST", "/v1/embeddings", {"input": "a", "encoding_format": 1}))
+
+
+# -- tool calling -----------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "when": {"type": "object", "properties": {"day": {"enum": ["today", "tomorrow"]}}},
+            },
+            "required": ["city"],
+        },
+    },
+}
+# the fake's template is "" (knows no tools): calls come Hermes-style, as the generic prompt asks
+CALL = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "when": {"day": "today"}}}'
+)
+CALLS = ["Let me look.", CALL[:20], CALL[20:], "\n</tool_call>", "\n" + CALL, "</tool_call>"]
+ARGS = '{"city":"Paris","when":{"day":"today"}}'
+# a template that describes tools itself (Hermes/Qwen family)
+HERMES_TEMPLATE = "{% if tools %}{{ tools | tojson }}{% endif %}<tool_call>{{ tool_calls }}'tool'"
+
+
+def test_chat_tool_calls_whole_answer() -> None:
+    core = FakeCore(CALLS)
+    out = chat({"messages": MSGS, "tools": [WEATHER]}, core)
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert message["content"] == "Let me look."
+    assert [c["function"] for c in message["tool_calls"]] == [
+        {"name": "get_weather", "arguments": ARGS}
+    ] * 2
+    ids = [c["id"] for c in message["tool_calls"]]
+    assert all(i.startswith("call_") for i in ids) and len(set(ids)) == 2
+    assert all(c["type"] == "function" for c in message["tool_calls"])
+    # the generic template: tools described in a system message, nothing else for the template
+    assert core.messages is not None and core.messages[0]["role"] == "system"
+    assert "get_weather" in core.messages[0]["content"] and core.template_kwargs == {}
+    assert core.params is not None and core.params.grammar is None  # auto: no grammar
+
+
+def test_chat_only_calls_have_null_content() -> None:
+    out = chat({"messages": MSGS, "tools": [WEATHER]}, FakeCore([CALL, "</tool_call>"]))
+    message = out["choices"][0]["message"]
+    assert message["content"] is None and len(message["tool_calls"]) == 1
+
+
+def test_chat_tool_calls_streamed() -> None:
+    events = chat({"messages": MSGS, "tools": [WEATHER], "stream": True}, FakeCore(CALLS))
+    chunks = [e["choices"][0] for e in events[:-1]]
+    deltas = [c["delta"] for c in chunks]
+    assert deltas[1] == {"content": "Let me look."}
+    streamed = [tc for d in deltas for tc in d.get("tool_calls", [])]
+    assert [tc["index"] for tc in streamed] == [0, 1]
+    for tc in streamed:
+        assert tc["id"].startswith("call_") and tc["type"] == "function"
+        assert tc["function"] == {"name": "get_weather", "arguments": ARGS}
+    assert all("content" not in d for d in deltas if "tool_calls" in d)
+    assert chunks[-1]["finish_reason"] == "tool_calls"
+
+
+def test_chat_tool_calls_streamed_rebuilt_by_the_openai_sdk() -> None:
+    streaming = pytest.importorskip("openai.lib.streaming.chat")
+    from openai.types.chat import ChatCompletionChunk
+
+    events = chat({"messages": MSGS, "tools": [WEATHER], "stream": True}, FakeCore(CALLS))
+    state = streaming.ChatCompletionStreamState()
+    for e in events[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(e))
+    choice = state.get_final_completion().choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me look."
+    calls = choice.message.tool_calls
+    assert [(c.function.name, c.function.arguments) for c in calls] == [("get_weather", ARGS)] * 2
+
+
+def test_chat_required_tool_choice_sets_the_grammar() -> None:
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        core = FakeCore([CALL])
+        out = chat({"messages": MSGS, "tools": [WEATHER], "tool_choice": choice}, core)
+        assert out["choices"][0]["finish_reason"] == "tool_calls"  # missing </tool_call>: a call
+        assert core.params is not None and core.params.grammar is not None
+        assert "get_weather" in core.params.grammar and "root ::=" in core.params.grammar
+    with pytest.raises(ApiError) as exc:
+        chat(
+            {
+                "messages": MSGS,
+                "tools": [WEATHER],
+                "tool_choice": "required",
+                "response_format": {"type": "json_object"},
+            },
+            FakeCore([]),
+        )
+    assert exc.value.status == 400 and exc.value.param == "tool_choice"
+    assert "response_format" in exc.value.message
+
+
+def test_chat_tool_choice_none_is_text_and_offers_no_tools() -> None:
+    core = FakeCore([CALL, "</tool_call>"])
+    out = chat({"messages": MSGS, "tools": [WEATHER], "tool_choice": "none"}, core)
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "stop" and "tool_calls" not in choice["message"]
+    assert choice["message"]["content"] == CALL + "</tool_call>"
+    assert core.messages == MSGS and core.template_kwargs == {}
+    assert core.params is not None and core.params.grammar is None
+
+
+def test_chat_template_describing_tools_gets_them() -> None:
+    core = FakeCore(["ok"], chat_template=HERMES_TEMPLATE)
+    chat({"messages": MSGS, "tools": [WEATHER]}, core)
+    assert core.messages == MSGS
+    assert core.template_kwargs == {"tools": [WEATHER]}
+
+
+def test_chat_takes_calls_and_tool_results_next_turn() -> None:
+    history = [
+        *MSGS,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ARGS},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 degrees."},
+    ]
+    core = FakeCore(["Sunny."], chat_template=HERMES_TEMPLATE)
+    out = chat({"messages": history, "tools": [WEATHER]}, core)
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": "Sunny."}
+    assert core.messages is not None
+    assert core.messages[1]["tool_calls"][0]["function"]["arguments"] == json.loads(ARGS)
+    assert core.messages[2] == {
+        "role": "tool",
+        "content": "Sunny, 24 degrees.",
+        "tool_call_id": "call_1",
+        "name": "get_weather",
+    }
+    # a template that knows no tools: the call and its result written into the messages
+    core = FakeCore(["Sunny."])
+    chat({"messages": history}, core)
+    assert core.messages is not None and all(m["role"] != "tool" for m in core.messages)
+    assert "Sunny, 24 degrees." in core.messages[-1]["content"]
+
+
+def test_tools_refused_where_not_taken() -> None:
+    for body, param in (
+        ({"prompt": "x", "tools": [WEATHER]}, "tools"),
+        ({"prompt": "x", "functions": [WEATHER["function"]]}, "functions"),
+    ):
+        with pytest.raises(ApiError) as exc:
+            completion(body, FakeCore([]))
+        assert exc.value.status == 400 and exc.value.param == param
+    with pytest.raises(ApiError) as exc:
+        chat({"messages": MSGS, "tools": [WEATHER], "tool_choice": "sometimes"}, FakeCore([]))
+    assert exc.value.param == "tool_choice"

@@ -124,9 +124,8 @@ def oai(main_url: str) -> Any:
 
 def create(oai: Any, **kw: Any) -> Any:
     kw.setdefault("messages", QUESTION)
-    return oai.chat.completions.create(
-        model=ALIAS, temperature=0, max_tokens=MAX_TOKENS, tools=[WEATHER, TIME], **kw
-    )
+    kw.setdefault("max_tokens", MAX_TOKENS)
+    return oai.chat.completions.create(model=ALIAS, temperature=0, tools=[WEATHER, TIME], **kw)
 
 
 # -- the engine, without HTTP (passes before the dialects are wired) --------------------------

@@ -5,6 +5,9 @@ Streaming is NDJSON, one object per line: ``{"model", "created_at", "response"|"
 "done": false}``, the last one ``done: true`` with ``done_reason`` and the counters and
 durations in nanoseconds. A reasoning model's ``<think>`` section goes to ``thinking`` (the
 chat message's, or ``/api/generate``'s own field) unless the request says ``think: false``.
+``/api/chat``'s ``tools``: complete calls come in ``message.tool_calls`` (``{"function":
+{"name", "arguments": {...}}}``), streamed in the chunk where each call completes;
+``done_reason`` stays ``stop``, as Ollama's.
 Errors are ``{"error": "message"}``.
 """
 
@@ -19,6 +22,7 @@ from packer.runtime.gen_core import Delta, Generation, GenRequest, respond
 from packer.runtime.generate import GenResult, TokenProb
 from packer.runtime.replies import App, Call, Json, Reply
 from packer.runtime.server_api import ApiError
+from packer.runtime.tool_calls import ollama_tool_call
 
 
 def now() -> str:
@@ -71,6 +75,8 @@ def chat_chunk(model: str, d: Delta, probs: list[dict[str, Any]] | None) -> dict
     message: dict[str, Any] = {"role": "assistant", "content": d.content}
     if d.reasoning:
         message["thinking"] = d.reasoning
+    if d.tool_calls:
+        message["tool_calls"] = [ollama_tool_call(c) for c in d.tool_calls]
     out: dict[str, Any] = {"model": model, "created_at": now(), "message": message, "done": False}
     if probs is not None:
         out["logprobs"] = probs
@@ -180,6 +186,7 @@ def chat(app: App, call: Call) -> Reply:
             logprobs=req.logprobs,
             top_logprobs=req.n_top,
             reasoning=req.reasoning,
+            tools=req.tools,
             max_tokens_field="num_predict",
         ),
         call.cancelled,

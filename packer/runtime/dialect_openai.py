@@ -6,7 +6,10 @@ Requests are parsed by :mod:`packer.runtime.server_api` into a
 (``chat.completion``, ``chat.completion.chunk`` Server-Sent Events ending in ``[DONE]``,
 ``text_completion``), with llama-server's extras (``timings``, and a reasoning model's
 ``<think>`` section as ``reasoning_content``, as its ``--reasoning-format deepseek`` does).
-Errors are ``{"error": {"message", "type", "param", "code"}}``.
+Tool calls (``tools``, ``tool_choice``) come back as ``message.tool_calls`` (content null when
+there is no text, as OpenAI does) or, streamed, as one ``delta.tool_calls`` entry per complete
+call (``index``, ``id``, ``type``, ``function`` with its whole ``arguments``), finish reason
+``tool_calls``. Errors are ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from packer.runtime.gen_core import Delta, Generation, GenRequest, respond
 from packer.runtime.generate import GenResult, TokenProb
 from packer.runtime.replies import App, Call, Json, Reply
 from packer.runtime.server_api import ApiError, bad_value
+from packer.runtime.tool_calls import openai_tool_call, parse_openai_tools
 
 
 def _utf8(text: str) -> list[int]:
@@ -83,33 +87,47 @@ class OpenAIIds:
 
 def chat_message(d: Delta) -> dict[str, Any]:
     """The assistant's message of a whole answer; the reasoning as llama-server's
-    ``--reasoning-format deepseek`` gives it."""
-    message: dict[str, Any] = {"role": "assistant", "content": d.content}
+    ``--reasoning-format deepseek`` gives it; calls with content null when there is no text."""
+    content = d.content if d.content or not d.tool_calls else None
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if d.reasoning:
         message["reasoning_content"] = d.reasoning
+    if d.tool_calls:
+        message["tool_calls"] = [openai_tool_call(c) for c in d.tool_calls]
     return message
 
 
-def chat_delta(d: Delta) -> dict[str, Any]:
-    """A streamed chunk's ``delta``."""
+def chat_delta(d: Delta, first_call: int = 0) -> dict[str, Any]:
+    """A streamed chunk's ``delta``; ``first_call``: the index of its first tool call in the
+    answer."""
     out: dict[str, Any] = {}
     if d.reasoning:
         out["reasoning_content"] = d.reasoning
-    if d.content or not d.reasoning:
+    if d.content or not (d.reasoning or d.tool_calls):
         out["content"] = d.content
+    if d.tool_calls:
+        out["tool_calls"] = [
+            openai_tool_call(c, first_call + k) for k, c in enumerate(d.tool_calls)
+        ]
     return out
 
 
 def chat_response(
-    ids: OpenAIIds, r: GenResult, d: Delta, logprobs: dict[str, Any] | None = None
+    ids: OpenAIIds,
+    r: GenResult,
+    d: Delta,
+    logprobs: dict[str, Any] | None = None,
+    finish_reason: str | None = None,
 ) -> dict[str, Any]:
+    """``finish_reason``: the generation's (``tool_calls`` when it made calls), else the
+    result's."""
     return ids.head("chat.completion") | {
         "choices": [
             {
                 "index": 0,
                 "message": chat_message(d),
                 "logprobs": logprobs,
-                "finish_reason": r.finish_reason,
+                "finish_reason": finish_reason or r.finish_reason,
             }
         ],
         "usage": usage(r),
@@ -219,6 +237,7 @@ class ChatRender:
     def __init__(self, ids: OpenAIIds, req: api.ChatRequest) -> None:
         self.ids = ids
         self.req = req
+        self.n_calls = 0  # tool calls streamed so far: the next one's index
 
     def _logprobs(self, d: Delta) -> dict[str, Any] | None:
         return chat_logprobs(d.probs, self.req.n_top) if self.req.logprobs else None
@@ -227,7 +246,9 @@ class ChatRender:
         return [chat_chunk(self.ids, {"role": "assistant", "content": ""})]
 
     def delta(self, g: Generation, d: Delta) -> Any:
-        return chat_chunk(self.ids, chat_delta(d), None, self._logprobs(d))
+        delta = chat_delta(d, self.n_calls)
+        self.n_calls += len(d.tool_calls)
+        return chat_chunk(self.ids, delta, None, self._logprobs(d))
 
     def closing(self, g: Generation) -> list[Any]:
         out = [chat_chunk(self.ids, {}, g.finish_reason)]
@@ -236,7 +257,7 @@ class ChatRender:
         return [*out, "[DONE]"]
 
     def whole(self, g: Generation, d: Delta) -> Any:
-        return chat_response(self.ids, g.result, d, self._logprobs(d))
+        return chat_response(self.ids, g.result, d, self._logprobs(d), g.finish_reason)
 
     def error(self, err: ApiError) -> Any:
         return err.body(True)
@@ -285,6 +306,7 @@ class TextRender:
 def chat(app: App, call: Call) -> Reply:
     """``POST /v1/chat/completions``."""
     req = api.parse_chat(call.body, app.defaults)
+    tools, choice = parse_openai_tools(call.body.get("tools"), call.body.get("tool_choice"))
     g = app.core.start(
         GenRequest(
             sampling=req.params,
@@ -293,6 +315,8 @@ def chat(app: App, call: Call) -> Reply:
             logprobs=req.logprobs,
             top_logprobs=req.n_top,
             reasoning=req.reasoning,
+            tools=tools,
+            tool_choice=choice,
         ),
         call.cancelled,
     )

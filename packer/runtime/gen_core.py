@@ -13,8 +13,12 @@ Every generating endpoint (llama.cpp's ``/completion``, OpenAI's ``/v1/completio
 
 A :class:`Delta` carries answer text, reasoning text (a reasoning model's ``<think>`` section,
 split off by :func:`reasoning_splitter` unless the reasoning format is "none"), complete tool
-calls (not produced yet: tools are refused until ``tool_calls`` is wired in) and the
-log-probabilities of the tokens it holds. Nothing here knows HTTP or a dialect's field names.
+calls (the answer's content, after the reasoning split, goes through one
+:class:`packer.runtime.tool_calls.ToolCallParser` per generation) and the log-probabilities of
+the tokens it holds. A request with tools has its messages and the template's ``tools`` made
+by :func:`packer.runtime.tool_calls.messages_for_template`; a required or named call adds the
+grammar of :func:`packer.runtime.tool_calls.tool_grammar`. Nothing here knows HTTP or a
+dialect's field names.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from packer.runtime import generate as gen
+from packer.runtime import tool_calls as tc
 from packer.runtime.generate import GenResult, Sampling, TokenProb
 from packer.runtime.metrics import Metrics
 from packer.runtime.reasoning import ReasoningSplitter, markers_for
@@ -60,9 +65,9 @@ class GenRequest:
     logprobs: bool = False  # report per-token log-probabilities
     top_logprobs: int = 0  # alternatives per token to report
     reasoning: str | None = None
-    # tool calling: parsed by the dialects once tool_calls.py is wired in (refused until then)
-    tools: list[Any] = field(default_factory=list)
-    tool_choice: Any = None
+    # tool calling (parsed by the dialects); no choice: "auto" with tools, else "none"
+    tools: list[tc.Tool] = field(default_factory=list)
+    tool_choice: tc.ToolChoice | None = None
     max_tokens_field: str = "max_tokens"
 
 
@@ -73,7 +78,7 @@ class Delta:
 
     content: str = ""
     reasoning: str = ""  # text inside <think>…</think>
-    tool_calls: list[Any] = field(default_factory=list)  # tool_calls.ToolCall, complete calls
+    tool_calls: list[tc.ToolCall] = field(default_factory=list)  # complete calls
     probs: list[TokenProb] = field(default_factory=list)
 
 
@@ -112,6 +117,7 @@ class Generation:
         pieces: Iterator[str],
         splitter: Splitter | None,
         cleanup: ExitStack,
+        tools: tc.ToolCallParser | None = None,
     ) -> None:
         self.core = core
         self.request = request
@@ -121,14 +127,16 @@ class Generation:
         self._pieces = pieces
         self._head: list[str] = []
         self._splitter = splitter
+        self._tools = tools
         self._cleanup = cleanup
+        self.n_calls = 0  # tool calls made so far
         self._seen_probs = 0
         self._done = False
 
     @property
     def finish_reason(self) -> str:
-        """OpenAI's vocabulary: stop | length (| tool_calls once tools are wired in)."""
-        return self.result.finish_reason
+        """OpenAI's vocabulary: stop | length | tool_calls (the answer made calls)."""
+        return "tool_calls" if self.n_calls else self.result.finish_reason
 
     def prime(self) -> None:
         """Wait for the first piece, so errors of prompt evaluation come before any output."""
@@ -154,21 +162,38 @@ class Generation:
         self._seen_probs += len(out)
         return out
 
+    def _part(self, piece: str, final: bool) -> Delta:
+        """What ``piece`` (or, ``final``, the end of the generation) lets through: reasoning
+        first, then its content split into text and complete tool calls."""
+        if self._splitter is None:
+            reasoning, content = "", piece
+        else:
+            reasoning, content = self._splitter.finish() if final else self._splitter.feed(piece)
+        calls: list[tc.ToolCall] = []
+        if self._tools is not None:
+            content, calls = self._tools.feed(content) if content else ("", [])
+            if final:
+                rest, more = self._tools.finish()
+                content, calls = content + rest, calls + more
+        self.n_calls += len(calls)
+        return Delta(content=content, reasoning=reasoning, tool_calls=calls)
+
     def __iter__(self) -> Iterator[Delta]:
-        held: list[TokenProb] = []  # probs of text the splitter holds back
+        held: list[TokenProb] = []  # probs of text the splitter or the tool parser holds back
+        plain = self._splitter is None and self._tools is None
         while (piece := self._next_piece()) is not None:
-            if self._splitter is None:
+            if plain:
                 yield Delta(content=piece, probs=self._probs())
                 continue
             held += self._probs()
-            reasoning, content = self._splitter.feed(piece)
-            if reasoning or content:
-                yield Delta(content=content, reasoning=reasoning, probs=held)
-                held = []
-        reasoning, content = self._splitter.finish() if self._splitter else ("", "")
-        held += self._probs()
-        if reasoning or content or held:
-            yield Delta(content=content, reasoning=reasoning, probs=held)
+            d = self._part(piece, final=False)
+            if d.reasoning or d.content or d.tool_calls:
+                d.probs, held = held, []
+                yield d
+        d = self._part("", final=True) if not plain else Delta()
+        d.probs = held + self._probs()
+        if d.reasoning or d.content or d.tool_calls or d.probs:
+            yield d
         self.core.log_result(self.result)
 
     def whole(self) -> Delta:
@@ -238,12 +263,52 @@ class Core:
             return messages
         return [{"role": "system", "content": system}, *messages]
 
-    def _prompt(self, req: GenRequest) -> tuple[list[int], list[str]]:
+    @property
+    def template(self) -> str:
+        """The model's chat template ("" for none)."""
+        return str(getattr(self.engine, "chat_template", "") or "")  # stand-ins may have none
+
+    def _chat(self, req: GenRequest) -> tuple[GenRequest, dict[str, Any], tc.ToolCallParser | None]:
+        """A chat request as the template gets it: ``-sys``'s system message, the tools (its
+        keyword arguments, or described in the messages), earlier calls and tool results in
+        the shape it renders; a required call's grammar; the parser of the answer's calls."""
+        if req.messages is None:
+            return req, {}, None
+        messages = self.with_system_prompt(req.messages)
+        choice = req.tool_choice or tc.ToolChoice("auto" if req.tools else "none")
+        history = any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+        if not req.tools and not history:
+            return replace(req, messages=messages), {}, None
+        template = self.template
+        messages, kwargs = tc.messages_for_template(messages, req.tools, choice, template)
+        sampling = req.sampling
+        grammar = tc.tool_grammar(req.tools, choice, template)
+        if grammar is not None:
+            if sampling.grammar is not None:
+                raise ApiError(
+                    400,
+                    "a required tool call ('tool_choice' 'required' or a named function) "
+                    "cannot be combined with 'response_format', 'json_schema' or 'grammar': "
+                    "the call has a grammar of its own",
+                    param="tool_choice",
+                )
+            sampling = replace(sampling, grammar=grammar)
+        parser = None
+        if req.tools and choice.mode != "none":
+            parser = tc.ToolCallParser(req.tools, choice, template)
+        return replace(req, messages=messages, sampling=sampling), kwargs, parser
+
+    def _prompt(
+        self, req: GenRequest, template_kwargs: dict[str, Any]
+    ) -> tuple[list[int], list[str]]:
+        """The prompt tokens and stop strings; ``template_kwargs``: what :meth:`_chat` gives
+        the chat template besides the messages (``tools``)."""
         engine = self.engine
         stop = req.sampling.stop
         context = gen.check_tokens(engine, req.context, "context") if req.context else []
         if req.messages is not None:
-            tokens, stop = gen.chat_tokens(engine, self.with_system_prompt(req.messages), stop)
+            tools = template_kwargs.get("tools")
+            tokens, stop = gen.chat_tokens(engine, req.messages, stop, tools=tools)
             return context + tokens, stop
         prompt = req.prompt if req.prompt is not None else ""
         if context and isinstance(prompt, str):
@@ -266,7 +331,7 @@ class Core:
         fmt = req.reasoning or self.features.reasoning_format
         if fmt == "none" or req.messages is None:
             return None
-        template = str(getattr(self.engine, "chat_template", ""))  # stand-ins may have none
+        template = self.template
         tail = ""
         if markers_for(template).open in template:  # the template may open it in the prompt
             tail = self.text_of(prompt[-16:])
@@ -276,15 +341,12 @@ class Core:
         """Build the prompt, check it, queue the generation. Raises ApiError (cap),
         :class:`packer.runtime.generate.PromptError` or ``QueueFull`` before anything is
         generated."""
-        if req.tools:
-            raise ApiError(
-                400, "tool/function calling is not supported by this server", param="tools"
-            )
         cleanup = ExitStack()
         cleanup.enter_context(self._gate())
         try:
+            req, template_kwargs, tools = self._chat(req)
             params = self.capped(req.sampling, req.max_tokens_field)
-            prompt, stop = self._prompt(req)
+            prompt, stop = self._prompt(req, template_kwargs)
             params = replace(params, stop=stop)
             gen.check_context(self.engine, len(prompt))
             result = GenResult()
@@ -299,7 +361,7 @@ class Core:
         except BaseException:
             cleanup.close()
             raise
-        return Generation(self, req, prompt, params, result, pieces, splitter, cleanup)
+        return Generation(self, req, prompt, params, result, pieces, splitter, cleanup, tools)
 
     def log_result(self, r: GenResult) -> None:
         if self.metrics is not None:

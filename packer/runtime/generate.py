@@ -208,10 +208,15 @@ class _PromptCapture:
 
 
 def chat_tokens(
-    engine: Engine, messages: list[dict[str, Any]], stop: list[str]
+    engine: Engine,
+    messages: list[dict[str, Any]],
+    stop: list[str],
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[list[int], list[str]]:
     """The prompt tokens for ``messages`` with the model's chat template, and the stop strings
-    (the caller's plus the template's)."""
+    (the caller's plus the template's). ``tools`` (OpenAI's shape) go to templates that
+    describe them (see :func:`packer.runtime.tool_calls.messages_for_template`); never a
+    ``tool_choice``, with which llama-cpp-python's handler would build a grammar of its own."""
     llm = engine.llm
     if not engine.has_chat_template:
         # a base model: a plain transcript, stopping at the next turn
@@ -219,7 +224,10 @@ def chat_tokens(
 
     handler: Any = engine.chat_handler()
     try:
-        handler(llama=_PromptCapture(llm), messages=messages, stop=list(stop), stream=False)
+        extra = {"tools": tools} if tools else {}
+        handler(
+            llama=_PromptCapture(llm), messages=messages, stop=list(stop), stream=False, **extra
+        )
     except _Captured as cap:
         prompt = cap.prompt
         raw_stop = cap.kwargs.get("stop") or []

@@ -33,7 +33,9 @@ from packer.runtime.server_api import (
     json_object_grammar,
     sampling_fields,
     schema_grammar,
+    tool_fields,
 )
+from packer.runtime.tool_calls import Tool, parse_ollama_tools
 
 if TYPE_CHECKING:
     from packer.runtime.generate import Sampling
@@ -67,6 +69,7 @@ class ChatRequest:
     logprobs: bool = False
     n_top: int = 0
     reasoning: str | None = None  # from ``think``: deepseek | none | the server's
+    tools: list[Tool] = field(default_factory=list)
 
 
 @dataclass
@@ -156,15 +159,11 @@ def think(body: dict[str, Any]) -> str | None:
     raise bad_value("think", f"true, false or one of {list(THINK_LEVELS)}", v)
 
 
-def _refuse_common(body: dict[str, Any]) -> None:
-    if body.get("tools"):
-        raise ApiError(400, "this model does not support tools")
-
-
 def parse_generate(body: dict[str, Any], defaults: Sampling) -> GenerateRequest:
     """``POST /api/generate``. ``template`` and ``suffix`` (fill-in-the-middle) are refused;
     ``keep_alive`` is ignored (the model stays loaded while the server runs)."""
-    _refuse_common(body)
+    if body.get("tools"):
+        raise ApiError(400, "'tools' are taken by /api/chat, not /api/generate", param="tools")
     _refuse_images(body.get("images"), "images")
     if _str(body, "template"):
         raise ApiError(400, "'template' is not supported: the model's own chat template is used")
@@ -199,8 +198,10 @@ def _content(m: dict[str, Any], i: int) -> str:
 
 
 def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
-    """``POST /api/chat``. An empty ``messages`` list only "loads" the model, as in Ollama."""
-    _refuse_common(body)
+    """``POST /api/chat``. An empty ``messages`` list only "loads" the model, as in Ollama.
+    ``tools`` in OpenAI's shape; messages keep their calls (``tool_calls``) and results
+    (``role: "tool"``, ``tool_name``)."""
+    tools = parse_ollama_tools(body.get("tools"))
     msgs = body.get("messages")
     if msgs is None:
         msgs = []
@@ -214,7 +215,7 @@ def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
         if role not in _ROLES:
             raise bad_value(f"messages[{i}].role", f"one of {sorted(_ROLES)}", role)
         _refuse_images(m.get("images"), f"messages[{i}].images")
-        messages.append({"role": role, "content": _content(m, i)})
+        messages.append({"role": role, "content": _content(m, i), **tool_fields(m, i)})
     want, n_top = _logprobs(body)
     params = options(body, defaults)
     return ChatRequest(
@@ -225,6 +226,7 @@ def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
         logprobs=want,
         n_top=n_top,
         reasoning=think(body),
+        tools=tools,
     )
 
 
@@ -342,7 +344,7 @@ class ModelCard:
             "template": template,
             "details": self.details(),
             "model_info": info,
-            "capabilities": ["completion", "embedding"]
+            "capabilities": ["completion", "embedding", "tools"]
             + (["thinking"] if "<think>" in template else []),
             "modified_at": modified,
         }

@@ -257,10 +257,22 @@ def _within_limits(check: Any, value: Any, param: str) -> Any:
         raise ApiError(400, f"'{param}': {exc.message}", param=param) from None
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    """Constraints the client relies on but this server does not apply: say so, don't ignore."""
-    if body.get("tools") or body.get("functions"):
-        raise ApiError(400, "tool/function calling is not supported by this server", param="tools")
+def _refuse_unsupported(body: dict[str, Any], tools: bool = False) -> None:
+    """Constraints the client relies on but this server does not apply: say so, don't ignore.
+    ``tools``: the endpoint takes ``tools`` (OpenAI's chat), else they are refused."""
+    if body.get("functions") or body.get("function_call"):
+        raise ApiError(
+            400,
+            "the legacy 'functions' / 'function_call' fields are not supported: "
+            "use 'tools' and 'tool_choice' on /v1/chat/completions",
+            param="functions",
+        )
+    if not tools and body.get("tools"):
+        raise ApiError(
+            400,
+            "tool calling is only supported on /v1/chat/completions (and Ollama's /api/chat)",
+            param="tools",
+        )
     n = get_int(body, "n", 1)
     if n != 1:
         raise ApiError(400, "only 'n': 1 is supported", param="n")
@@ -528,9 +540,28 @@ def _message_text(content: Any, i: int) -> str:
     raise bad_value(f"messages[{i}].content", "a string or a list of text parts", content)
 
 
+# the fields of a message kept besides role and content (tool calls and their results; checked
+# by :func:`packer.runtime.tool_calls.messages_for_template`)
+TOOL_MESSAGE_FIELDS = ("tool_calls", "tool_call_id", "name", "tool_name")
+
+
+def tool_fields(m: dict[str, Any], i: int) -> dict[str, Any]:
+    """A message's tool-calling fields that are set; ids and names must be strings."""
+    out: dict[str, Any] = {}
+    for key in TOOL_MESSAGE_FIELDS:
+        v = m.get(key)
+        if v is None:
+            continue
+        if key != "tool_calls" and not isinstance(v, str):
+            raise bad_value(f"messages[{i}].{key}", "a string", v)
+        out[key] = v
+    return out
+
+
 def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
-    """OpenAI's ``POST /v1/chat/completions``."""
-    _refuse_unsupported(body)
+    """OpenAI's ``POST /v1/chat/completions``. Messages keep their tool-calling fields;
+    ``tools`` and ``tool_choice`` are parsed by the dialect (:mod:`packer.runtime.tool_calls`)."""
+    _refuse_unsupported(body, tools=True)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise bad_value("messages", "a non-empty list of {role, content} objects", msgs)
@@ -545,6 +576,7 @@ def parse_chat(body: dict[str, Any], defaults: Sampling) -> ChatRequest:
             {
                 "role": "system" if role == "developer" else role,
                 "content": _message_text(m.get("content"), i),
+                **tool_fields(m, i),
             }
         )
     logprobs = get_bool(body, "logprobs", False)
