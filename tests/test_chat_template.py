@@ -10,6 +10,7 @@ import pytest
 from conftest import smollm_gguf_path
 
 from packer.runtime.chat_template import token_text, use_chat_template
+from packer.runtime.engine import Engine
 from packer.runtime.generate import chat_tokens
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -32,7 +33,10 @@ def test_template_file_formats_the_chat(llm) -> None:  # type: ignore[no-untyped
     assert "[assistant]" not in own
     use_chat_template(llm, TEMPLATE)
     assert llm.metadata["tokenizer.chat_template"] == TEMPLATE  # what /props etc. report
+    # the engine's own prompt-building accessors over this vocabulary-only model
     engine = SimpleNamespace(llm=llm, has_chat_template=True)
+    engine.chat_handler = lambda: Engine.chat_handler(engine)  # type: ignore[arg-type]
+    engine.add_bos = lambda: Engine.add_bos(engine)  # type: ignore[arg-type]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     tokens, stop = chat_tokens(engine, messages, ["END"])
     text = bytes(llm.detokenize(tokens, special=True)).decode()
