@@ -288,7 +288,7 @@ def test_help_is_entirely_spanish(
         "generación:",
         "recursos:",
         "servidor:",
-        "(predeterminado: 4096)",
+        "(predeterminado: 64)",  # --max-queue: argparse's %(default)s in a translated help
         'model.run -p "¿Qué es un GGUF?"',
         "valores predeterminados incluidos en este archivo: --temp 0 --api-key REDACTED",
     ):
