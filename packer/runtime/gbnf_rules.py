@@ -14,7 +14,7 @@ def _is_word(c: str) -> bool:
     return c == "-" or ("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9")
 
 
-def _skip_until(text: str, i: int, close: str) -> int:
+def skip_quoted(text: str, i: int, close: str) -> int:
     """The index after ``close`` ending a literal or class that starts at ``i`` (escapes
     honoured), or the end of ``text``."""
     n = len(text)
@@ -39,7 +39,7 @@ def prefix_rules(grammar: str, prefix: str) -> str:
     while i < n:
         c = grammar[i]
         if c == '"' or c == "[":
-            end = _skip_until(grammar, i + 1, '"' if c == '"' else "]")
+            end = skip_quoted(grammar, i + 1, '"' if c == '"' else "]")
         elif c == "{":  # a repetition count {m,n}: digits that are not rule names
             end = grammar.find("}", i)
             end = n if end < 0 else end + 1

@@ -22,6 +22,8 @@ import json
 import re
 from typing import Any
 
+from packer.runtime.gbnf_rules import skip_quoted
+
 # JSON schemas (llama.cpp's json_schema, OpenAI's response_format, Ollama's format)
 SCHEMA_MAX_BYTES = 64 * 1024  # the schema as JSON
 SCHEMA_MAX_DEPTH = 64  # objects and lists inside each other
@@ -146,7 +148,7 @@ def gbnf_shape(grammar: str) -> tuple[int, int]:
     while i < n:
         c = grammar[i]
         if c == '"' or c == "[":
-            i = _skip_quoted(grammar, i + 1, '"' if c == '"' else "]")
+            i = skip_quoted(grammar, i + 1, '"' if c == '"' else "]")
             continue
         if c == "#":
             end = grammar.find("\n", i)
@@ -163,20 +165,6 @@ def gbnf_shape(grammar: str) -> tuple[int, int]:
             continue
         i += 1
     return deepest, rules
-
-
-def _skip_quoted(text: str, i: int, close: str) -> int:
-    """The index after the ``close`` that ends a literal or class starting at ``i``."""
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        i += 1
-        if c == close:
-            break
-    return i
 
 
 def check_stop(stops: list[str]) -> None:
