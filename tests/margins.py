@@ -140,8 +140,13 @@ def _run_case(llm: Any, case: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from packer.runtime import generate as gen
+    from packer.runtime.engine import Engine
 
+    # a stand-in engine over this Llama: the engine's own accessors, no scheduler
     engine = SimpleNamespace(llm=llm, has_chat_template="tokenizer.chat_template" in llm.metadata)
+    for name in ("chat_handler", "add_bos"):
+        setattr(engine, name, getattr(Engine, name).__get__(engine))
+    engine.vocab = Engine.vocab.fget(engine)  # type: ignore[attr-defined]
     if "messages" in case:
         prompt, _ = gen.chat_tokens(engine, case["messages"], [])  # type: ignore[arg-type]
     else:
