@@ -249,11 +249,13 @@ def model_env(cache: Path) -> dict[str, str]:
 
 
 def read_manifest(model_run: Path, env: dict[str, str]) -> Manifest:
-    res = _check(run_timed([str(model_run), "--info"], env, timeout=120), "model.run --info")
+    """The manifest sealed in ``model_run`` (read from the file: ``--info`` shows a summary)."""
+    from packer.runtime.payload import read_bundle
+
     try:
-        return Manifest.from_json(res.stdout, model_run.name)
+        return read_bundle(model_run).manifest
     except BundleError as exc:
-        raise BenchError(f"model.run --info: {exc}") from exc
+        raise BenchError(f"{model_run.name}: {exc}") from exc
 
 
 def cached_gguf(cache: Path, manifest: Manifest) -> Path:
