@@ -307,8 +307,7 @@ class Core:
         stop = req.sampling.stop
         context = gen.check_tokens(engine, req.context, "context") if req.context else []
         if req.messages is not None:
-            tools = template_kwargs.get("tools")
-            tokens, stop = gen.chat_tokens(engine, req.messages, stop, tools=tools)
+            tokens, stop = gen.chat_tokens(engine, req.messages, stop, **template_kwargs)
             return context + tokens, stop
         prompt = req.prompt if req.prompt is not None else ""
         if context and isinstance(prompt, str):
