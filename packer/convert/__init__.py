@@ -23,6 +23,7 @@ from packer.convert import olmo2 as _olmo2  # noqa: F401
 from packer.convert import phi3 as _phi3  # noqa: F401
 from packer.convert import qwen2 as _qwen2  # noqa: F401
 from packer.convert import qwen3 as _qwen3  # noqa: F401
+from packer.convert import qwen3moe as _qwen3moe  # noqa: F401
 from packer.convert import smollm3 as _smollm3  # noqa: F401
 from packer.convert.api import CheckpointInfo, convert_checkpoint, inspect_checkpoint
 from packer.convert.base import OUTTYPES, supported_architectures
