@@ -103,3 +103,17 @@ def test_sparse_text_config(checkpoint: Path, tmp_path: Path) -> None:
     assert af.kv(reader, "gemma3.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
     pattern = af.kv(reader, "gemma3.attention.sliding_window_pattern")
     assert pattern == [True, True, False]
+
+
+@pytest.mark.slow
+def test_build_says_vision_is_skipped(checkpoint: Path, tmp_path: Path) -> None:
+    """`packer build` of a multimodal Gemma 3 prints the one line and the file answers."""
+    from test_e2e import packer, run_clean
+
+    out = tmp_path / "gemma3mm.run"
+    proc = packer("build", str(checkpoint), "--quant", "Q8_0", "-o", str(out))
+    assert len([ln for ln in proc.stderr.splitlines() if "vision tower" in ln]) == 1
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    p = run_clean(out, "-p", "hola", "--raw", "-n", "8", "--temp", "0", cwd=elsewhere)
+    assert p.returncode == 0, p.stderr

@@ -218,3 +218,20 @@ def test_streaming_peak_rss(checkpoint: Path, tmp_path: Path) -> None:
     print(f"model {total / 1e6:.0f} MB, stacked {largest / 1e6:.0f} MB, peak RSS {peak_mb:.0f} MB")
     assert peak_mb < bound
     assert peak_mb < total / 1e6
+
+
+@pytest.mark.slow
+def test_quantized_model_run_answers(checkpoint: Path, tmp_path: Path) -> None:
+    """As test_e2e's tiny checkpoints: a Q4_K_M model.run of the MoE builds and generates."""
+    from test_e2e import packer, run_clean
+
+    from packer.runtime.payload import read_bundle
+
+    out = tmp_path / "moe.run"
+    packer("build", str(checkpoint), "--quant", "Q4_K_M", "-o", str(out))
+    assert read_bundle(out).manifest.quant == "Q4_K_M"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    p = run_clean(out, "-p", "hola", "--raw", "-n", "8", "--temp", "0", cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
