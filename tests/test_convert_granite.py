@@ -36,3 +36,14 @@ def test_token_ids_match(checkpoint: Path, converted: Path) -> None:
 
 def test_metadata(converted: Path) -> None:
     af.check_metadata(NAME, converted)
+
+
+def test_refused_multiplier(checkpoint: Path, tmp_path: Path) -> None:
+    from test_convert_families import copy_folder
+
+    from packer.convert import convert_checkpoint
+    from packer.errors import ConversionError
+
+    folder = copy_folder(checkpoint, tmp_path / "m", residual_multiplier=-1.0)
+    with pytest.raises(ConversionError, match="residual_multiplier"):
+        convert_checkpoint(folder, tmp_path / "out.gguf")

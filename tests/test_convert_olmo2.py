@@ -36,3 +36,18 @@ def test_token_ids_match(checkpoint: Path, converted: Path) -> None:
 
 def test_metadata(converted: Path) -> None:
     af.check_metadata(NAME, converted)
+
+
+def test_missing_post_norm_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+    from test_convert_families import copy_folder
+
+    from packer.convert import convert_checkpoint
+    from packer.errors import ConversionError
+
+    folder = copy_folder(checkpoint, tmp_path / "m")
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.layers.1.post_feedforward_layernorm.weight"]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match="post_feedforward_layernorm"):
+        convert_checkpoint(folder, tmp_path / "out.gguf")
