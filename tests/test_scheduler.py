@@ -256,3 +256,18 @@ def test_seeds_per_request(engine: Engine) -> None:
 
     assert sample(7) == sample(7)
     assert len({sample(-1) for _ in range(3)}) > 1
+
+
+def test_threads_batch_gets_a_pool_of_its_own(engine: Engine) -> None:
+    """-tb N: prompts are read by a second ggml threadpool of N threads, generation by -t's;
+    the thread counts change how the work is split, not the answer."""
+    other = Engine(smollm_gguf_path(), EngineOptions(n_ctx=2048, n_threads=2, n_threads_batch=1))
+    try:
+        pool = other.scheduler._threadpool
+        assert pool is not None and len(pool._pools) == 2
+        assert len(engine.scheduler._threadpool._pools) == 1  # -tb = -t: one pool
+        params = Sampling(**GREEDY)
+        prompt = "The capital of France is a city where"
+        assert _run(other, prompt, params).text == _run(engine, prompt, params).text
+    finally:
+        other.close()

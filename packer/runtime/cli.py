@@ -195,6 +195,14 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         help=_("CPU threads (default: all available cores)"),
     )
     res.add_argument(
+        "-tb",
+        "--threads-batch",
+        type=_whole_number,
+        default=None,
+        metavar="N",
+        help=_("CPU threads for reading the prompt (default: the same as --threads)"),
+    )
+    res.add_argument(
         "--gpu",
         choices=GPU_CHOICES,
         default="auto",

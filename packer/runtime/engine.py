@@ -44,6 +44,7 @@ class EngineOptions:
     n_parallel: int = 1  # slots: requests decoded together
     max_queue: int = 64  # requests that may wait for a slot before QueueFull
     n_threads: int | None = None  # None = physical cores
+    n_threads_batch: int | None = None  # prompt processing (-tb); None = n_threads
     n_gpu_layers: int = 0
     flash_attn: str = "auto"  # on | off | auto: llama.cpp enables it where the backend can
     seed: int = -1
@@ -87,6 +88,7 @@ class Engine:
         self.path = Path(model_path)
         self.name = name or self.path.stem
         threads = options.n_threads or default_threads()
+        threads_batch = options.n_threads_batch or threads
         n_parallel = max(1, options.n_parallel)
         ctx = for_gguf(self.path, options.n_ctx)
         log.info(
@@ -112,7 +114,7 @@ class Engine:
             n_ctx=LLAMA_CTX,
             n_batch=LLAMA_CTX,
             n_threads=threads,
-            n_threads_batch=threads,
+            n_threads_batch=threads_batch,
             n_gpu_layers=options.n_gpu_layers,
             seed=options.seed if options.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
             verbose=options.verbose,
@@ -128,7 +130,8 @@ class Engine:
         self.context = ctx
         params = self.context_params()
         params.n_ctx = ctx.n_ctx  # type: ignore[attr-defined]
-        params.n_threads = params.n_threads_batch = threads  # type: ignore[attr-defined]
+        params.n_threads = threads  # type: ignore[attr-defined]
+        params.n_threads_batch = threads_batch  # type: ignore[attr-defined]
         params.flash_attn_type = flash_attn_type(options.flash_attn)  # type: ignore[attr-defined]
         try:
             self.scheduler = Scheduler(

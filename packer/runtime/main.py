@@ -269,6 +269,7 @@ def run(argv: list[str]) -> int:
     options = EngineOptions(
         n_ctx=args.ctx_size,
         n_threads=args.threads,
+        n_threads_batch=args.threads_batch,
         n_gpu_layers=placement.n_gpu_layers,
         flash_attn=args.flash_attn,
         seed=args.seed,

@@ -159,7 +159,9 @@ class Scheduler:
         # llama-server's and llama-bench's way: one ggml threadpool for the context, made
         # once; without it ggml makes a throwaway one for every llama_decode (and a variant
         # built without OpenMP starts and joins its threads each time)
-        self._threadpool = _Threadpool.attach(llama_cpp, self._ctx, int(params.n_threads))
+        self._threadpool = _Threadpool.attach(
+            llama_cpp, self._ctx, int(params.n_threads), int(params.n_threads_batch)
+        )
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx_total = int(llama_cpp.llama_n_ctx(self._ctx))
         # what one request may use: with the unified cache, the whole context
@@ -749,14 +751,15 @@ class _Threadpool:
     """A ggml CPU threadpool attached to one llama.cpp context (llama-cpp-python binds none of
     this: the functions come from libllama's ggml and from the loaded CPU backend)."""
 
-    def __init__(self, pool: int, free: Callable[[int], None]) -> None:
-        self._pool = pool
+    def __init__(self, pools: list[int], free: Callable[[int], None]) -> None:
+        self._pools = pools
         self._free = free
 
     @classmethod
-    def attach(cls, ll: Any, ctx: Any, n_threads: int) -> _Threadpool | None:
-        """The pool attached to ``ctx``; None (ggml's own per-decode pools) where this
-        llama.cpp or its CPU backend does not offer one."""
+    def attach(cls, ll: Any, ctx: Any, n_threads: int, n_threads_batch: int) -> _Threadpool | None:
+        """The pools attached to ``ctx`` (one for generation; another for prompt batches when
+        ``n_threads_batch`` differs, as llama-server's ``-tb``); None (ggml's own per-decode
+        pools) where this llama.cpp or its CPU backend does not offer them."""
         try:
             lib = ll.llama_cpp._lib
             p = ctypes.c_void_p
@@ -776,21 +779,31 @@ class _Threadpool:
             free_at = proc(reg, b"ggml_threadpool_free") if reg else None
             if not new_at or not free_at:
                 return None
-            params = _ThreadpoolParams()
-            init(ctypes.byref(params), n_threads)
             new = ctypes.CFUNCTYPE(p, ctypes.POINTER(_ThreadpoolParams))(new_at)
-            pool = new(ctypes.byref(params))
-            if not pool:
+            free = ctypes.CFUNCTYPE(None, p)(free_at)
+
+            def make(threads: int) -> int | None:
+                params = _ThreadpoolParams()
+                init(ctypes.byref(params), threads)
+                return new(ctypes.byref(params))
+
+            pools = [make(n_threads)]
+            if n_threads_batch != n_threads:
+                pools.append(make(n_threads_batch))
+            if not all(pools):
+                for pool in filter(None, pools):
+                    free(pool)
                 return None
-            attach(ctx, pool, None)
-            return cls(pool, ctypes.CFUNCTYPE(None, p)(free_at))
+            attach(ctx, pools[0], pools[-1] if len(pools) > 1 else None)
+            return cls(pools, free)
         except (AttributeError, OSError) as exc:  # an older llama.cpp: ggml's own pools
             log.debug("no ggml threadpool: %s", exc)
             return None
 
     def free(self) -> None:
         """After the context is freed."""
-        self._free(self._pool)
+        for pool in self._pools:
+            self._free(pool)
 
 
 class _Candidates:
