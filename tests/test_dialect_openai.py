@@ -223,6 +223,31 @@ def test_chat_tool_calls_whole_answer() -> None:
     assert core.params is not None and core.params.grammar is None  # auto: no grammar
 
 
+MISTRAL_TEMPLATE = "{{ tools }}[TOOL_CALLS]{{ message.tool_calls }}[THINK]"
+
+
+def test_chat_markers_are_preserved_tokens() -> None:
+    """A chat answer's reasoning and tool-call markers go to the decode loop as preserved
+    tokens (shown even where they are special tokens); a plain completion has none."""
+    core = FakeCore(["ok"], chat_template=MISTRAL_TEMPLATE)
+    chat({"messages": MSGS, "tools": [WEATHER]}, core)
+    assert core.params is not None
+    assert set(core.params.preserved_tokens) == {"[TOOL_CALLS]", "[THINK]", "[/THINK]"}
+    chat({"messages": MSGS}, core)  # no tools: only the reasoning markers
+    assert set(core.params.preserved_tokens) == {"[THINK]", "[/THINK]"}
+    core = FakeCore(["ok"], chat_template=HERMES_TEMPLATE)
+    chat({"messages": MSGS, "tools": [WEATHER]}, core)
+    assert core.params is not None
+    assert set(core.params.preserved_tokens) == {
+        "<tool_call>",
+        "</tool_call>",
+        "<think>",
+        "</think>",
+    }
+    completion({"prompt": "Hi"}, core)
+    assert core.params.preserved_tokens == ()
+
+
 def test_chat_only_calls_have_null_content() -> None:
     out = chat({"messages": MSGS, "tools": [WEATHER]}, FakeCore([CALL, "</tool_call>"]))
     message = out["choices"][0]["message"]

@@ -20,8 +20,8 @@ from packer.runtime.reasoning import (
     TagSplitter,
     markers_for,
     opens_reasoning,
-    preserved_token_ids,
 )
+from packer.runtime.scheduler import single_token_ids
 
 # the part of each family's chat template that names it (shortened real templates)
 QWEN3 = (
@@ -305,8 +305,8 @@ def test_the_preserved_markers_name_each_family() -> None:
 
 def test_preserved_token_ids_are_the_single_token_markers() -> None:
     vocab = {"[THINK]": [7], "[/THINK]": [8], "<think>": [1, 2, 3]}
-    assert preserved_token_ids(MAGISTRAL, lambda text: vocab[text]) == {7, 8}
-    assert preserved_token_ids(THINK_TAGS, lambda text: vocab.get(text, [])) == frozenset()
+    assert single_token_ids(MAGISTRAL.preserved, lambda text: vocab[text]) == {7, 8}
+    assert single_token_ids(THINK_TAGS.preserved, lambda text: vocab.get(text, [])) == frozenset()
 
 
 def test_the_raw_splitters_keep_the_thinking_as_written() -> None:

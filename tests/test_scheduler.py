@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import requests
@@ -271,3 +272,15 @@ def test_threads_batch_gets_a_pool_of_its_own(engine: Engine) -> None:
         assert _run(other, prompt, params).text == _run(engine, prompt, params).text
     finally:
         other.close()
+
+
+def test_preserved_tokens_show_their_text(engine: Engine) -> None:
+    """A special token is shown only when the request preserves it (the markers of reasoning
+    and tool calls, Sampling.preserved_tokens); texts of several tokens are ignored."""
+    special = "<|im_start|>"  # a control token of SmolLM2's vocabulary, not an end of turn
+    (token,) = gen.tokenize(engine, special, add_special=False)
+    forced = Sampling(temperature=0.0, max_tokens=1, ignore_eos=True, logit_bias=((token, 100.0),))
+    assert _run(engine, "Hello", forced).text == ""
+    kept = replace(forced, preserved_tokens=(special, "not one token"))
+    assert _run(engine, "Hello", kept).text == special
+    assert engine.scheduler.preserved_ids(kept.preserved_tokens) == {token}

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from packer.runtime import generate as gen
 from packer.runtime import tool_calls as tc
+from packer.runtime import tool_formats as tf
 from packer.runtime.generate import GenResult, Sampling, TokenProb
 from packer.runtime.metrics import Metrics
 from packer.runtime.reasoning import ReasoningSplitter, markers_for
@@ -336,6 +337,17 @@ class Core:
             tail = self.text_of(prompt[-16:])
         return reasoning_splitter(template, tail)
 
+    def _markers(self, req: GenRequest, tools: tc.ToolCallParser | None) -> tuple[str, ...]:
+        """The markers a chat answer is split by (reasoning, tool calls): the decode loop shows
+        them even where they are special tokens (Mistral's ``[TOOL_CALLS]``, ``[THINK]``), and
+        so does ``--reasoning-format none``, which keeps the thinking inline."""
+        texts: list[str] = []
+        if req.messages is not None:
+            texts += markers_for(self.template).preserved
+        if tools is not None:
+            texts += tf.detect(self.template).markers
+        return tuple(dict.fromkeys(texts))
+
     def start(self, req: GenRequest, cancelled: Callable[[], bool] | None = None) -> Generation:
         """Build the prompt, check it, queue the generation. Raises ApiError (cap),
         :class:`packer.runtime.generate.PromptError` or ``QueueFull`` before anything is
@@ -346,8 +358,9 @@ class Core:
             req, template_kwargs, tools = self._chat(req)
             params = self.capped(req.sampling, req.max_tokens_field)
             prompt, stop = self._prompt(req, template_kwargs)
-            params = replace(params, stop=stop)
             gen.check_context(self.engine, len(prompt))
+            splitter = self._splitter(req, prompt)
+            params = replace(params, stop=stop, preserved_tokens=self._markers(req, tools))
             result = GenResult()
             closing = self._closing
 
@@ -356,7 +369,6 @@ class Core:
 
             pieces = self._generate(prompt, params, result, stop_now)
             cleanup.callback(_close, pieces)
-            splitter = self._splitter(req, prompt)
         except BaseException:
             cleanup.close()
             raise

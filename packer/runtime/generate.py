@@ -61,6 +61,10 @@ class Sampling:
     logit_bias: tuple[tuple[int, float], ...] = ()
     # > 0: record the chosen token's log-probability and the n_probs most likely alternatives
     n_probs: int = 0
+    # special (control) tokens whose text the answer shows, llama-server's "preserved tokens":
+    # the reasoning and tool-call markers the answer is split by (those that are one token);
+    # other special tokens (end of turn, ...) stay unrendered
+    preserved_tokens: tuple[str, ...] = ()
 
 
 class PromptError(ValueError):

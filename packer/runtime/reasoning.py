@@ -34,7 +34,6 @@ their special text; :attr:`Markers.preserved` lists them (llama-server's "preser
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -108,21 +107,6 @@ def opens_reasoning(prompt_tail: str, markers: Markers = THINK_TAGS) -> bool:
     """Whether a generation prompt (its end is enough) leaves a thinking section open."""
     start = prompt_tail.rfind(markers.open)
     return start >= 0 and prompt_tail.rfind(markers.close) < start
-
-
-def preserved_token_ids(
-    markers: Markers, tokenize: Callable[[str], Sequence[int]]
-) -> frozenset[int]:
-    """The ids of the family's markers that are one token each. The decode loop renders these
-    with their text even when they are special (control) tokens, as llama-server does with its
-    "preserved tokens"; other special tokens stay unrendered. ``tokenize``: text to ids with
-    special tokens parsed, no BOS."""
-    ids: set[int] = set()
-    for text in markers.preserved:
-        tokens = list(tokenize(text))
-        if len(tokens) == 1:
-            ids.add(int(tokens[0]))
-    return frozenset(ids)
 
 
 def _partial_suffix(text: str, tag: str) -> int:

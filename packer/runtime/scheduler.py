@@ -39,7 +39,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,7 @@ class _Request:
     room: int  # the context left after its prompt
     elastic: bool  # no max_tokens of its own (or more than the room): claims grow as it runs
     cancelled: Callable[[], bool] | None
+    preserve: frozenset[int] = frozenset()  # special tokens rendered with their text
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     stop_flag: bool = False  # set by the caller's side: client gone / iterator closed
     t_submit: float = field(default_factory=time.perf_counter)
@@ -174,6 +175,8 @@ class Scheduler:
         self._closing = False
         self._use = itertools.count(1)
         self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
+        self._preserved: dict[tuple[str, ...], frozenset[int]] = {}
         self._eog: dict[int, bool] = {}
         self._candidates: _Candidates | None = None  # for grammar requests, decode thread only
         self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
@@ -200,7 +203,17 @@ class Scheduler:
         max_new = room if elastic else params.max_tokens
         result.n_prompt = len(prompt)
         sampler = self._make_sampler(params)
-        req = _Request(list(prompt), params, result, sampler, max_new, room, elastic, cancelled)
+        req = _Request(
+            list(prompt),
+            params,
+            result,
+            sampler,
+            max_new,
+            room,
+            elastic,
+            cancelled,
+            self.preserved_ids(params.preserved_tokens),
+        )
         with self._cond:
             try:
                 if self._closing:
@@ -388,12 +401,28 @@ class Scheduler:
             add(ll.llama_sampler_init_dist(seed))
         return chain
 
-    def piece(self, token: int) -> bytes:
-        """The bytes of one token (cached; the vocabulary does not change)."""
-        raw = self._pieces.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (cached; the vocabulary does not change); ``special``: a
+        special token's own text, else nothing for one."""
+        pieces = self._special_pieces if special else self._pieces
+        raw = pieces.get(token)
         if raw is None:
-            raw = self._pieces[token] = token_bytes(self._ll, self._vocab, token)
+            raw = pieces[token] = token_bytes(self._ll, self._vocab, token, special=special)
         return raw
+
+    def preserved_ids(self, texts: tuple[str, ...]) -> frozenset[int]:
+        """The ids of ``texts`` (:attr:`Sampling.preserved_tokens`) that are one token each."""
+        ids = self._preserved.get(texts)
+        if ids is None:
+            ids = self._preserved[texts] = single_token_ids(texts, self._tokenize_special)
+        return ids
+
+    def _tokenize_special(self, text: str) -> list[int]:
+        raw = text.encode("utf-8")
+        n_max = len(raw) + 8
+        buf = (self._ll.llama_token * n_max)()
+        n = self._ll.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, False, True)
+        return list(buf[: max(n, 0)])
 
     # -- the decode thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -608,7 +637,7 @@ class Scheduler:
         self.stats.predicted_tokens += 1
         if req.params.n_probs > 0:
             result.probs.append(self._token_prob(idx, token, req.params.n_probs))
-        piece = slot.text.add(self.piece(token))
+        piece = slot.text.add(self.piece(token, token in req.preserve))
         if piece:
             self._emit(req, piece)
         if slot.text.stopped:
@@ -854,6 +883,22 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def single_token_ids(
+    texts: Iterable[str], tokenize: Callable[[str], Sequence[int]]
+) -> frozenset[int]:
+    """The ids of the markers (a reasoning family's :attr:`~packer.runtime.reasoning.Markers.
+    preserved`, a tool format's markers) that are one token each. The decode loop renders
+    these with their text even when they are special (control) tokens, as llama-server does
+    with its "preserved tokens"; other special tokens stay unrendered. ``tokenize``: text to
+    ids with special tokens parsed, no BOS."""
+    ids: set[int] = set()
+    for text in texts:
+        tokens = list(tokenize(text))
+        if len(tokens) == 1:
+            ids.add(int(tokens[0]))
+    return frozenset(ids)
 
 
 def token_bytes(ll: Any, vocab: Any, token: int, special: bool = False) -> bytes:

@@ -41,6 +41,15 @@ ARGS = "[ARGS]"
 CALL_ID = "[CALL_ID]"
 
 
+# the markers of each family's calls (see ToolFormat.markers)
+_MARKERS = {
+    HERMES: (TOOL_CALL_OPEN, TOOL_CALL_CLOSE),
+    LLAMA3: (PYTHON_TAG,),
+    MISTRAL: (TOOL_CALLS,),
+    MISTRAL_ARGS: (TOOL_CALLS, ARGS, CALL_ID),
+}
+
+
 @dataclass(frozen=True)
 class ToolFormat:
     """One template's tool-call syntax and what the template renders itself."""
@@ -55,6 +64,12 @@ class ToolFormat:
     system_role: bool = True
     # the template takes one call per assistant message (Llama 3.x)
     single_call: bool = False
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """The texts the family's calls are marked with: special tokens in some vocabularies
+        (Mistral's ``[TOOL_CALLS]``), which the answer must then show for calls to be found."""
+        return _MARKERS.get(self.family, ())
 
     @property
     def args_key(self) -> str:
