@@ -1,0 +1,259 @@
+"""Tiny random-weight embedding checkpoints (sentence-transformers layout) for the tests.
+
+Each folder looks like a sentence-transformers download: config.json and safetensors weights
+of a ``BertModel`` or ``XLMRobertaModel``, a real tokenizer trained here on the multilingual
+corpus of checkpoints.py (WordPiece for BERT, Unigram for XLM-R), ``modules.json`` with a
+Pooling module (``1_Pooling/config.json``) and, optionally, a Normalize one.
+
+:func:`reference_embeddings` is what sentence-transformers would compute, from transformers'
+hidden states: the pooling the folder's config names, then unit length if it normalizes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from checkpoints import corpus
+
+HIDDEN = 64
+INTERMEDIATE = 128
+LAYERS = 2
+HEADS = 4
+MAX_POSITIONS = 128
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq's order; <mask> goes last
+
+POOLING_MODES = ("mean", "cls", "lasttoken")
+
+
+def write_pooling(folder: Path, mode: str, normalize: bool, dim: int = HIDDEN) -> None:
+    """modules.json + 1_Pooling/config.json (+ 2_Normalize) as sentence-transformers saves them."""
+    modules: list[dict[str, Any]] = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    pooling = {
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": mode == "cls",
+        "pooling_mode_mean_tokens": mode == "mean",
+        "pooling_mode_max_tokens": mode == "max",
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": mode == "lasttoken",
+        "include_prompt": True,
+    }
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+
+
+def train_wordpiece(folder: Path, vocab_size: int = 900) -> int:
+    """An uncased BERT WordPiece tokenizer (tokenizer.json, vocab.txt, tokenizer_config.json)."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False
+    )
+    tokenizer.train_from_iterator(corpus(), trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "strip_accents": None,
+        "tokenize_chinese_chars": True,
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "mask_token": "[MASK]",
+        "model_max_length": MAX_POSITIONS,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+def train_unigram(folder: Path, vocab_size: int = 900) -> int:
+    """An XLM-R style Unigram tokenizer.json (Metaspace, <s> $A </s>) + tokenizer_config.json."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="always"
+    )
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=XLMR_SPECIALS,
+        unk_token="<unk>",
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus(), trainer)
+    tokenizer.add_special_tokens(["<mask>"])
+    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", bos), ("</s>", eos)],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "XLMRobertaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "cls_token": "<s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+        "model_max_length": MAX_POSITIONS - 2,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+def _spread_weights(model: Any, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.copy_(
+                    1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+                    if "weight" in name
+                    else 0.1 * torch.randn(p.shape, generator=gen)
+                )
+            else:
+                p.copy_(0.08 * torch.randn(p.shape, generator=gen))
+
+
+def make_bert(folder: Path, mode: str = "mean", normalize: bool = True) -> Path:
+    """A tiny ``BertModel`` with a WordPiece tokenizer and sentence-transformers pooling."""
+    import torch
+    import transformers
+
+    n_vocab = train_wordpiece(folder)
+    config = transformers.BertConfig(
+        vocab_size=n_vocab,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=MAX_POSITIONS,
+        type_vocab_size=2,
+        hidden_act="gelu",
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config)
+    _spread_weights(model, 1)
+    model.save_pretrained(folder)
+    write_pooling(folder, mode, normalize)
+    return folder
+
+
+def make_xlm_roberta(folder: Path, mode: str = "cls", normalize: bool = True) -> Path:
+    """A tiny ``XLMRobertaModel`` (position ids from pad + 1) with a Unigram tokenizer."""
+    import torch
+    import transformers
+
+    n_vocab = train_unigram(folder)
+    config = transformers.XLMRobertaConfig(
+        vocab_size=n_vocab,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=MAX_POSITIONS,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_act="gelu",
+    )
+    torch.manual_seed(0)
+    model = transformers.XLMRobertaModel(config)
+    _spread_weights(model, 2)
+    model.save_pretrained(folder)
+    write_pooling(folder, mode, normalize)
+    return folder
+
+
+def reference_embeddings(folder: Path, texts: list[str]) -> list[list[float]]:
+    """sentence-transformers' vectors, computed from transformers' last hidden states."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    modules = json.loads((folder / "modules.json").read_text())
+    normalize = any(m["type"].endswith(".Normalize") for m in modules)
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")
+            hidden = model(**ids).last_hidden_state[0]
+            if pooling["pooling_mode_cls_token"]:
+                vec = hidden[0]
+            elif pooling["pooling_mode_lasttoken"]:
+                vec = hidden[-1]
+            else:
+                vec = hidden.mean(dim=0)
+            if normalize:
+                vec = torch.nn.functional.normalize(vec, dim=0)
+            out.append(vec.tolist())
+    return out
