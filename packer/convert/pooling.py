@@ -5,7 +5,7 @@ modules (Transformer, Pooling, optionally Dense and Normalize) and the Pooling m
 (``1_Pooling/config.json``) says which pooling: ``pooling_mode_mean_tokens``,
 ``pooling_mode_cls_token`` or ``pooling_mode_lasttoken``. llama.cpp pools by the GGUF key
 ``{arch}.pooling_type``; normalization (a ``Normalize`` module) has no llama.cpp key, so it is
-recorded as :data:`NORMALIZE_KEY`, which the runtime reads.
+recorded as the runtime's ``NORMALIZE_KEY`` (:mod:`packer.runtime.embed`), which it reads.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import gguf
 
 from packer.convert.vocab import read_json
 from packer.errors import ConversionError, UnsupportedModelError
+from packer.runtime.embed import NORMALIZE_KEY
 
 logger = logging.getLogger(__name__)
-
-NORMALIZE_KEY = "packer.embeddings.normalize"  # bool: unit-length vectors, as the card says
 
 _MODES = {
     "pooling_mode_mean_tokens": gguf.PoolingType.MEAN,
