@@ -15,12 +15,31 @@ from typing import ClassVar
 import gguf
 import numpy as np
 
-from packer.convert.base import ModelConverter, TensorSpec, register
+from packer.convert.base import (
+    ModelConverter,
+    TensorSpec,
+    converter_for,
+    register,
+    supported_architectures,
+)
 from packer.convert.pooling import Pooling, read_pooling
 from packer.errors import ConversionError, UnsupportedModelError
 
 # GELU as transformers names it; llama.cpp's bert computes the tanh form (within 1e-3)
 _GELU = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_python")
+
+
+# llama.cpp's encoder architectures, for a GGUF given as the source
+_GGUF_ENCODERS = ("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert")
+
+
+def makes_embeddings(architecture: str | None) -> bool:
+    """Whether a model of ``architecture`` (HF name, or a GGUF's) is an embedding model."""
+    if architecture in _GGUF_ENCODERS:
+        return True
+    if architecture not in supported_architectures():
+        return False
+    return issubclass(converter_for(architecture), BertConverter)
 
 
 @register
