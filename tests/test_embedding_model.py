@@ -154,3 +154,9 @@ def test_cli_prompt_says_embeddings(bert: tuple[Path, Path], lang: str, words: s
     assert done.returncode != 0 and done.stdout == ""
     last = done.stderr.strip().splitlines()[-1]
     assert words in last and "--embed" in last, done.stderr
+
+
+def test_ollama_show_says_embedding_only(server: PackerHTTPServer) -> None:
+    r = requests.post(server.url + "/api/show", json={"model": "bert-test"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["capabilities"] == ["embedding"]

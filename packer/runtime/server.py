@@ -192,6 +192,7 @@ class PackerHTTPServer(HttpServer):
                 metadata=meta,
                 chat_template=engine.chat_template,
                 n_ctx=engine.n_ctx,
+                embedding_only=self.embedding_only,
             )
         return self._card
 
