@@ -232,12 +232,25 @@ def make_xlm_roberta(folder: Path, mode: str = "cls", normalize: bool = True) ->
     return folder
 
 
+def token_ids(folder: Path, text: str) -> list[int]:
+    """The checkpoint's own tokens of ``text``, special tokens included (a SentencePiece
+    ``tokenizer.model`` alone: BOS first, as its tokenizer_config.json asks)."""
+    if (folder / "tokenizer.json").is_file():
+        import transformers
+
+        return list(transformers.AutoTokenizer.from_pretrained(folder)(text).input_ids)
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    return [sp.bos_id(), *sp.encode(text)]
+
+
 def reference_embeddings(folder: Path, texts: list[str]) -> list[list[float]]:
     """sentence-transformers' vectors, computed from transformers' last hidden states."""
     import torch
     import transformers
+    from safetensors.torch import load_file
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     modules = json.loads((folder / "modules.json").read_text())
@@ -245,15 +258,95 @@ def reference_embeddings(folder: Path, texts: list[str]) -> list[list[float]]:
     out = []
     with torch.no_grad():
         for text in texts:
-            ids = tokenizer(text, return_tensors="pt")
-            hidden = model(**ids).last_hidden_state[0]
+            ids = torch.tensor([token_ids(folder, text)])
+            hidden = model(input_ids=ids).last_hidden_state[0]
             if pooling["pooling_mode_cls_token"]:
                 vec = hidden[0]
             elif pooling["pooling_mode_lasttoken"]:
                 vec = hidden[-1]
             else:
                 vec = hidden.mean(dim=0)
+            for module in modules:  # Dense modules (bias-free, identity activation)
+                if module["type"].endswith(".Dense"):
+                    path = folder / module["path"] / "model.safetensors"
+                    vec = load_file(str(path))["linear.weight"] @ vec
             if normalize:
                 vec = torch.nn.functional.normalize(vec, dim=0)
             out.append(vec.tolist())
     return out
+
+
+def write_dense(folder: Path, name: str, n_in: int, n_out: int, seed: int) -> None:
+    """A sentence-transformers Dense module (bias-free, identity activation)."""
+    import torch
+    from safetensors.torch import save_file
+
+    (folder / name).mkdir(exist_ok=True)
+    config = {
+        "in_features": n_in,
+        "out_features": n_out,
+        "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity",
+    }
+    (folder / name / "config.json").write_text(json.dumps(config, indent=2))
+    gen = torch.Generator().manual_seed(seed)
+    weight = 0.2 * torch.randn((n_out, n_in), generator=gen)
+    save_file({"linear.weight": weight}, str(folder / name / "model.safetensors"))
+
+
+def make_embeddinggemma(folder: Path, mode: str = "mean", normalize: bool = True) -> Path:
+    """A tiny ``Gemma3TextModel`` (bidirectional) with mean pooling, two Dense modules and
+    Normalize, as EmbeddingGemma's sentence-transformers pipeline."""
+    import torch
+    import transformers
+    from checkpoints import train_spm_tokenizer
+
+    n_vocab = train_spm_tokenizer(folder)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=n_vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        max_position_embeddings=MAX_POSITIONS,
+        sliding_window=MAX_POSITIONS,  # wider than any test input
+        layer_types=["sliding_attention", "full_attention"],
+        use_bidirectional_attention=True,
+        hidden_activation="gelu_pytorch_tanh",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.Gemma3TextModel(config)
+    _spread_weights(model, 3)
+    model.save_pretrained(folder)
+    modules: list[dict[str, Any]] = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"},
+    ]
+    if normalize:
+        modules.append(
+            {
+                "idx": 4,
+                "name": "4",
+                "path": "4_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+    write_pooling(folder, mode, False)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    write_dense(folder, "2_Dense", HIDDEN, 2 * HIDDEN, 4)
+    write_dense(folder, "3_Dense", 2 * HIDDEN, HIDDEN, 5)
+    return folder

@@ -22,7 +22,14 @@ llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from embedders import make_bert, make_xlm_roberta, reference_embeddings, write_pooling  # noqa: E402
+from embedders import (  # noqa: E402
+    make_bert,
+    make_embeddinggemma,
+    make_xlm_roberta,
+    reference_embeddings,
+    token_ids,
+    write_pooling,
+)
 
 from packer.convert import SUPPORTED_ARCHITECTURES, convert_checkpoint  # noqa: E402
 from packer.convert.pooling import NORMALIZE_KEY  # noqa: E402
@@ -44,7 +51,10 @@ CASES = {
     "bert-cls": (make_bert, "cls", False, gguf.PoolingType.CLS),
     "xlmr-cls": (make_xlm_roberta, "cls", True, gguf.PoolingType.CLS),
     "xlmr-mean": (make_xlm_roberta, "mean", True, gguf.PoolingType.MEAN),
+    "gemma-mean": (make_embeddinggemma, "mean", True, gguf.PoolingType.MEAN),
 }
+ARCH = {"bert": "bert", "xlmr": "bert", "gemma": "gemma-embedding"}
+VOCAB = {"bert": "bert", "xlmr": "t5", "gemma": "llama"}
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +108,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_registered() -> None:
-    assert {"BertModel", "XLMRobertaModel"} <= set(SUPPORTED_ARCHITECTURES)
+    assert {"BertModel", "XLMRobertaModel", "Gemma3TextModel"} <= set(SUPPORTED_ARCHITECTURES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -117,7 +127,7 @@ def test_vectors_match_reference(
             assert np.linalg.norm(act) == pytest.approx(np.linalg.norm(exp), rel=1e-3)
 
 
-@pytest.mark.parametrize("name", ["bert-mean", "xlmr-cls"])
+@pytest.mark.parametrize("name", ["bert-mean", "xlmr-cls", "gemma-mean"])
 def test_ranking_matches_reference(
     name: str, embed_checkpoints: dict[str, Path], embed_gguf: Callable[[str], Path]
 ) -> None:
@@ -129,15 +139,15 @@ def test_ranking_matches_reference(
     assert list(got_order) == list(ref_order)
 
 
-@pytest.mark.parametrize("name", ["bert-mean", "xlmr-cls"])
+@pytest.mark.parametrize("name", ["bert-mean", "xlmr-cls", "gemma-mean"])
 def test_tokens_match(
     name: str, embed_checkpoints: dict[str, Path], embed_gguf: Callable[[str], Path]
 ) -> None:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(embed_checkpoints[name])
+    folder = embed_checkpoints[name]
     llm = llama_cpp.Llama(model_path=str(embed_gguf(name)), vocab_only=True, verbose=False)
     try:
         for text in [*SENTENCES, QUERY, "Hello   world!  ¡Hola!"]:
-            expected = tokenizer(text).input_ids
+            expected = token_ids(folder, text)
             assert llm.tokenize(text.encode(), add_bos=True, special=False) == expected, text
     finally:
         llm.close()
@@ -152,15 +162,20 @@ def test_metadata(name: str, embed_gguf: Callable[[str], Path]) -> None:
         assert field is not None, key
         return field.contents()
 
-    assert value("general.architecture") == "bert"
-    assert value("bert.pooling_type") == int(CASES[name][3])
+    family = name.split("-")[0]
+    arch = ARCH[family]
+    assert value("general.architecture") == arch
+    assert value(f"{arch}.pooling_type") == int(CASES[name][3])
     assert value(NORMALIZE_KEY) is CASES[name][2]
-    assert value("bert.attention.causal") is False
-    model = value("tokenizer.ggml.model")
-    assert model == ("bert" if name.startswith("bert") else "t5")
+    assert value(f"{arch}.attention.causal") is False
+    assert value("tokenizer.ggml.model") == VOCAB[family]
     names = {t.name for t in reader.tensors}
+    if family == "gemma":  # the two Dense modules, 64 -> 128 -> 64
+        assert {"dense_2.weight", "dense_3.weight"} <= names
+        assert value(f"{arch}.dense_2_feat_out") == value(f"{arch}.dense_3_feat_in") == 128
+        return
     assert "position_embd.weight" in names and not any("pooler" in n for n in names)
-    if name.startswith("xlmr"):  # the 2 rows before position 0 are dropped
+    if family == "xlmr":  # the 2 rows before position 0 are dropped
         assert value("bert.context_length") == 126
 
 
@@ -204,3 +219,25 @@ def test_no_modules_json_assumes_mean(
     assert "assuming mean pooling" in caplog.text
     reader = gguf.GGUFReader(out)
     assert reader.get_field("bert.pooling_type").contents() == int(gguf.PoolingType.MEAN)
+
+
+def test_dense_with_bias_is_refused(embed_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "gemma-bias"
+    shutil.copytree(embed_checkpoints["gemma-mean"], folder)
+    config = json.loads((folder / "2_Dense" / "config.json").read_text())
+    (folder / "2_Dense" / "config.json").write_text(json.dumps({**config, "bias": True}))
+    (tmp_path / "out").mkdir()
+    _expect_one_line(folder, tmp_path / "out" / "m.gguf", "Dense", "bias")
+
+
+def test_causal_gemma3_text_model_is_refused(
+    embed_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "gemma-causal"
+    shutil.copytree(embed_checkpoints["gemma-mean"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(
+        json.dumps({**config, "use_bidirectional_attention": False})
+    )
+    (tmp_path / "out").mkdir()
+    _expect_one_line(folder, tmp_path / "out" / "m.gguf", "use_bidirectional_attention")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from packer.convert import bert as _bert  # noqa: F401
 from packer.convert import gemma2 as _gemma2  # noqa: F401
 from packer.convert import gemma3 as _gemma3  # noqa: F401
+from packer.convert import gemma_embedding as _gemma_embedding  # noqa: F401
 from packer.convert import gpt2 as _gpt2  # noqa: F401
 from packer.convert import llama as _llama  # noqa: F401
 from packer.convert import mistral as _mistral  # noqa: F401

@@ -30,7 +30,14 @@ _GELU = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_python")
 
 
 # llama.cpp's encoder architectures, for a GGUF given as the source
-_GGUF_ENCODERS = ("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert")
+_GGUF_ENCODERS = (
+    "bert",
+    "nomic-bert",
+    "nomic-bert-moe",
+    "jina-bert-v2",
+    "modern-bert",
+    "gemma-embedding",
+)
 
 
 def makes_embeddings(architecture: str | None) -> bool:
@@ -39,7 +46,7 @@ def makes_embeddings(architecture: str | None) -> bool:
         return True
     if architecture not in supported_architectures():
         return False
-    return issubclass(converter_for(architecture), BertConverter)
+    return bool(getattr(converter_for(architecture), "embedding_model", False))
 
 
 @register
@@ -49,6 +56,7 @@ class BertConverter(ModelConverter):
     family: ClassVar[str] = "BERT"
     ignored_tensors = (r"(^|\.)position_ids$", r"(^|\.)token_type_ids$")
     default_pooling: ClassVar[gguf.PoolingType] = gguf.PoolingType.MEAN
+    embedding_model: ClassVar[bool] = True  # see makes_embeddings()
 
     # rows of the position table before position 0 (XLM-RoBERTa: pad_token_id + 1)
     position_offset = 0

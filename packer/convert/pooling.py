@@ -35,12 +35,16 @@ _OTHER_MODES = (
 )
 _ST = "sentence_transformers.models."
 _KNOWN_MODULES = (_ST + "Transformer", _ST + "Pooling", _ST + "Normalize")
+_DENSE = _ST + "Dense"
+_IDENTITY = ("torch.nn.modules.linear.Identity", "torch.nn.Identity")
 
 
 @dataclass(frozen=True)
 class Pooling:
     type: gguf.PoolingType
     normalize: bool
+    # Dense modules after the pooling (embeddinggemma): their folders, in order
+    dense: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -75,8 +79,25 @@ def _pooling_mode(config_path: Path) -> gguf.PoolingType:
     return _MODES[chosen[0]]
 
 
-def read_pooling(src: Path, default: gguf.PoolingType = gguf.PoolingType.MEAN) -> Pooling:
-    """The checkpoint's sentence-transformers pooling and normalization.
+def _check_dense(src: Path, module: dict[str, Any]) -> str:
+    """A Dense module llama.cpp can apply (linear, no bias, no activation): its folder."""
+    folder = str(module.get("path", ""))
+    path = src / folder / "config.json"
+    config = read_json(path) if path.is_file() else None
+    if not isinstance(config, dict):
+        raise ConversionError(f"no {path} for the Dense module; re-download the model")
+    if config.get("bias") or config.get("activation_function") not in (*_IDENTITY, None):
+        raise UnsupportedModelError(
+            f"{path}: a Dense module with a bias or an activation is not supported by llama.cpp"
+        )
+    return folder
+
+
+def read_pooling(
+    src: Path, default: gguf.PoolingType = gguf.PoolingType.MEAN, dense: bool = False
+) -> Pooling:
+    """The checkpoint's sentence-transformers pooling and normalization (``dense``: Dense
+    modules after the pooling are allowed, for the architectures llama.cpp applies them to).
 
     Without ``modules.json`` (a plain transformers checkpoint) the model card's usual recipe
     is assumed: ``default`` pooling, normalized; a warning says so.
@@ -95,8 +116,12 @@ def read_pooling(src: Path, default: gguf.PoolingType = gguf.PoolingType.MEAN) -
         return Pooling(default, True)
     pooling_type: gguf.PoolingType | None = None
     normalize = False
+    dense_paths: list[str] = []
     for module in modules:
         kind = str(module.get("type", ""))
+        if dense and kind == _DENSE and pooling_type is not None and not normalize:
+            dense_paths.append(_check_dense(src, module))
+            continue
         if kind not in _KNOWN_MODULES:
             raise UnsupportedModelError(
                 f"{src / 'modules.json'}: module {kind or module!r} is not supported (packer "
@@ -114,4 +139,4 @@ def read_pooling(src: Path, default: gguf.PoolingType = gguf.PoolingType.MEAN) -
             f"{src / 'modules.json'} has no Pooling module; packer needs one to know how to "
             "pool (mean, cls or lasttoken)"
         )
-    return Pooling(pooling_type, normalize)
+    return Pooling(pooling_type, normalize, tuple(dense_paths))
