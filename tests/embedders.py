@@ -113,6 +113,34 @@ def train_wordpiece(folder: Path, vocab_size: int = 900) -> int:
     return tokenizer.get_vocab_size(with_added_tokens=True)
 
 
+def nfkc_charsmap() -> bytes:
+    """SentencePiece's compiled NFKC table (what XLM-R's tokenizer.json carries as its
+    ``Precompiled`` normalizer), taken from a tiny model trained with ``nmt_nfkc``."""
+    import io
+
+    import sentencepiece as spm
+
+    from packer.convert.spm_model import _fields
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus()),
+        model_writer=model,
+        vocab_size=300,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        normalization_rule_name="nmt_nfkc",
+        num_threads=1,
+        minloglevel=2,
+    )
+    for number, value in _fields(model.getvalue()):
+        if number == 3 and isinstance(value, bytes):  # NormalizerSpec
+            for sub_number, sub_value in _fields(value):
+                if sub_number == 2 and isinstance(sub_value, bytes):  # precompiled_charsmap
+                    return sub_value
+    raise AssertionError("sentencepiece wrote no precompiled_charsmap")
+
+
 def train_unigram(folder: Path, vocab_size: int = 900) -> int:
     """An XLM-R style Unigram tokenizer.json (Metaspace, <s> $A </s>) + tokenizer_config.json."""
     from tokenizers import (
@@ -128,7 +156,10 @@ def train_unigram(folder: Path, vocab_size: int = 900) -> int:
 
     tokenizer = Tokenizer(models.Unigram())
     tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
+        [
+            normalizers.Precompiled(nfkc_charsmap()),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
     )
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement="\u2581", prepend_scheme="always"

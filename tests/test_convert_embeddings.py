@@ -146,7 +146,8 @@ def test_tokens_match(
     folder = embed_checkpoints[name]
     llm = llama_cpp.Llama(model_path=str(embed_gguf(name)), vocab_only=True, verbose=False)
     try:
-        for text in [*SENTENCES, QUERY, "Hello   world!  ¡Hola!"]:
+        # repeated spaces, and NFKC's business: a ligature, full-width letters, a circled 1
+        for text in [*SENTENCES, QUERY, "Hello   world!  ¡Hola!", "ﬁn Ｈｏｌａ ① caf\u00e9"]:
             expected = token_ids(folder, text)
             assert llm.tokenize(text.encode(), add_bos=True, special=False) == expected, text
     finally:
