@@ -282,15 +282,19 @@ def reference_embeddings(folder: Path, texts: list[str]) -> list[list[float]]:
     import transformers
     from safetensors.torch import load_file
 
-    model = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    nomic = json.loads((folder / "config.json").read_text()).get("model_type") == "nomic_bert"
+    model = None if nomic else transformers.AutoModel.from_pretrained(folder, dtype=torch.float32)
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     modules = json.loads((folder / "modules.json").read_text())
     normalize = any(m["type"].endswith(".Normalize") for m in modules)
     out = []
     with torch.no_grad():
         for text in texts:
-            ids = torch.tensor([token_ids(folder, text)])
-            hidden = model(input_ids=ids).last_hidden_state[0]
+            ids = token_ids(folder, text)
+            if model is None:
+                hidden = nomic_hidden_states(folder, ids)
+            else:
+                hidden = model.eval()(input_ids=torch.tensor([ids])).last_hidden_state[0]
             if pooling["pooling_mode_cls_token"]:
                 vec = hidden[0]
             elif pooling["pooling_mode_lasttoken"]:
@@ -381,3 +385,112 @@ def make_embeddinggemma(folder: Path, mode: str = "mean", normalize: bool = True
     write_dense(folder, "2_Dense", HIDDEN, 2 * HIDDEN, 4)
     write_dense(folder, "3_Dense", 2 * HIDDEN, HIDDEN, 5)
     return folder
+
+
+NOMIC_CONFIG = {
+    "architectures": ["NomicBertModel"],
+    "model_type": "nomic_bert",
+    "n_embd": HIDDEN,
+    "n_head": HEADS,
+    "n_layer": LAYERS,
+    "n_inner": INTERMEDIATE,
+    "n_positions": 8 * MAX_POSITIONS,
+    "max_trained_positions": MAX_POSITIONS,
+    "type_vocab_size": 2,
+    "layer_norm_epsilon": 1e-12,
+    "rotary_emb_base": 1000,
+    "rotary_emb_fraction": 1.0,
+    "rotary_emb_interleaved": False,
+    "rotary_emb_scale_base": None,
+    "rotary_scaling_factor": None,
+    "activation_function": "swiglu",
+    "qkv_proj_bias": False,
+    "mlp_fc1_bias": False,
+    "mlp_fc2_bias": False,
+    "prenorm": False,
+    "causal": False,
+}
+
+
+def make_nomic_bert(folder: Path, mode: str = "mean", normalize: bool = True) -> Path:
+    """A tiny ``NomicBertModel`` checkpoint (its modeling code is the model's own, not in
+    transformers: weights are drawn here, :func:`nomic_hidden_states` computes it)."""
+    import torch
+    from safetensors.torch import save_file
+
+    n_vocab = train_wordpiece(folder)
+    config = {**NOMIC_CONFIG, "vocab_size": n_vocab}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    gen = torch.Generator().manual_seed(6)
+    d, ff = HIDDEN, INTERMEDIATE
+
+    def rand(*shape: int, scale: float = 0.08) -> torch.Tensor:
+        return scale * torch.randn(shape, generator=gen)
+
+    tensors = {
+        "embeddings.word_embeddings.weight": rand(n_vocab, d, scale=0.5),
+        "embeddings.token_type_embeddings.weight": rand(2, d, scale=0.5),
+        "emb_ln.weight": 1 + rand(d, scale=0.1),
+        "emb_ln.bias": rand(d, scale=0.1),
+    }
+    for i in range(LAYERS):
+        p = f"encoder.layers.{i}."
+        tensors |= {
+            p + "attn.Wqkv.weight": rand(3 * d, d, scale=0.2),
+            p + "attn.out_proj.weight": rand(d, d, scale=0.2),
+            p + "mlp.fc11.weight": rand(ff, d, scale=0.2),
+            p + "mlp.fc12.weight": rand(ff, d, scale=0.2),
+            p + "mlp.fc2.weight": rand(d, ff, scale=0.2),
+            p + "norm1.weight": 1 + rand(d, scale=0.1),
+            p + "norm1.bias": rand(d, scale=0.1),
+            p + "norm2.weight": 1 + rand(d, scale=0.1),
+            p + "norm2.bias": rand(d, scale=0.1),
+        }
+    save_file(tensors, str(folder / "model.safetensors"))
+    write_pooling(folder, mode, normalize)
+    return folder
+
+
+def nomic_hidden_states(folder: Path, ids: list[int]) -> Any:
+    """Nomic BERT's last hidden states for one input, written from its published design:
+    word + token-type embeddings, LayerNorm; per layer post-norm attention with NEOX rotary
+    positions and fused Wqkv, then post-norm SwiGLU ``fc2(fc11(x) * silu(fc12(x)))``."""
+    import torch
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    w = load_file(str(folder / "model.safetensors"))
+    d, h = config["n_embd"], config["n_head"]
+    hd, eps = d // h, config["layer_norm_epsilon"]
+    n = len(ids)
+
+    def norm(x: Any, name: str) -> Any:
+        return torch.nn.functional.layer_norm(x, (d,), w[name + ".weight"], w[name + ".bias"], eps)
+
+    x = (
+        w["embeddings.word_embeddings.weight"][ids]
+        + w["embeddings.token_type_embeddings.weight"][0]
+    )
+    x = norm(x, "emb_ln")
+    inv = config["rotary_emb_base"] ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    angles = torch.arange(n, dtype=torch.float64)[:, None] * inv[None, :]
+    cos = torch.cat([angles.cos(), angles.cos()], -1).float()[:, None, :]
+    sin = torch.cat([angles.sin(), angles.sin()], -1).float()[:, None, :]
+
+    def rope(t: Any) -> Any:  # (n, heads, hd)
+        rotated = torch.cat([-t[..., hd // 2 :], t[..., : hd // 2]], -1)
+        return t * cos + rotated * sin
+
+    for i in range(config["n_layer"]):
+        p = f"encoder.layers.{i}."
+        q, k, v = (x @ w[p + "attn.Wqkv.weight"].T).split(d, dim=-1)
+        q, k, v = (t.reshape(n, h, hd) for t in (q, k, v))
+        q, k = rope(q), rope(k)
+        scores = torch.einsum("qhd,khd->hqk", q, k) / hd**0.5
+        attn = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, d)
+        x = norm(x + attn @ w[p + "attn.out_proj.weight"].T, p + "norm1")
+        up = x @ w[p + "mlp.fc11.weight"].T
+        gate = x @ w[p + "mlp.fc12.weight"].T
+        mlp = (up * torch.nn.functional.silu(gate)) @ w[p + "mlp.fc2.weight"].T
+        x = norm(x + mlp, p + "norm2")
+    return x

@@ -1,5 +1,7 @@
 """Embedding models: tiny random sentence-transformers checkpoints (tests/embedders.py)
-converted to GGUF and embedded by llama.cpp, against transformers with the folder's pooling.
+converted to GGUF and embedded by llama.cpp, against transformers with the folder's pooling
+(Nomic BERT, whose modeling code is not in transformers: against tests/embedders.py's own
+forward pass of its published design).
 
 Per architecture and pooling: cosine >= 0.999 on English and Spanish sentences, the same
 tokens as the checkpoint's tokenizer, and the same similarity ranking as the reference
@@ -25,6 +27,7 @@ transformers = pytest.importorskip("transformers")
 from embedders import (  # noqa: E402
     make_bert,
     make_embeddinggemma,
+    make_nomic_bert,
     make_xlm_roberta,
     reference_embeddings,
     token_ids,
@@ -52,9 +55,10 @@ CASES = {
     "xlmr-cls": (make_xlm_roberta, "cls", True, gguf.PoolingType.CLS),
     "xlmr-mean": (make_xlm_roberta, "mean", True, gguf.PoolingType.MEAN),
     "gemma-mean": (make_embeddinggemma, "mean", True, gguf.PoolingType.MEAN),
+    "nomic-mean": (make_nomic_bert, "mean", True, gguf.PoolingType.MEAN),
 }
-ARCH = {"bert": "bert", "xlmr": "bert", "gemma": "gemma-embedding"}
-VOCAB = {"bert": "bert", "xlmr": "t5", "gemma": "llama"}
+ARCH = {"bert": "bert", "xlmr": "bert", "gemma": "gemma-embedding", "nomic": "nomic-bert"}
+VOCAB = {"bert": "bert", "xlmr": "t5", "gemma": "llama", "nomic": "bert"}
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +112,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_registered() -> None:
-    assert {"BertModel", "XLMRobertaModel", "Gemma3TextModel"} <= set(SUPPORTED_ARCHITECTURES)
+    assert {"BertModel", "XLMRobertaModel", "Gemma3TextModel", "NomicBertModel"} <= set(
+        SUPPORTED_ARCHITECTURES
+    )
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -127,7 +133,7 @@ def test_vectors_match_reference(
             assert np.linalg.norm(act) == pytest.approx(np.linalg.norm(exp), rel=1e-3)
 
 
-@pytest.mark.parametrize("name", ["bert-mean", "xlmr-cls", "gemma-mean"])
+@pytest.mark.parametrize("name", ["bert-mean", "xlmr-cls", "gemma-mean", "nomic-mean"])
 def test_ranking_matches_reference(
     name: str, embed_checkpoints: dict[str, Path], embed_gguf: Callable[[str], Path]
 ) -> None:
@@ -174,6 +180,10 @@ def test_metadata(name: str, embed_gguf: Callable[[str], Path]) -> None:
     if family == "gemma":  # the two Dense modules, 64 -> 128 -> 64
         assert {"dense_2.weight", "dense_3.weight"} <= names
         assert value(f"{arch}.dense_2_feat_out") == value(f"{arch}.dense_3_feat_in") == 128
+        return
+    if family == "nomic":  # rotary positions; the context is the trained one
+        assert "position_embd.weight" not in names and "blk.0.attn_qkv.weight" in names
+        assert value("nomic-bert.context_length") == 128
         return
     assert "position_embd.weight" in names and not any("pooler" in n for n in names)
     if family == "xlmr":  # the 2 rows before position 0 are dropped
@@ -242,3 +252,12 @@ def test_causal_gemma3_text_model_is_refused(
     )
     (tmp_path / "out").mkdir()
     _expect_one_line(folder, tmp_path / "out" / "m.gguf", "use_bidirectional_attention")
+
+
+def test_prenorm_nomic_bert_is_refused(embed_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "nomic-prenorm"
+    shutil.copytree(embed_checkpoints["nomic-mean"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "prenorm": True}))
+    (tmp_path / "out").mkdir()
+    _expect_one_line(folder, tmp_path / "out" / "m.gguf", "prenorm", "nomic-bert")

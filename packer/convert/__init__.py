@@ -20,6 +20,7 @@ from packer.convert import gemma_embedding as _gemma_embedding  # noqa: F401
 from packer.convert import gpt2 as _gpt2  # noqa: F401
 from packer.convert import llama as _llama  # noqa: F401
 from packer.convert import mistral as _mistral  # noqa: F401
+from packer.convert import nomic_bert as _nomic_bert  # noqa: F401
 from packer.convert import phi3 as _phi3  # noqa: F401
 from packer.convert import qwen2 as _qwen2  # noqa: F401
 from packer.convert import qwen3 as _qwen3  # noqa: F401
