@@ -226,12 +226,15 @@ def build(
     )
     size = p.output.stat().st_size + sum(part.size for part in manifest.parts)
     parts = f" + {len(manifest.parts)} parts next to it" if manifest.parts else ""
+    from packer.convert.bert import makes_embeddings
+
     log.info(
-        'done: %s%s (%.1f MB); run it with: %s -p "Hello"',
+        'done: %s%s (%.1f MB); run it with: %s %s "Hello"',
         p.output.name,
         parts,
         size / 1e6,
         _shell_path(p.output),
+        "--embed" if makes_embeddings(p.architecture) else "-p",
     )
     log.debug("manifest: %s", manifest)
     click.echo(str(p.output))

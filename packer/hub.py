@@ -61,6 +61,8 @@ CHECKPOINT_EXTRAS = (
     "chat_template.jinja",
     "chat_template.json",
     "generation_config.json",
+    "modules.json",  # sentence-transformers: how an embedding model pools (packer.convert.pooling)
+    "1_Pooling/config.json",
 )
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

@@ -6,7 +6,9 @@ Two tokenizer families are supported:
   with tokens, types, merges and the ``tokenizer.ggml.pre`` name detected from the
   tokenizer's own pre-tokenizer (see :mod:`packer.convert.pretokenizer`);
 * SentencePiece ``tokenizer.model`` (Llama-2 / TinyLlama style) -> llama.cpp ``llama``
-  model with scores and types.
+  model with scores and types;
+* encoder (embedding) models' ``tokenizer.json``: WordPiece -> llama.cpp ``bert``, Unigram
+  without a ``tokenizer.model`` -> llama.cpp ``t5`` (see :mod:`packer.convert.vocab_encoders`).
 
 Special tokens, add_bos/add_eos flags and the chat template come from gguf's
 ``SpecialVocab`` (tokenizer_config.json, tokenizer.json, config.json), completed by us where
@@ -28,6 +30,7 @@ import gguf
 
 from packer.convert.pretokenizer import detect_pre_tokenizer
 from packer.convert.spm_model import PIECE_USER_DEFINED, parse_spm_model
+from packer.convert.vocab_encoders import EncoderTokens, unigram_tokens, wordpiece_tokens
 from packer.errors import ConversionError, SourceError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ CHAT_TEMPLATE_JSON = "chat_template.json"
 
 MODEL_BPE = "gpt2"
 MODEL_SPM = "llama"
+MODEL_WPM = "bert"  # WordPiece
+MODEL_UGM = "t5"  # Unigram (SentencePiece's, as in tokenizer.json)
 
 _SPECIAL_TYPES = ("bos", "eos", "unk", "pad")
 _ADDED_TOKEN_SCORE = -1000.0
@@ -49,7 +54,7 @@ _ADDED_TOKEN_SCORE = -1000.0
 class TokenizerSpec:
     """Which tokenizer a checkpoint has, found cheaply before converting anything."""
 
-    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    model: str  # "gpt2" (byte-level BPE), "llama" (SentencePiece), "bert" or "t5"
     pre: str | None  # llama.cpp pre-tokenizer name, BPE only
     file: Path
 
@@ -120,6 +125,10 @@ def detect_tokenizer(src: Path) -> TokenizerSpec:
                     )
             pre = detect_pre_tokenizer(tokenizer_json, str(tj_path))
             return TokenizerSpec(MODEL_BPE, pre, tj_path)
+        if kind == "WordPiece":
+            return TokenizerSpec(MODEL_WPM, "default", tj_path)
+        if kind == "Unigram" and not spm_path.is_file():
+            return TokenizerSpec(MODEL_UGM, "default", tj_path)
     if spm_path.is_file():
         return TokenizerSpec(MODEL_SPM, None, spm_path)
     if kind is not None:
@@ -161,6 +170,8 @@ class Vocab:
     scores: list[float] | None
     special: gguf.SpecialVocab
     add_space_prefix: bool | None = None
+    remove_extra_whitespaces: bool | None = None
+    charsmap: bytes | None = None  # SentencePiece's normalization table (UGM)
 
     def write(self, writer: gguf.GGUFWriter) -> None:
         writer.add_tokenizer_model(self.spec.model)
@@ -172,6 +183,10 @@ class Vocab:
         writer.add_token_types(self.types)
         if self.add_space_prefix is not None:
             writer.add_add_space_prefix(self.add_space_prefix)
+        if self.remove_extra_whitespaces is not None:
+            writer.add_remove_extra_whitespaces(self.remove_extra_whitespaces)
+        if self.charsmap:
+            writer.add_precompiled_charsmap(self.charsmap)
         self.special.add_to_gguf(writer, quiet=True)
 
 
@@ -365,8 +380,14 @@ def load_vocab(src: Path, n_vocab: int, spec: TokenizerSpec | None = None) -> Vo
     processor = None
     add_space_prefix: bool | None = None
     scores_by_id: dict[int, float] | None = None
+    encoder: EncoderTokens | None = None
     if spec.model == MODEL_BPE:
         entries = _bpe_tokens(spec.file)
+    elif spec.model in (MODEL_WPM, MODEL_UGM):
+        read = wordpiece_tokens if spec.model == MODEL_WPM else unigram_tokens
+        encoder = read(read_json(spec.file), spec.file)
+        entries, scores_by_id = encoder.entries, encoder.scores
+        add_space_prefix = encoder.add_space_prefix
     else:
         entries, scores_by_id, processor, add_space_prefix = _spm_tokens(src, spec.file)
 
@@ -405,10 +426,15 @@ def load_vocab(src: Path, n_vocab: int, spec: TokenizerSpec | None = None) -> Vo
     if spec.model == MODEL_BPE and not special.merges:
         raise ConversionError(f"{spec.file} has no BPE merges; re-download the tokenizer")
 
-    _complete_special_tokens(src, special, tokens, processor)
+    if encoder is None:
+        _complete_special_tokens(src, special, tokens, processor)
     if special.chat_template is None:
         special.chat_template = _chat_template_file(src)
-    return Vocab(spec, tokens, types, scores, special, add_space_prefix)
+    vocab = Vocab(spec, tokens, types, scores, special, add_space_prefix)
+    if encoder is not None:
+        vocab.remove_extra_whitespaces = encoder.remove_extra_whitespaces
+        vocab.charsmap = encoder.charsmap
+    return vocab
 
 
 def _complete_special_tokens(

@@ -60,6 +60,11 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         "--server", action="store_true", help=_("serve the HTTP API and the web chat page")
     )
     mode.add_argument(
+        "--embed",
+        metavar=_("TEXT"),
+        help=_("print the embedding of TEXT (a JSON list of numbers) on stdout and exit"),
+    )
+    mode.add_argument(
         "--cli",
         action="store_true",
         help=_(

@@ -56,6 +56,7 @@ MODE_FLAGS = (
     "chat",
     "info",
     "extract",
+    "embed",
     "version",
     "license",
     "verify",

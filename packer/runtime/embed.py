@@ -12,6 +12,11 @@ pooled embeddings, normalises each vector to unit Euclidean length (``embd_norma
 default) on ``/embedding`` and ``/v1/embeddings``. Ollama's ``/api/embed`` also returns unit
 vectors. We do the same everywhere: every vector returned here has length 1 (a vector of
 zeros stays zeros), so a dot product is the cosine similarity.
+
+An embedding model (BERT, XLM-RoBERTa, ...: its GGUF names a ``{arch}.pooling_type``) is
+pooled as it says instead (mean, CLS or last token), and normalised only where its
+sentence-transformers recipe does (:data:`NORMALIZE_KEY`, written by packer's converter;
+absent: normalised, as llama-server does).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from packer.runtime.generate import PromptError
@@ -33,6 +39,36 @@ log = logging.getLogger("packer.runtime.embed")
 
 MAX_EMBED_CTX = 8192  # tokens of one input to embed, at most
 
+NORMALIZE_KEY = "packer.embeddings.normalize"  # GGUF bool: unit-length vectors, or as pooled
+# llama.cpp's enum llama_pooling_type
+POOLING_NONE, POOLING_MEAN, POOLING_CLS, POOLING_LAST, POOLING_RANK = 0, 1, 2, 3, 4
+_POOLING_NAMES = {POOLING_MEAN: "mean", POOLING_CLS: "cls", POOLING_LAST: "last"}
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """What makes a GGUF an embedding model: its own pooling, and whether it normalises."""
+
+    pooling: int  # POOLING_MEAN, POOLING_CLS or POOLING_LAST
+    normalize: bool
+
+    @property
+    def pooling_name(self) -> str:
+        return _POOLING_NAMES[self.pooling]
+
+
+def embedding_model(metadata: Mapping[str, str]) -> EmbeddingModel | None:
+    """The model's embedding recipe from its GGUF metadata (as llama-cpp-python gives it:
+    strings), or None for a model that generates text."""
+    arch = metadata.get("general.architecture", "")
+    try:
+        pooling = int(metadata.get(f"{arch}.pooling_type", POOLING_NONE))
+    except ValueError:
+        return None
+    if pooling not in _POOLING_NAMES:
+        return None
+    return EmbeddingModel(pooling, metadata.get(NORMALIZE_KEY, "true").lower() != "false")
+
 
 class Embedder:
     """Embeds texts with ``engine``'s model; the context is created on first use."""
@@ -43,6 +79,10 @@ class Embedder:
         self._ctx: Any = None
         self._batch: Any = None
         self.n_ctx = 0
+        # an embedding model pools and normalises as it says; a chat model: mean, unit length
+        own = getattr(engine, "embedding", None)  # stand-in engines of the tests have none
+        self.model = own or EmbeddingModel(POOLING_MEAN, True)
+        self.own_pooling = own is not None
 
     @property
     def n_embd(self) -> int:
@@ -51,8 +91,12 @@ class Embedder:
     @property
     def limit(self) -> int:
         """Tokens one input may have: the model's context, at most :data:`MAX_EMBED_CTX` (one
-        input is one batch: its compute buffer grows with it)."""
-        return min(self.engine.n_ctx, MAX_EMBED_CTX)
+        input is one batch: its compute buffer grows with it). An embedding model: at most its
+        trained context too (its learned positions end there)."""
+        limit = min(self.engine.n_ctx, MAX_EMBED_CTX)
+        if self.own_pooling:
+            limit = min(limit, self.engine.model_facts().get("n_ctx_train", limit) or limit)
+        return limit
 
     def _context(self) -> Any:
         if self._ctx is None:
@@ -70,7 +114,7 @@ class Embedder:
             params.n_threads = params.n_threads_batch = threads
             params.embeddings = True
             params.flash_attn_type = flash_attn_type(engine.options.flash_attn)
-            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            params.pooling_type = llama_pooling(self.model.pooling, self.own_pooling)
             with _quiet(engine.options.verbose):  # llama.cpp warns that we override pooling
                 ctx = llama_cpp.llama_init_from_model(engine.model_ptr, params)
             if not ctx:
@@ -78,7 +122,12 @@ class Embedder:
             self._ctx = ctx
             self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
             self.n_ctx = n_ctx
-            log.info("embeddings: context of %d tokens, mean pooling", self.n_ctx)
+            log.info(
+                "embeddings: context of %d tokens, %s pooling%s",
+                self.n_ctx,
+                self.model.pooling_name,
+                ", normalized" if self.model.normalize else "",
+            )
         return self._ctx
 
     def tokens(self, text: str, *, truncate: bool = False) -> list[int]:
@@ -101,7 +150,8 @@ class Embedder:
         return tokens
 
     def embed(self, texts: list[str], *, truncate: bool = False) -> tuple[list[list[float]], int]:
-        """Unit-length mean-pooled embeddings of ``texts`` and the number of tokens read."""
+        """Embeddings of ``texts`` (pooled and normalised as the model says; a chat model:
+        unit-length, mean-pooled) and the number of tokens read."""
         token_lists = [self.tokens(t, truncate=truncate) for t in texts]
         vectors = []
         with self.lock:
@@ -128,7 +178,14 @@ class Embedder:
         if not ptr:
             raise RuntimeError("llama.cpp returned no pooled embedding")
         vec = [float(ptr[i]) for i in range(self.n_embd)]
-        return normalize(vec)
+        return normalize(vec) if self.model.normalize else vec
+
+
+def llama_pooling(pooling: int, own: bool) -> int:
+    """llama.cpp's pooling for the embeddings context: the model's own (``own``), else ours."""
+    import llama_cpp
+
+    return llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED if own else pooling
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from packer.runtime.context_size import ContextSize, for_gguf
+from packer.runtime.embed import EmbeddingModel, embedding_model
 from packer.runtime.generate import (
     GenResult,
     Sampling,
@@ -146,6 +147,8 @@ class Engine:
             raise
         self.n_ctx = self.scheduler.n_ctx  # what one request may use: the whole context
         self.has_chat_template = "tokenizer.chat_template" in self.llm.metadata
+        # an embedding model (its GGUF names its pooling): it embeds, it does not generate
+        self.embedding: EmbeddingModel | None = embedding_model(self.llm.metadata)
         self.last_result: GenResult | None = None  # of the latest complete()/chat()
         self._closed = False
 

@@ -287,6 +287,15 @@ def run(argv: list[str]) -> int:
     sandbox.before_model(gpu=placement.backend != "cpu")  # from here on: no writes
     engine = Engine(gguf, options, name=name)
     try:
+        if args.embed is not None:  # before --server: a typed --embed wins over a baked one
+            return _print_embedding(engine, args.embed)
+        if engine.embedding is not None and not args.server:
+            raise UsageError(
+                _(
+                    "this file makes embeddings, not text: run it with --embed TEXT, or "
+                    "--server for the embeddings API"
+                )
+            )
         if args.server:
             import dataclasses
 
@@ -440,6 +449,15 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         raise CacheError(
             _("cannot write {path}: {reason}").format(path=dst, reason=os_reason(exc))
         ) from exc
+
+
+def _print_embedding(engine, text: str) -> int:  # type: ignore[no-untyped-def]
+    """--embed TEXT: the vector (pooled and normalised as the model says) as JSON on stdout."""
+    from packer.runtime.embed import Embedder
+
+    vectors, _n_tokens = Embedder(engine).embed([text])
+    print(json.dumps(vectors[0]))
+    return EXIT_OK
 
 
 def _one_shot(

@@ -273,6 +273,7 @@ class ModelCard:
     metadata: dict[str, str]
     chat_template: str
     n_ctx: int
+    embedding_only: bool = False  # an embedding model: it embeds, it does not generate
 
     @property
     def tag(self) -> str:
@@ -344,7 +345,9 @@ class ModelCard:
             "template": template,
             "details": self.details(),
             "model_info": info,
-            "capabilities": ["completion", "embedding", "tools"]
+            "capabilities": ["embedding"]
+            if self.embedding_only
+            else ["completion", "embedding", "tools"]
             + (["thinking"] if "<think>" in template else []),
             "modified_at": modified,
         }

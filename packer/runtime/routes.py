@@ -31,6 +31,7 @@ class Route:
     public: bool = False  # answered without the API key
     main: bool = True  # served on the main port
     ollama: bool = False  # served on the --ollama-port listener
+    generates: bool = False  # generates text: refused by an embedding model (EMBEDDING_ONLY)
 
 
 def _r(method: str, paths: tuple[str, ...], handler: Handler, **kw: Any) -> list[Route]:
@@ -39,6 +40,12 @@ def _r(method: str, paths: tuple[str, ...], handler: Handler, **kw: Any) -> list
 
 OLLAMA: dict[str, Any] = {"dialect": "ollama", "ollama": True}
 OPENAI: dict[str, Any] = {"dialect": "openai", "ollama": True}  # Ollama serves /v1 too
+GEN: dict[str, Any] = {"generates": True}
+
+EMBEDDING_ONLY = (
+    "this model makes embeddings, not text: use POST /v1/embeddings, /embedding, /api/embed "
+    "or /api/embeddings"
+)
 
 ROUTES: tuple[Route, ...] = (
     # the web chat: no API key needed (the page asks for one itself; nothing here is secret)
@@ -51,19 +58,19 @@ ROUTES: tuple[Route, ...] = (
     *_r("GET", ("/health", "/v1/health"), ep.health, public=True),
     *_r("GET", ("/props",), ep.props),
     *_r("GET", ("/slots",), ep.slots),
-    *_r("POST", ("/completion", "/completions"), llama.completion),
+    *_r("POST", ("/completion", "/completions"), llama.completion, **GEN),
     *_r("POST", ("/tokenize",), ep.tokenize),
     *_r("POST", ("/detokenize",), ep.detokenize),
     *_r("POST", ("/embedding", "/embeddings"), llama.embedding),
     # OpenAI's
     *_r("GET", ("/v1/models",), openai.models, **OPENAI),
     *_r("GET", ("/models",), openai.models, ollama=True),
-    *_r("POST", ("/v1/completions",), openai.completion, **OPENAI),
-    *_r("POST", ("/v1/chat/completions", "/chat/completions"), openai.chat, **OPENAI),
+    *_r("POST", ("/v1/completions",), openai.completion, **OPENAI, **GEN),
+    *_r("POST", ("/v1/chat/completions", "/chat/completions"), openai.chat, **OPENAI, **GEN),
     *_r("POST", ("/v1/embeddings",), openai.embeddings, **OPENAI),
     # Ollama's
-    *_r("POST", ("/api/generate",), ollama.generate, **OLLAMA),
-    *_r("POST", ("/api/chat",), ollama.chat, **OLLAMA),
+    *_r("POST", ("/api/generate",), ollama.generate, **OLLAMA, **GEN),
+    *_r("POST", ("/api/chat",), ollama.chat, **OLLAMA, **GEN),
     *_r("POST", ("/api/embed",), ollama.embed, **OLLAMA),
     *_r("POST", ("/api/embeddings",), ollama.embeddings, **OLLAMA),
     *_r("POST", ("/api/show",), ep.ollama_show, **OLLAMA),

@@ -117,6 +117,7 @@ class PackerHTTPServer(HttpServer):
         http = http or HttpOptions()
         self.embedder = Embedder(engine)
         self.engine = engine
+        self.embedding_only = getattr(engine, "embedding", None) is not None
         self.model_name = model_alias or engine.name
         self.features = features or ServerFeatures()
         slots = max(1, engine.options.n_parallel)
@@ -191,6 +192,7 @@ class PackerHTTPServer(HttpServer):
                 metadata=meta,
                 chat_template=engine.chat_template,
                 n_ctx=engine.n_ctx,
+                embedding_only=self.embedding_only,
             )
         return self._card
 

@@ -119,6 +119,8 @@ class HttpServer(ThreadingHTTPServer):
     request_queue_size = 64
     # on Windows it would let two servers share a port
     allow_reuse_address = sys.platform != "win32"
+    # an embedding model's listener: the routes that generate text answer 400 (routes.Route)
+    embedding_only = False
 
     def __init__(
         self,
@@ -487,6 +489,8 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(
                 401, "invalid or missing API key", "authentication_error", code="invalid_api_key"
             )
+        if route.generates and self.server.embedding_only:
+            raise ApiError(400, routes.EMBEDDING_ONLY, "invalid_request_error")
         return route
 
     def _dispatch(self) -> None:
