@@ -31,6 +31,9 @@ class Gemma3Converter(GemmaConverterBase):
     qk_norm = True
     scale_by_hidden_layers = (62,)  # the 27B
     swa_period = 6
+    # attention without the causal mask: EmbeddingGemma (gemma_embedding.py); a causal LM
+    # configured bidirectional is refused
+    bidirectional = False
 
     def rope_parameters(self) -> tuple[float, dict[str, Any]]:
         """Global rope (theta, scaling); the local layers' base goes to ``rope_theta_swa``.
@@ -66,8 +69,14 @@ class Gemma3Converter(GemmaConverterBase):
             raise UnsupportedModelError(
                 "Gemma 3 with attn_logit_softcapping is not supported by llama.cpp's gemma3"
             )
-        if self.config.get("use_bidirectional_attention"):
-            raise UnsupportedModelError("bidirectional Gemma 3 (embedding) models unsupported")
+        if bool(self.config.get("use_bidirectional_attention")) != self.bidirectional:
+            raise UnsupportedModelError(
+                "a bidirectional Gemma 3 (use_bidirectional_attention) is an embedding model: "
+                "convert its Gemma3TextModel checkpoint (EmbeddingGemma)"
+                if not self.bidirectional
+                else "a Gemma3TextModel without use_bidirectional_attention is not an embedding "
+                "model llama.cpp knows; convert the Gemma3ForCausalLM checkpoint instead"
+            )
         self.final_softcap = self.softcap("final_logit_softcapping")
 
     def add_family_hparams(self, writer: gguf.GGUFWriter) -> None:

@@ -30,19 +30,10 @@ class GemmaEmbeddingConverter(Gemma3Converter):
     gguf_arch = gguf.MODEL_ARCH.GEMMA_EMBEDDING
     family = "EmbeddingGemma"
     embedding_model = True  # see bert.makes_embeddings()
+    bidirectional = True  # required (Gemma 3 checks it)
 
     def read_family_hparams(self) -> None:
-        bidirectional = self.config.get("use_bidirectional_attention")
-        if not bidirectional:
-            raise UnsupportedModelError(
-                "a Gemma3TextModel without use_bidirectional_attention is not an embedding "
-                "model llama.cpp knows; convert the Gemma3ForCausalLM checkpoint instead"
-            )
-        self.config = {**self.config, "use_bidirectional_attention": False}  # for Gemma 3's checks
-        try:
-            super().read_family_hparams()
-        finally:
-            self.config["use_bidirectional_attention"] = bidirectional
+        super().read_family_hparams()
         self.pooling: Pooling = read_pooling(self.src, gguf.PoolingType.MEAN, dense=True)
         if len(self.pooling.dense) > 2:
             raise UnsupportedModelError(
