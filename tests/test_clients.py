@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +34,9 @@ from answers import (
     json_budget,
 )
 from conftest import free_port, smollm_gguf_path
+from serving import serving_with_ollama
 
 from packer.runtime.engine import Engine, EngineOptions
-from packer.runtime.server import PackerHTTPServer, make_server
 
 ALIAS = "smollm2-test"
 # bounded strings: a small model may otherwise write one string until max_tokens cuts it; with
@@ -57,18 +56,8 @@ def engine() -> Iterator[Engine]:
 @pytest.fixture(scope="module")
 def servers(engine: Engine) -> Iterator[tuple[str, str]]:
     """(main URL, Ollama listener URL) on one engine."""
-    started: list[tuple[PackerHTTPServer, threading.Thread]] = []
-    for ollama in (False, True):
-        srv = make_server(engine, "127.0.0.1", 0, model_alias=ALIAS, ollama=ollama)
-        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        t.start()
-        started.append((srv, t))
-    started[1][0].share_with(started[0][0])
-    yield started[0][0].url, started[1][0].url
-    for srv, t in started:
-        srv.shutdown()
-        srv.server_close()
-        t.join(5)
+    with serving_with_ollama(engine, model_alias=ALIAS) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")

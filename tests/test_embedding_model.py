@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +20,13 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("transformers")
 
 from embedders import make_bert, reference_embeddings  # noqa: E402
+from serving import serving
 
 from packer.convert import convert_checkpoint  # noqa: E402
 from packer.runtime.embed import POOLING_CLS, POOLING_MEAN, embedding_model  # noqa: E402
 from packer.runtime.engine import Engine, EngineOptions  # noqa: E402
 from packer.runtime.routes import EMBEDDING_ONLY  # noqa: E402
-from packer.runtime.server import PackerHTTPServer, make_server  # noqa: E402
+from packer.runtime.server import PackerHTTPServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "¿Qué es la cuantización?"]
@@ -52,13 +52,8 @@ def engine(bert: tuple[Path, Path]) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def server(engine: Engine) -> Iterator[PackerHTTPServer]:
-    srv = make_server(engine, "127.0.0.1", 0, model_alias="bert-test")
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    t.join(5)
+    with serving(engine, model_alias="bert-test") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,9 +23,10 @@ from answers import (
     json_budget,
 )
 from conftest import smollm_gguf_path
+from serving import serving, serving_with_ollama
 
 from packer.runtime.engine import Engine, EngineOptions
-from packer.runtime.server import HttpOptions, PackerHTTPServer, make_server
+from packer.runtime.server import HttpOptions
 
 ALIAS = "smollm2-test"
 GREEDY = {"temperature": 0, "num_predict": 12}
@@ -47,25 +47,11 @@ def engine() -> Iterator[Engine]:
     eng.close()
 
 
-def _serve(engine: Engine, **kw: Any) -> tuple[PackerHTTPServer, threading.Thread]:
-    srv = make_server(engine, "127.0.0.1", 0, model_alias=ALIAS, **kw)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    t.start()
-    return srv, t
-
-
 @pytest.fixture(scope="module")
 def servers(engine: Engine) -> Iterator[tuple[str, str]]:
     """(main URL, Ollama listener URL), sharing one engine as ``--ollama-port`` does."""
-    main, t1 = _serve(engine, http=HttpOptions(max_body=1 << 20))
-    oll, t2 = _serve(engine, http=HttpOptions(max_body=1 << 20), ollama=True)
-    oll.share_with(main)
-    assert oll.gate is main.gate and oll.embedder is main.embedder
-    yield main.url, oll.url
-    for srv, t in ((main, t1), (oll, t2)):
-        srv.shutdown()
-        srv.server_close()
-        t.join(5)
+    with serving_with_ollama(engine, model_alias=ALIAS, http=HttpOptions(max_body=1 << 20)) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +104,10 @@ def test_root_says_ollama_is_running(servers: tuple[str, str], engine: Engine) -
     assert h.status_code == 200 and h.text == "" and int(h.headers["Content-Length"]) == 17
     assert requests.get(main + "/", timeout=10).headers["Content-Type"].startswith("text/html")
 
-    srv, t = _serve(engine, http=HttpOptions(webui=False))  # the main port without its page
-    try:
+    # the main port without its page
+    with serving(engine, model_alias=ALIAS, http=HttpOptions(webui=False)) as srv:
         assert requests.get(srv.url + "/", timeout=10).text == "Ollama is running"
         assert requests.head(srv.url + "/", timeout=10).status_code == 200
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(5)
 
 
 def test_ollama_listener_speaks_only_ollama_and_openai(servers: tuple[str, str]) -> None:

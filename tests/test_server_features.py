@@ -8,16 +8,16 @@ server must move that section into ``reasoning_content`` unless told ``none``.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
 import requests
 from conftest import smollm_gguf_path
 from prometheus_client.parser import text_string_to_metric_families
+from serving import serving
 
 from packer.runtime.engine import Engine, EngineOptions
-from packer.runtime.server import PackerHTTPServer, make_server
+from packer.runtime.server import PackerHTTPServer
 from packer.runtime.server_options import ServerFeatures
 
 pytestmark = pytest.mark.slow
@@ -34,13 +34,8 @@ def engine() -> Iterator[Engine]:
 
 
 def _serve(engine: Engine, features: ServerFeatures) -> Iterator[PackerHTTPServer]:
-    srv = make_server(engine, "127.0.0.1", 0, features=features)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    t.join(5)
+    with serving(engine, features=features) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
