@@ -300,6 +300,92 @@ def convert(
     click.echo(str(out))
 
 
+_TEXT_HELP = (
+    "Text to measure on: en (built-in English, the default), es (built-in Spanish) or a UTF-8 "
+    "text file of at least one --ctx window."
+)
+
+
+@cli.command("eval")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--ref",
+    type=click.Path(path_type=Path),
+    metavar="REF",
+    help="The unquantized GGUF (F16/BF16/F32) of the same checkpoint, or its model.run: adds "
+    "KL divergence, top-1 agreement and the difference in perplexity.",
+)
+@click.option("--text", "text_spec", metavar="TEXT", help=_TEXT_HELP)
+@click.option(
+    "--ctx",
+    "n_ctx",
+    type=click.IntRange(16),
+    default=512,
+    show_default=True,
+    help="Tokens per window (llama-perplexity's -c): the second half of each is scored.",
+)
+@click.option(
+    "-t", "--threads", type=int, default=0, help="Threads for llama.cpp (default: all cores)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.pass_context
+def eval_cmd(
+    ctx: click.Context,
+    file: Path,
+    ref: Path | None,
+    text_spec: str | None,
+    n_ctx: int,
+    threads: int,
+    as_json: bool,
+) -> None:
+    """Measure how good FILE (a model.run or .gguf) is: perplexity on a text and, with --ref,
+    how far it is from the unquantized model.
+
+    The definitions are llama.cpp's llama-perplexity ones (its --kl-divergence mode): the text
+    is cut into --ctx windows and the second half of each is scored. Perplexity: lower is
+    better. KL divergence (nats per token, 0 = the same predictions) and top-1 (how often both
+    models find the same most likely next token) compare FILE with REF, run side by side.
+
+    \b
+    Examples:
+      packer eval SmolLM2-135M-Instruct.Q4_K_M.run
+      packer eval model.Q4_K_M.gguf --ref model.f16.gguf
+      packer eval model.run --ref model.f16.gguf --text es --json
+      packer eval model.gguf --text my-notes.txt --ctx 1024
+    """
+    import json
+
+    from packer import evaluate
+
+    text = evaluate.load_text(text_spec)
+    model = evaluate.gguf_of(file)
+    ref_gguf = evaluate.gguf_of(ref) if ref is not None else None
+    with evaluate.runtime_for_eval() as runtime:
+        figures = evaluate.measure(
+            model,
+            text,
+            ref=ref_gguf,
+            ctx=n_ctx,
+            threads=threads,
+            runtime=runtime,
+            verbose=ctx.obj["verbose"],
+            progress=_progress_bar("measuring"),
+        )
+    info = evaluate.describe(
+        figures,
+        file,
+        evaluate.gguf_type(model),
+        ref,
+        evaluate.gguf_type(ref_gguf) if ref_gguf is not None else "",
+        text,
+    )
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+    else:
+        for line in evaluate.table(info):
+            click.echo(line)
+
+
 @cli.command()
 @click.argument("source", required=False)
 @click.option(
