@@ -154,6 +154,21 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     "binary) next to model.run, which reads them as one file: for FAT32 USB sticks, which "
     "hold no file over 4 GiB. Keep all the parts in one folder.",
 )
+@click.option(
+    "--eval",
+    "eval_text",
+    flag_value="en",
+    default=None,
+    help="Measure the quantized file against its own unquantized conversion (KL divergence, "
+    "top-1 agreement, perplexity; see `packer eval`) and record the figures in it: "
+    "model.run --info and its web page show them.",
+)
+@click.option(
+    "--eval-text",
+    "eval_text_spec",
+    metavar="TEXT",
+    help="With --eval: en (default), es or a UTF-8 text file.",
+)
 @_hub_options
 @click.pass_context
 def build(
@@ -166,6 +181,8 @@ def build(
     threads: int,
     imatrix: Path | None,
     split: str | None,
+    eval_text: str | None,
+    eval_text_spec: str | None,
     revision: str | None,
     token: str | None,
 ) -> None:
@@ -199,6 +216,7 @@ def build(
       packer build ./my-model --quant IQ2_XS --imatrix imatrix.gguf
       packer build ./my-model --runtime cuda   # after: packer runtime build --flavour cuda
       packer build ./my-model --quant Q4_K_M --split 4G -o /media/stick/model.run
+      packer build ./my-model --quant Q4_K_M --eval --eval-text es
 
     \b
     The 1-2 bit types (IQ1_*, IQ2_XXS/XS/S, Q2_K_S) need an importance matrix: make one with
@@ -216,13 +234,18 @@ def build(
         revision=revision,
         imatrix=imatrix,
         split=_size_option("--split", split),
+        eval_text=_eval_text(eval_text, eval_text_spec),
     )
     log.info("%s", p.describe())
     log.info("%s", p.licence.notice())
     for warning in p.warnings:
         log.warning("warning: %s", warning)
     manifest = execute(
-        p, threads=threads, verbose=ctx.obj["verbose"], progress=_progress_bar("converting")
+        p,
+        threads=threads,
+        verbose=ctx.obj["verbose"],
+        progress=_progress_bar("converting"),
+        eval_progress=_progress_bar("measuring"),
     )
     size = p.output.stat().st_size + sum(part.size for part in manifest.parts)
     parts = f" + {len(manifest.parts)} parts next to it" if manifest.parts else ""
@@ -235,6 +258,15 @@ def build(
     )
     log.debug("manifest: %s", manifest)
     click.echo(str(p.output))
+
+
+def _eval_text(flag: str | None, spec: str | None) -> str | None:
+    """``--eval`` and ``--eval-text``: the text to measure on, None without --eval."""
+    if spec is not None and flag is None:
+        from packer.errors import UsageError
+
+        raise UsageError("--eval-text only applies with --eval: add --eval")
+    return spec or flag
 
 
 def _size_option(flag: str, text: str | None) -> int | None:

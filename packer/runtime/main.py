@@ -131,6 +131,12 @@ def run(argv: list[str]) -> int:
         if not bundle and not args.gguf:
             raise BundleError(_("--info needs a model.run (or --bundle/--gguf FILE when unfrozen)"))
         backend_info = _backend_info(args)  # a summary on stderr; details in the JSON (--verbose)
+        if bundle is not None:
+            from packer.runtime.quality import summary
+
+            measured = summary(bundle.manifest)
+            if measured:
+                log.info(_("quality: {summary}").format(summary=measured))
         info = bundle.manifest.to_dict() if bundle else {}
         if "args" in info:
             info["args"] = redact_args(info["args"])

@@ -41,7 +41,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from packer.runtime.i18n import _
+
+if TYPE_CHECKING:
+    from packer.runtime.manifest import Manifest
 
 FLAG = "--packer-eval"
 N_BATCH = 2048  # llama-perplexity's default batch: ctx-token windows decoded together
@@ -336,6 +341,33 @@ def measure(
         kl_divergence=max(0.0, totals.kl / totals.count) if has_ref else None,
         top1=totals.same_top / totals.count if has_ref else None,
     )
+
+
+def text_label(key: str) -> str:
+    """How a measurement's text is named to users: the built-in ones by their language."""
+    if key == "en":
+        return _("English text")
+    if key == "es":
+        return _("Spanish text")
+    return _("text {name}").format(name=key)
+
+
+def summary(manifest: Manifest) -> str | None:
+    """One line on the file's measured quality (``packer build --eval``), None without it:
+    "Q4_K_M: 105 MB, KL 0.031, top-1 96.8 % vs BF16, English text"."""
+    from packer.runtime.sizes import format_size
+
+    q = manifest.quality
+    if q is None:
+        return None
+    figures = _("KL {kl}, top-1 {top1} % vs {reference}, {text}").format(
+        kl=f"{q.kl_divergence:.3f}",
+        top1=f"{100 * q.top1:.1f}",
+        reference=q.reference or "?",
+        text=text_label(q.text),
+    )
+    size = f"{format_size(manifest.gguf_size)}, " if manifest.gguf_size else ""
+    return f"{manifest.quant or '?'}: {size}{figures}"
 
 
 def run(argv: list[str]) -> int:
