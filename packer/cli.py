@@ -101,6 +101,8 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
       packer convert ./SmolLM2-135M-Instruct -o smollm2.gguf
       packer models
       packer quants
+      packer eval model.run --ref model.f16.gguf
+      packer compare ./SmolLM2-135M-Instruct --quants Q4_K_M,Q8_0 --plot sizes.svg
       packer usb /media/$USER/STICK model.run
     """
     _setup_logging(verbose, quiet)
@@ -415,6 +417,101 @@ def eval_cmd(
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
     else:
         for line in evaluate.table(info):
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("source")
+@click.option(
+    "--quants",
+    "quant_list",
+    metavar="TYPES",
+    default="Q4_K_M,Q5_K_M,Q8_0",
+    show_default=True,
+    help="Comma-separated quantization types to compare (see `packer quants`).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also draw file size against KL divergence: FILE.svg (needs nothing) or FILE.png "
+    "(needs matplotlib: pip install 'packer-llm[plot]').",
+)
+@click.option("--text", "text_spec", metavar="TEXT", help=_TEXT_HELP)
+@click.option(
+    "--ctx",
+    "n_ctx",
+    type=click.IntRange(16),
+    default=512,
+    show_default=True,
+    help="Tokens per window (llama-perplexity's -c): the second half of each is scored.",
+)
+@click.option(
+    "-t", "--threads", type=int, default=0, help="Threads for llama.cpp (default: all cores)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@_hub_options
+@click.pass_context
+def compare(
+    ctx: click.Context,
+    source: str,
+    quant_list: str,
+    plot: Path | None,
+    text_spec: str | None,
+    n_ctx: int,
+    threads: int,
+    as_json: bool,
+    revision: str | None,
+    token: str | None,
+) -> None:
+    """Quantize SOURCE to several types and measure each: which one fits the lab's machines?
+
+    SOURCE is a checkpoint folder, a model alias, a hub model or an F16/BF16/F32 GGUF. It is
+    converted once (the reference), quantized to each type and measured against it as
+    `packer eval --ref` does. The table: the file size, RAM to run it (with model.run's default
+    context), perplexity on the text (lower is better) and its difference from the
+    reference's, KL divergence (0 = the same predictions as the unquantized model) and top-1
+    (how often both pick the same most likely next token). Nothing is left on disk but --plot.
+
+    \b
+    Examples:
+      packer compare ./SmolLM2-135M-Instruct
+      packer compare SmolLM2-360M-Instruct --quants Q4_K_M,Q5_K_M,Q6_K,Q8_0 --plot sizes.svg
+      packer compare ./my-model --text es --plot calidad.png
+      packer compare model.BF16.gguf --quants Q4_0,Q4_K_M --json
+    """
+    import json
+
+    from packer import compare as cmp
+    from packer import evaluate
+
+    quants = cmp.parse_quants(quant_list)
+    text = evaluate.load_text(text_spec)
+    if plot is not None:
+        from packer.plot import check_plot_path
+
+        check_plot_path(plot)
+    rows = cmp.compare(
+        source,
+        quants,
+        text,
+        ctx=n_ctx,
+        threads=threads,
+        verbose=ctx.obj["verbose"],
+        revision=revision,
+        token=token,
+        progress=_progress_bar("comparing"),
+    )
+    if plot is not None:
+        from packer.plot import Point, write_plot
+
+        points = [Point(r.quant, r.size, r.kl) for r in rows[1:]]
+        title = f"{Path(source).name}: size and KL divergence vs {rows[0].quant}"
+        log.info("plot: %s", write_plot(plot, points, title))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        for line in cmp.table(rows):
             click.echo(line)
 
 
