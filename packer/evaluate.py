@@ -187,7 +187,8 @@ def measure(
         except (OSError, ValueError):
             result = {}
         if "error" in result:
-            raise UsageError(str(result["error"]))
+            kind = SourceError if result.get("unreadable") else UsageError
+            raise kind(str(result["error"]))
         if code != 0 or "figures" not in result:
             lines = stderr_file.read_text("utf-8", "replace").splitlines()
             last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")

@@ -161,7 +161,7 @@ def test_a_damaged_gguf_is_one_line(tmp_path: Path, f32_bpe: Path) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(f32_bpe.read_bytes()[:5000])
     code, _, err = run_cli("eval", str(cut), "--ctx", CTX)
-    assert code != 0 and "cut.gguf" in error_line(err)
+    assert code == 3 and "llama.cpp cannot load cut.gguf" in error_line(err)
 
 
 # -- packer build --eval, model.run --info and the web page ------------------------------------

@@ -8,8 +8,8 @@ in one run; prints both perplexities and tokens/s and the ratio.
 The peer is the binary ``benchmarks/perplexity/llama-perplexity.sh`` builds (the vendored
 llama.cpp, our patches, in the build folder of ``benchmarks/variants/llama-peers.sh``), or
 ``--peer PATH``. tokens/s on both sides: tokens decoded (whole windows) per second of decoding,
-model loading left out (ours: :attr:`Figures.tokens_per_second`; the peer's: its
-``prompt eval time`` line). Rounds alternate (ours, the peer's, ours, ...) and medians are
+model loading left out (ours: :attr:`Figures.tokens_per_second`; the peer's: from its log's
+timestamps, "calculating perplexity" to "Final estimate"). Rounds alternate (ours, the peer's, ours, ...) and medians are
 reported, so background load hits both alike.
 
 Targets: tokens/s >= 0.9x the peer's; perplexity within 1 % of the peer's (the definitions are
@@ -34,8 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 SPEED_TARGET = 0.9
 PPL_TOLERANCE = 0.01
-FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+)")
-PROMPT_EVAL = re.compile(r"prompt eval time =\s*([0-9.]+) ms /\s*(\d+) tokens")
+# llama-perplexity's log lines start with a timestamp, minutes.seconds.ms.us since it started
+STAMP = r"(\d+)\.(\d+)\.(\d+)\.(\d+)"
+START = re.compile(STAMP + r" I perplexity: calculating perplexity over (\d+) chunks, n_ctx=(\d+)")
+FINAL = re.compile(STAMP + r" I Final estimate: PPL = ([0-9.]+)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,12 +85,17 @@ def run_peer(
         text=True,
     )
     log = proc.stdout + proc.stderr
-    final, speed = FINAL.search(log), PROMPT_EVAL.search(log)
-    if proc.returncode != 0 or not final or not speed:
+    start, final = START.search(log), FINAL.search(log)
+    if proc.returncode != 0 or not start or not final:
         tail = "\n".join(log.splitlines()[-15:])
         raise SystemExit(f"llama-perplexity failed ({proc.returncode}):\n{tail}")
-    ms, tokens = float(speed.group(1)), int(speed.group(2))
-    return float(final.group(1)), tokens / (ms / 1000)
+
+    def seconds(m: re.Match[str]) -> float:
+        mins, secs, ms, us = (int(g) for g in m.groups()[:4])
+        return mins * 60 + secs + ms / 1e3 + us / 1e6
+
+    tokens = int(start.group(5)) * int(start.group(6))
+    return float(final.group(5)), tokens / (seconds(final) - seconds(start))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,10 @@ The job is a JSON object written by :mod:`packer.evaluate`::
     {"model": GGUF, "ref": GGUF or null, "text": str, "ctx": int, "threads": int,
      "result": JSON path}
 
-The result file gets ``{"figures": {...}}`` (:class:`Figures`) or ``{"error": one line}`` for
-input the user can fix (a text too short, a reference of another model); progress goes to stdout
-as ``progress DONE TOTAL`` lines (windows). Exit status: 0 measured, 1 input error (in the
-result file), 2 malformed job.
+The result file gets ``{"figures": {...}}`` (:class:`Figures`) or ``{"error": one line,
+"unreadable": bool}`` for input the user can fix (a text too short, a reference of another
+model, a file llama.cpp cannot load); progress goes to stdout as ``progress DONE TOTAL`` lines
+(windows). Exit status: 0 measured, 1 input error (in the result file), 2 malformed job.
 """
 
 from __future__ import annotations
@@ -56,7 +56,12 @@ Progress = Callable[[int, int], None]
 
 
 class EvalInputError(Exception):
-    """Input the user can fix (one line: what is wrong and what to do)."""
+    """Input the user can fix (one line: what is wrong and what to do); ``unreadable``: a
+    model file llama.cpp cannot load, rather than a bad choice of text, context or reference."""
+
+    def __init__(self, message: str, *, unreadable: bool = False) -> None:
+        super().__init__(message)
+        self.unreadable = unreadable
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,8 @@ class _Model:
         if not self._model:
             raise EvalInputError(
                 f"llama.cpp cannot load {self.name}: it is no GGUF model this llama.cpp reads "
-                "(run with --verbose to see why)"
+                "(run with --verbose to see why)",
+                unreadable=True,
             )
         self.vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
@@ -396,7 +402,7 @@ def run(argv: list[str]) -> int:
             progress=report,
         )
     except EvalInputError as exc:
-        result: dict[str, object] = {"error": str(exc)}
+        result: dict[str, object] = {"error": str(exc), "unreadable": exc.unreadable}
         code = 1
     else:
         result = {"figures": dataclasses.asdict(figures)}
