@@ -18,10 +18,11 @@ from pathlib import Path
 
 from packer import source as sources
 from packer.errors import OutputError, UsageError
+from packer.evaluate import EvalText
 from packer.licence import Licence, for_source
 from packer.mounts import FAT32_MAX, mount_of
 from packer.quants import DEFAULT_QUANT, QuantType, parse_quant
-from packer.runtime.manifest import Manifest, RuntimeInfo
+from packer.runtime.manifest import Manifest, Quality, RuntimeInfo
 from packer.runtime.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class BuildPlan:
     imatrix: Path | None = None  # importance matrix for the quantizer (--imatrix)
     licence: Licence = field(default_factory=Licence)  # the texts and id the file carries
     split: int | None = None  # --split: the payload in parts of at most this many bytes
+    eval_text: EvalText | None = None  # --eval: measure against the unquantized conversion
 
     @property
     def quant_label(self) -> str:
@@ -186,7 +188,11 @@ def plan(
     revision: str | None = None,
     imatrix: str | os.PathLike[str] | None = None,
     split: int | None = None,
+    eval_text: str | None = None,
 ) -> BuildPlan:
+    """Check everything cheap and return what :func:`execute` will do. ``eval_text``: measure
+    the quantized file against its unquantized conversion on this text (``--eval``: en, es or
+    a file; see :func:`packer.evaluate.load_text`)."""
     from packer.stub import check_runtime
 
     check_runtime(flavour)  # before any download: a runtime that can run here, or how to get one
@@ -231,6 +237,17 @@ def plan(
         from packer.imatrix import check_model
 
         check_model(imx_data, src.path, imx_path.name)  # type: ignore[union-attr]
+    text = None
+    if eval_text is not None:
+        if qt is None or qt.is_float:
+            raise UsageError(
+                "--eval measures a quantized file against its unquantized conversion: give "
+                "--quant with a quantized type (e.g. Q4_K_M), from a checkpoint or an "
+                "F16/BF16/F32 GGUF"
+            )
+        from packer.evaluate import load_text
+
+        text = load_text(eval_text)
     label = qt.name if qt else (src.gguf_type or "gguf")
     out = Path(output) if output else Path.cwd() / f"{src.name}.{label}.run"
     out = out.expanduser().absolute()
@@ -263,13 +280,19 @@ def plan(
         imatrix=imx_path,
         licence=for_source(src),
         split=split,
+        eval_text=text,
     )
     bp.check_destination()
     return bp
 
 
 def execute(
-    p: BuildPlan, *, threads: int = 0, verbose: bool = False, progress: Progress | None = None
+    p: BuildPlan,
+    *,
+    threads: int = 0,
+    verbose: bool = False,
+    progress: Progress | None = None,
+    eval_progress: Progress | None = None,
 ) -> Manifest:
     """Do the build; returns the manifest written into the output file."""
     from packer.pack import pack
@@ -293,17 +316,22 @@ def execute(
             log.info("converting %s to GGUF (%s)", p.source.path.name, outtype)
             convert_checkpoint(p.source.path, gguf, outtype=outtype, progress=progress)
             must_quantize = p.quant is not None and not p.quant.is_float
+        quality = None
         if must_quantize:
             assert p.quant is not None
+            unquantized = gguf
+            runtime = runtime_command(stub.path, work)
             gguf = quantize(
                 gguf,
                 work / f"model.{p.quant.name}.gguf",
                 p.quant,
-                runtime=runtime_command(stub.path, work),
+                runtime=runtime,
                 threads=threads,
                 verbose=verbose,
                 imatrix=p.imatrix,
             )
+            if p.eval_text is not None:
+                quality = _measure(p, gguf, unquantized, runtime, threads, verbose, eval_progress)
         manifest = Manifest(
             name=p.source.name,
             architecture=p.architecture,
@@ -324,6 +352,7 @@ def execute(
             license_files=p.licence.files,
             model_card=p.licence.model_card,
             args=tuple(p.args),
+            quality=quality,
             runtime=RuntimeInfo(
                 flavour=p.flavour, stub=stub.build.key, llama_cpp=stub.build.llama_cpp
             ),
@@ -331,6 +360,43 @@ def execute(
         return pack(stub.path, gguf, p.output, manifest, split=p.split)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(
+    p: BuildPlan,
+    gguf: Path,
+    reference: Path,
+    runtime: list[str],
+    threads: int,
+    verbose: bool,
+    progress: Progress | None,
+) -> Quality:
+    """``--eval``: the quantized ``gguf`` against ``reference``, its unquantized conversion."""
+    from packer.evaluate import gguf_type, measure, to_quality
+
+    assert p.eval_text is not None and p.quant is not None
+    ref_type = gguf_type(reference)
+    log.info("measuring %s against %s on the %s text", p.quant.name, ref_type, p.eval_text.key)
+    figures = measure(
+        gguf,
+        p.eval_text,
+        ref=reference,
+        threads=threads,
+        runtime=runtime,
+        verbose=verbose,
+        progress=progress,
+    )
+    quality = to_quality(figures, p.eval_text, ref_type)
+    log.info(
+        "%s: KL divergence %.4f, top-1 %.1f %%, perplexity %.3f (%s: %.3f)",
+        p.quant.name,
+        quality.kl_divergence,
+        100 * quality.top1,
+        quality.perplexity,
+        ref_type,
+        quality.ref_perplexity,
+    )
+    return quality
 
 
 def convert_to_gguf(

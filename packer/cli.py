@@ -101,6 +101,8 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
       packer convert ./SmolLM2-135M-Instruct -o smollm2.gguf
       packer models
       packer quants
+      packer eval model.run --ref model.f16.gguf
+      packer compare ./SmolLM2-135M-Instruct --quants Q4_K_M,Q8_0 --plot sizes.svg
       packer usb /media/$USER/STICK model.run
     """
     _setup_logging(verbose, quiet)
@@ -154,6 +156,21 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     "binary) next to model.run, which reads them as one file: for FAT32 USB sticks, which "
     "hold no file over 4 GiB. Keep all the parts in one folder.",
 )
+@click.option(
+    "--eval",
+    "eval_text",
+    flag_value="en",
+    default=None,
+    help="Measure the quantized file against its own unquantized conversion (KL divergence, "
+    "top-1 agreement, perplexity; see `packer eval`) and record the figures in it: "
+    "model.run --info and its web page show them.",
+)
+@click.option(
+    "--eval-text",
+    "eval_text_spec",
+    metavar="TEXT",
+    help="With --eval: en (default), es or a UTF-8 text file.",
+)
 @_hub_options
 @click.pass_context
 def build(
@@ -166,6 +183,8 @@ def build(
     threads: int,
     imatrix: Path | None,
     split: str | None,
+    eval_text: str | None,
+    eval_text_spec: str | None,
     revision: str | None,
     token: str | None,
 ) -> None:
@@ -199,6 +218,7 @@ def build(
       packer build ./my-model --quant IQ2_XS --imatrix imatrix.gguf
       packer build ./my-model --runtime cuda   # after: packer runtime build --flavour cuda
       packer build ./my-model --quant Q4_K_M --split 4G -o /media/stick/model.run
+      packer build ./my-model --quant Q4_K_M --eval --eval-text es
 
     \b
     The 1-2 bit types (IQ1_*, IQ2_XXS/XS/S, Q2_K_S) need an importance matrix: make one with
@@ -216,13 +236,18 @@ def build(
         revision=revision,
         imatrix=imatrix,
         split=_size_option("--split", split),
+        eval_text=_eval_text(eval_text, eval_text_spec),
     )
     log.info("%s", p.describe())
     log.info("%s", p.licence.notice())
     for warning in p.warnings:
         log.warning("warning: %s", warning)
     manifest = execute(
-        p, threads=threads, verbose=ctx.obj["verbose"], progress=_progress_bar("converting")
+        p,
+        threads=threads,
+        verbose=ctx.obj["verbose"],
+        progress=_progress_bar("converting"),
+        eval_progress=_progress_bar("measuring"),
     )
     size = p.output.stat().st_size + sum(part.size for part in manifest.parts)
     parts = f" + {len(manifest.parts)} parts next to it" if manifest.parts else ""
@@ -238,6 +263,15 @@ def build(
     )
     log.debug("manifest: %s", manifest)
     click.echo(str(p.output))
+
+
+def _eval_text(flag: str | None, spec: str | None) -> str | None:
+    """``--eval`` and ``--eval-text``: the text to measure on, None without --eval."""
+    if spec is not None and flag is None:
+        from packer.errors import UsageError
+
+        raise UsageError("--eval-text only applies with --eval: add --eval")
+    return spec or flag
 
 
 def _size_option(flag: str, text: str | None) -> int | None:
@@ -301,6 +335,187 @@ def convert(
         raise click.ClickException(f"{source} is already a GGUF file: nothing to convert")
     convert_to_gguf(src.path, out, outtype.lower(), progress=_progress_bar("converting"))
     click.echo(str(out))
+
+
+_TEXT_HELP = (
+    "Text to measure on: en (built-in English, the default), es (built-in Spanish) or a UTF-8 "
+    "text file of at least one --ctx window."
+)
+
+
+@cli.command("eval")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--ref",
+    type=click.Path(path_type=Path),
+    metavar="REF",
+    help="The unquantized GGUF (F16/BF16/F32) of the same checkpoint, or its model.run: adds "
+    "KL divergence, top-1 agreement and the difference in perplexity.",
+)
+@click.option("--text", "text_spec", metavar="TEXT", help=_TEXT_HELP)
+@click.option(
+    "--ctx",
+    "n_ctx",
+    type=click.IntRange(16),
+    default=512,
+    show_default=True,
+    help="Tokens per window (llama-perplexity's -c): the second half of each is scored.",
+)
+@click.option(
+    "-t", "--threads", type=int, default=0, help="Threads for llama.cpp (default: all cores)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.pass_context
+def eval_cmd(
+    ctx: click.Context,
+    file: Path,
+    ref: Path | None,
+    text_spec: str | None,
+    n_ctx: int,
+    threads: int,
+    as_json: bool,
+) -> None:
+    """Measure how good FILE (a model.run or .gguf) is: perplexity on a text and, with --ref,
+    how far it is from the unquantized model.
+
+    The definitions are llama.cpp's llama-perplexity ones (its --kl-divergence mode): the text
+    is cut into --ctx windows and the second half of each is scored. Perplexity: lower is
+    better. KL divergence (nats per token, 0 = the same predictions) and top-1 (how often both
+    models find the same most likely next token) compare FILE with REF, run side by side.
+
+    \b
+    Examples:
+      packer eval SmolLM2-135M-Instruct.Q4_K_M.run
+      packer eval model.Q4_K_M.gguf --ref model.f16.gguf
+      packer eval model.run --ref model.f16.gguf --text es --json
+      packer eval model.gguf --text my-notes.txt --ctx 1024
+    """
+    import json
+
+    from packer import evaluate
+
+    text = evaluate.load_text(text_spec)
+    model = evaluate.gguf_of(file)
+    ref_gguf = evaluate.gguf_of(ref) if ref is not None else None
+    with evaluate.runtime_for_eval() as runtime:
+        figures = evaluate.measure(
+            model,
+            text,
+            ref=ref_gguf,
+            ctx=n_ctx,
+            threads=threads,
+            runtime=runtime,
+            verbose=ctx.obj["verbose"],
+            progress=_progress_bar("measuring"),
+        )
+    info = evaluate.describe(
+        figures,
+        file,
+        evaluate.gguf_type(model),
+        ref,
+        evaluate.gguf_type(ref_gguf) if ref_gguf is not None else "",
+        text,
+    )
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+    else:
+        for line in evaluate.table(info):
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("source")
+@click.option(
+    "--quants",
+    "quant_list",
+    metavar="TYPES",
+    default="Q4_K_M,Q5_K_M,Q8_0",
+    show_default=True,
+    help="Comma-separated quantization types to compare (see `packer quants`).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also draw file size against KL divergence: FILE.svg (needs nothing) or FILE.png "
+    "(needs matplotlib: pip install 'packer-llm[plot]').",
+)
+@click.option("--text", "text_spec", metavar="TEXT", help=_TEXT_HELP)
+@click.option(
+    "--ctx",
+    "n_ctx",
+    type=click.IntRange(16),
+    default=512,
+    show_default=True,
+    help="Tokens per window (llama-perplexity's -c): the second half of each is scored.",
+)
+@click.option(
+    "-t", "--threads", type=int, default=0, help="Threads for llama.cpp (default: all cores)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@_hub_options
+@click.pass_context
+def compare(
+    ctx: click.Context,
+    source: str,
+    quant_list: str,
+    plot: Path | None,
+    text_spec: str | None,
+    n_ctx: int,
+    threads: int,
+    as_json: bool,
+    revision: str | None,
+    token: str | None,
+) -> None:
+    """Quantize SOURCE to several types and measure each: which one fits the lab's machines?
+
+    SOURCE is a checkpoint folder, a model alias, a hub model or an F16/BF16/F32 GGUF. It is
+    converted once (the reference), quantized to each type and measured against it as
+    `packer eval --ref` does. The table: the file size, RAM to run it (with model.run's default
+    context), perplexity on the text (lower is better) and its difference from the
+    reference's, KL divergence (0 = the same predictions as the unquantized model) and top-1
+    (how often both pick the same most likely next token). Nothing is left on disk but --plot.
+
+    \b
+    Examples:
+      packer compare ./SmolLM2-135M-Instruct
+      packer compare SmolLM2-360M-Instruct --quants Q4_K_M,Q5_K_M,Q6_K,Q8_0 --plot sizes.svg
+      packer compare ./my-model --text es --plot calidad.png
+      packer compare model.BF16.gguf --quants Q4_0,Q4_K_M --json
+    """
+    import json
+
+    from packer import compare as cmp
+    from packer import evaluate
+
+    quants = cmp.parse_quants(quant_list)
+    text = evaluate.load_text(text_spec)
+    if plot is not None:
+        from packer.plot import check_plot_path
+
+        check_plot_path(plot)
+    rows = cmp.compare(
+        source,
+        quants,
+        text,
+        ctx=n_ctx,
+        threads=threads,
+        verbose=ctx.obj["verbose"],
+        revision=revision,
+        token=token,
+        progress=_progress_bar("comparing"),
+    )
+    if plot is not None:
+        from packer.plot import Point, write_plot
+
+        points = [Point(r.quant, r.size, r.kl) for r in rows[1:]]
+        title = f"{Path(source).name}: size and KL divergence vs {rows[0].quant}"
+        log.info("plot: %s", write_plot(plot, points, title))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        for line in cmp.table(rows):
+            click.echo(line)
 
 
 @cli.command()

@@ -26,6 +26,7 @@ from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import PromptError
 from packer.runtime.i18n import _, os_reason
 from packer.runtime.payload import Bundle, BundleError, read_bundle
+from packer.runtime.quality import FLAG as EVAL_FLAG
 from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
 from packer.runtime.quantize import run as quantize_main
 from packer.runtime.server_options import ServerFeatures
@@ -130,6 +131,12 @@ def run(argv: list[str]) -> int:
         if not bundle and not args.gguf:
             raise BundleError(_("--info needs a model.run (or --bundle/--gguf FILE when unfrozen)"))
         backend_info = _backend_info(args)  # a summary on stderr; details in the JSON (--verbose)
+        if bundle is not None:
+            from packer.runtime.quality import summary
+
+            measured = summary(bundle.manifest)
+            if measured:
+                log.info(_("quality: {summary}").format(summary=measured))
         info = bundle.manifest.to_dict() if bundle else {}
         if "args" in info:
             info["args"] = redact_args(info["args"])
@@ -505,6 +512,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == [QUANTIZE_FLAG]:  # packer build quantizing with this runtime (packer.quantize)
         sys.stdout.flush()
         os._exit(quantize_main(argv[1:]))
+    if argv[:1] == [EVAL_FLAG]:  # packer eval/compare/build --eval measuring with this runtime
+        from packer.runtime.quality import run as eval_main
+
+        code = eval_main(argv[1:])
+        sys.stdout.flush()
+        os._exit(code)
     try:
         code = run(argv)
     except UsageError as exc:

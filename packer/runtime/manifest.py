@@ -52,6 +52,21 @@ class PayloadPart:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """``packer build --eval``: the file measured against its own unquantized conversion
+    (:mod:`packer.runtime.quality`, llama-perplexity's definitions)."""
+
+    reference: str = ""  # the reference's type: F16 | BF16 | F32
+    text: str = ""  # the built-in text's language (en | es), or the text file's name
+    ctx: int = 0  # tokens per window
+    tokens: int = 0  # tokens scored
+    perplexity: float = 0.0
+    ref_perplexity: float = 0.0  # the reference's, on the same tokens
+    kl_divergence: float = 0.0  # mean, in nats
+    top1: float = 0.0  # share of positions with the same most likely token, 0..1
+
+
+@dataclass(frozen=True)
 class Manifest:
     # the model
     name: str = ""
@@ -76,6 +91,7 @@ class Manifest:
     model_card: str | None = None  # the checkpoint's README.md
     # how it runs
     args: tuple[str, ...] = ()  # model.run flags baked in at build time (--args)
+    quality: Quality | None = None  # measured at build time (packer build --eval)
     runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
     # the payload (filled in by packer.pack)
     format: int = FORMAT_VERSION
@@ -159,6 +175,7 @@ class Manifest:
                 license_files=tuple(_license_file(f) for f in _list(raw.get("license_files"))),
                 model_card=_opt_str(raw.get("model_card")),
                 args=tuple(_str(a) for a in _list(raw.get("args"))),
+                quality=_quality(raw.get("quality")),
                 runtime=RuntimeInfo(
                     flavour=_str(rt.get("flavour")),
                     stub=_str(rt.get("stub")),
@@ -230,6 +247,31 @@ def _part(value: object) -> PayloadPart:
         name=_str(value.get("name")),
         size=_int(value.get("size"), 0),
         sha256=_str(value.get("sha256")),
+    )
+
+
+def _float(value: object) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _quality(value: object) -> Quality | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return Quality(
+        reference=_str(value.get("reference")),
+        text=_str(value.get("text")),
+        ctx=_int(value.get("ctx"), 0),
+        tokens=_int(value.get("tokens"), 0),
+        perplexity=_float(value.get("perplexity")),
+        ref_perplexity=_float(value.get("ref_perplexity")),
+        kl_divergence=_float(value.get("kl_divergence")),
+        top1=_float(value.get("top1")),
     )
 
 

@@ -1,6 +1,6 @@
 """What the web chat page (``templates/chat.html``) gets from the server besides the API.
 
-* ``GET /packer/page.json?lang=xx``: the model (name, quant, size, licence), the addresses the
+* ``GET /packer/page.json?lang=xx``: the model (name, quant, size, licence, measured quality), the addresses the
   class can type with a QR code of the first (for the teacher's projector) and the page's
   translations (:func:`packer.runtime.i18n.web_catalog`: ``?lang=`` first, then the browser's
   ``Accept-Language``). Public like ``/``: it holds nothing a student may not see.
@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
 
 from packer.runtime.i18n import web_catalog
-from packer.runtime.manifest import LicenseFile, Manifest
+from packer.runtime.manifest import LicenseFile, Manifest, Quality
 
 # URL path -> (file under templates/, Content-Type)
 VENDOR: dict[str, tuple[str, str]] = {
@@ -40,6 +41,7 @@ class PageInfo:
     license_link: str | None = None  # where the terms are (Gemma's repos carry no licence file)
     license_files: tuple[LicenseFile, ...] = ()
     model_card: str | None = None
+    quality: Quality | None = None  # measured at build time (packer build --eval)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> PageInfo:
@@ -51,6 +53,7 @@ class PageInfo:
             license_link=manifest.license_link,
             license_files=manifest.license_files,
             model_card=manifest.model_card,
+            quality=manifest.quality,
         )
 
 
@@ -82,6 +85,8 @@ def page_json(
             "files": [f.name for f in info.license_files],
             "model_card": info.model_card is not None,
         },
+        # KL divergence and top-1 agreement against the unquantized model, perplexity
+        "quality": dataclasses.asdict(info.quality) if info.quality else None,
         "urls": list(urls),
         "qr_svg": _qr(urls[0]) if urls else None,
         "lang": code,
