@@ -24,6 +24,7 @@ from packer.errors import RuntimeStubError, SourceError, UsageError
 from packer.runtime.manifest import Quality
 from packer.runtime.quality import FLAG as EVAL_FLAG
 from packer.runtime.quality import Figures
+from packer.source import gguf_source
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,7 @@ def gguf_of(path: Path) -> Path:
 
 def gguf_type(path: Path) -> str:
     """The GGUF's type (F16, Q4_K_M, ...), "" when unknown."""
-    from packer.source import _gguf_source
-
-    return _gguf_source(path, str(path)).gguf_type or ""
+    return gguf_source(path, str(path)).gguf_type or ""
 
 
 @contextlib.contextmanager

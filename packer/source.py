@@ -69,7 +69,9 @@ def model_name_from_stem(stem: str) -> str:
     return _QUANT_SUFFIX.sub("", stem) or stem
 
 
-def _gguf_source(path: Path, spec: str) -> Source:
+def gguf_source(path: Path, spec: str) -> Source:
+    """A local GGUF file as a source (its metadata read, not its tensors); ``spec`` names it
+    in messages."""
     try:
         import gguf
 
@@ -155,7 +157,7 @@ def resolve(
         filename=target.filename,
     )
     if fetched.kind == "gguf":
-        src = _gguf_source(fetched.path, spec)
+        src = gguf_source(fetched.path, spec)
         name = hub.model_title(ref.repo_id, "gguf")
     else:
         src = Source("checkpoint", fetched.path, spec, hub.model_title(ref.repo_id, "checkpoint"))
@@ -215,7 +217,7 @@ def _local(path: Path, spec: str) -> Source:
         return Source("checkpoint", path.resolve(), spec, path.resolve().name)
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            return _gguf_source(path.resolve(), spec)
+            return gguf_source(path.resolve(), spec)
         raise SourceError(
             f"{path} is a file but not a .gguf: pass a checkpoint folder or a .gguf file"
         )
