@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -130,6 +133,66 @@ def demo_run(demo_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
     assert proc.stdout.strip() == str(exe)
     assert sorted(p.name for p in folder.iterdir()) == [exe.name], "work files left behind"
     return exe
+
+
+@contextlib.contextmanager
+def serve_model_run(exe: Path, cwd: Path, *args: str, timeout: float = 180) -> Iterator[str]:
+    """``env -i EXE --server`` on a free port from ``cwd``, and its URL once /health says ok.
+    Stopped on exit (killed after 30 s); a Traceback on its stderr fails the test."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["env", "-i", str(exe), "--server", "--port", str(port), "-t", "2", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if json.loads(r.read()).get("status") == "ok":
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert "Traceback" not in err, err
+
+
+@pytest.fixture(scope="session")
+def bert_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tiny random BERT embedding checkpoint of tests/embedders.py, its Q8_0 model.run), built
+    once per session (slow tests)."""
+    from embedders import make_bert
+    from test_e2e import packer
+
+    root = tmp_path_factory.mktemp("bert-e2e")
+    folder = make_bert(root / "tiny-bert", "mean", True)
+    out = root / "tiny-bert.run"
+    built = packer("build", str(folder), "--quant", "Q8_0", "-o", str(out))
+    assert '--embed "Hello"' in built.stderr
+    return folder, out
+
+
+@pytest.fixture(scope="session")
+def bert_served(
+    bert_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The URL of ``bert_run``'s model.run serving (``--server``, empty environment)."""
+    with serve_model_run(bert_run[1], tmp_path_factory.mktemp("elsewhere")) as base:
+        yield base
 
 
 @pytest.fixture

@@ -9,18 +9,14 @@ Slow: builds a model.run (the runtime stub is cached after the first build).
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
-from embedders import make_bert, reference_embeddings
-from test_e2e import packer, run_clean
+from embedders import reference_embeddings
+from test_e2e import run_clean
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +30,7 @@ QUERY = "¿Qué es la cuantización del modelo?"
 MIN_COSINE = 0.995  # Q8_0 weights against transformers' F32
 
 
-@pytest.fixture(scope="module")
-def bert_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(checkpoint folder, its Q8_0 model.run)."""
-    root = tmp_path_factory.mktemp("bert-e2e")
-    folder = make_bert(root / "tiny-bert", "mean", True)
-    out = root / "tiny-bert.run"
-    built = packer("build", str(folder), "--quant", "Q8_0", "-o", str(out))
-    assert '--embed "Hello"' in built.stderr
-    return folder, out
+# bert_run (the tiny BERT and its Q8_0 model.run) and bert_served are in conftest.py
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -61,40 +49,6 @@ def test_embed_flag(bert_run: tuple[Path, Path], tmp_path: Path) -> None:
     assert said.returncode != 0 and "genera embeddings" in said.stderr.splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def served(bert_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["env", "-i", str(bert_run[1]), "--server", "--port", str(port), "-t", "2"],
-        cwd=tmp_path_factory.mktemp("elsewhere"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as r:
-                    if json.loads(r.read()).get("status") == "ok":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.5)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert "Traceback" not in err, err
-
-
 def _post(url: str, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -106,27 +60,27 @@ def _post(url: str, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
         return err.code, json.loads(err.read())
 
 
-def test_server_endpoints(bert_run: tuple[Path, Path], served: str) -> None:
+def test_server_endpoints(bert_run: tuple[Path, Path], bert_served: str) -> None:
     ref = reference_embeddings(bert_run[0], DOCS[:2])
-    status, r = _post(served + "/v1/embeddings", {"input": DOCS[:2], "model": "any"})
+    status, r = _post(bert_served + "/v1/embeddings", {"input": DOCS[:2], "model": "any"})
     assert status == 200
     for item, expected in zip(r["data"], ref, strict=True):
         assert cosine(item["embedding"], expected) >= MIN_COSINE
-    status, r = _post(served + "/embedding", {"content": DOCS[0]})
+    status, r = _post(bert_served + "/embedding", {"content": DOCS[0]})
     assert status == 200 and cosine(r["embedding"], ref[0]) >= MIN_COSINE
-    status, r = _post(served + "/api/embed", {"model": "any", "input": DOCS[1]})
+    status, r = _post(bert_served + "/api/embed", {"model": "any", "input": DOCS[1]})
     assert status == 200 and cosine(r["embeddings"][0], ref[1]) >= MIN_COSINE
-    status, r = _post(served + "/api/embeddings", {"model": "any", "prompt": DOCS[1]})
+    status, r = _post(bert_served + "/api/embeddings", {"model": "any", "prompt": DOCS[1]})
     assert status == 200 and cosine(r["embedding"], ref[1]) >= MIN_COSINE
     status, r = _post(
-        served + "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}
+        bert_served + "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}
     )
     assert status == 400 and "makes embeddings" in r["error"]["message"]
-    status, r = _post(served + "/api/generate", {"model": "any", "prompt": "hi"})
+    status, r = _post(bert_served + "/api/generate", {"model": "any", "prompt": "hi"})
     assert status == 400 and "makes embeddings" in r["error"]
 
 
-def test_langchain_retrieval(bert_run: tuple[Path, Path], served: str) -> None:
+def test_langchain_retrieval(bert_run: tuple[Path, Path], bert_served: str) -> None:
     """The README's RAG recipe, embedding side: LangChain's vector store over the embedding
     model.run ranks the documents as the reference vectors do (random weights: the order is
     the reference's, not a meaningful one)."""
@@ -138,12 +92,12 @@ def test_langchain_retrieval(bert_run: tuple[Path, Path], served: str) -> None:
     expected = [DOCS[i] for i in np.argsort([-cosine(ref[0], d) for d in ref[1:]])]
     for embeddings in (
         OpenAIEmbeddings(
-            base_url=served + "/v1",
+            base_url=bert_served + "/v1",
             api_key="none",  # type: ignore[arg-type]
             model="tiny-bert",
             check_embedding_ctx_length=False,  # send text, not tiktoken ids
         ),
-        OllamaEmbeddings(base_url=served, model="tiny-bert"),
+        OllamaEmbeddings(base_url=bert_served, model="tiny-bert"),
     ):
         store = InMemoryVectorStore.from_texts(DOCS, embeddings)
         found = [d.page_content for d in store.similarity_search(QUERY, k=len(DOCS))]

@@ -67,6 +67,7 @@ def page_data(srv: PackerHTTPServer, call: Call) -> Reply:
         srv.http.public_urls,
         (call.query.get("lang") or [None])[0],
         call.headers.get("Accept-Language", ""),
+        embedding=srv.embedding_only,
     )
     return Json(body, headers={"Cache-Control": "no-cache", "Vary": "Accept-Language"})
 

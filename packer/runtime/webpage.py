@@ -1,8 +1,9 @@
 """What the web chat page (``templates/chat.html``) gets from the server besides the API.
 
-* ``GET /packer/page.json?lang=xx``: the model (name, quant, size, licence, measured quality), the addresses the
-  class can type with a QR code of the first (for the teacher's projector) and the page's
-  translations (:func:`packer.runtime.i18n.web_catalog`: ``?lang=`` first, then the browser's
+* ``GET /packer/page.json?lang=xx``: the model (name, quant, size, licence, measured quality,
+  whether it makes embeddings rather than text), the addresses the class can type with a QR
+  code of the first (for the teacher's projector) and the page's translations
+  (:func:`packer.runtime.i18n.web_catalog`: ``?lang=`` first, then the browser's
   ``Accept-Language``). Public like ``/``: it holds nothing a student may not see.
 * ``GET /packer/license``: the licence texts and model card the file carries, in full.
 * ``GET /packer/vendor/...``: the page's vendored scripts (``templates/vendor/``, see its
@@ -70,12 +71,15 @@ def page_json(
     urls: tuple[str, ...],
     lang: str | None,
     accept_language: str,
+    embedding: bool = False,
 ) -> dict[str, Any]:
-    """The body of ``GET /packer/page.json``."""
+    """The body of ``GET /packer/page.json`` (``embedding``: the model makes embeddings, so
+    the page shows how to call ``/v1/embeddings`` instead of a chat)."""
     info = page or PageInfo()
     code, messages = web_catalog(lang or None, accept_language)
     return {
         "model": model,
+        "embedding": embedding,
         "quant": info.quant or None,
         "size": info.size or None,
         "license": {
