@@ -108,7 +108,7 @@ class _Model:
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
 
     def open(self, n_ctx: int, n_seq: int, threads: int) -> None:
-        from packer.runtime.scheduler import _Threadpool
+        from packer.runtime.scheduler import Threadpool
 
         ll = self._ll
         self.piece = min(n_ctx, N_BATCH)  # positions of a window per llama_decode
@@ -127,7 +127,7 @@ class _Model:
                 f"llama.cpp could not make a context of {n_ctx * n_seq} tokens for {self.name}: "
                 "give a smaller --ctx"
             )
-        self._pool = _Threadpool.attach(ll, self._ctx, threads)
+        self._pool = Threadpool.attach(ll, self._ctx, threads, threads)
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
 

@@ -160,7 +160,7 @@ class Scheduler:
         # llama-server's and llama-bench's way: one ggml threadpool for the context, made
         # once; without it ggml makes a throwaway one for every llama_decode (and a variant
         # built without OpenMP starts and joins its threads each time)
-        self._threadpool = _Threadpool.attach(
+        self._threadpool = Threadpool.attach(
             llama_cpp, self._ctx, int(params.n_threads), int(params.n_threads_batch)
         )
         self._mem = llama_cpp.llama_get_memory(self._ctx)
@@ -776,7 +776,7 @@ class _ThreadpoolParams(ctypes.Structure):
     ]
 
 
-class _Threadpool:
+class Threadpool:
     """A ggml CPU threadpool attached to one llama.cpp context (llama-cpp-python binds none of
     this: the functions come from libllama's ggml and from the loaded CPU backend)."""
 
@@ -785,7 +785,7 @@ class _Threadpool:
         self._free = free
 
     @classmethod
-    def attach(cls, ll: Any, ctx: Any, n_threads: int, n_threads_batch: int) -> _Threadpool | None:
+    def attach(cls, ll: Any, ctx: Any, n_threads: int, n_threads_batch: int) -> Threadpool | None:
         """The pools attached to ``ctx`` (one for generation; another for prompt batches when
         ``n_threads_batch`` differs, as llama-server's ``-tb``); None (ggml's own per-decode
         pools) where this llama.cpp or its CPU backend does not offer them."""
