@@ -45,6 +45,7 @@ class EngineOptions:
     max_queue: int = 64  # requests that may wait for a slot before QueueFull
     n_threads: int | None = None  # None = physical cores
     n_gpu_layers: int = 0
+    tensor_split: list[float] | None = None  # -ts: share of the offloaded layers per device
     flash_attn: str = "auto"  # on | off | auto: llama.cpp enables it where the backend can
     seed: int = -1
     verbose: bool = False
@@ -114,6 +115,7 @@ class Engine:
             n_threads=threads,
             n_threads_batch=threads,
             n_gpu_layers=options.n_gpu_layers,
+            tensor_split=options.tensor_split,
             seed=options.seed if options.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
             verbose=options.verbose,
         )
