@@ -129,10 +129,15 @@ def workers(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], int]
                 assert time.monotonic() < deadline, "the RPC worker did not listen"
                 time.sleep(0.2)
     yield started
-    for proc, _port in started:
+    for proc, _port in started:  # Ctrl-C ends a worker
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                pytest.fail("an RPC worker ignored Ctrl-C")
 
 
 def _answer(*extra: str) -> subprocess.CompletedProcess[str]:

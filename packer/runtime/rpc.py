@@ -23,6 +23,7 @@ import ctypes
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -224,6 +225,10 @@ def serve(
     n_threads = threads or os.cpu_count() or 1
     array = (ctypes.c_void_p * len(wanted))(*wanted)
     sys.stdout.flush()
+    # ggml's accept loop never returns to Python, whose handlers would then never run: Ctrl-C
+    # and SIGTERM end the worker at once (it holds nothing that needs closing)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # blocks; returns only when it could not start (the reason is on stderr already)
     start(
         str(Endpoint(host, port)).encode(),
