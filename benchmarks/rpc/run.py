@@ -6,21 +6,23 @@ bytes moved per token (#17).
 
 Runs the unfrozen runtime on a GGUF (or a model.run) three ways with the same prompt, greedy
 sampling and thread count; prompt time (prompt_ms of --stats) stands in for the time to first
-token. Bytes moved are the workers' socket reads and writes (``/proc/PID/io`` rchar + wchar;
-a worker reads no files) during one run, model upload included and then without it: per
-generated token is the generation run's total minus a run that generates 1 token, divided by
-the difference in tokens.
+token. Bytes moved are counted by a relaying proxy in front of each worker, in separate runs
+(the proxy's own delay stays out of the speed figures): per generated token is a run
+generating N tokens minus one generating 1 token (model upload and prompt alike in both),
+divided by N - 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,9 +40,37 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _io(pid: int) -> int:
-    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(fields["rchar"]) + int(fields["wchar"])
+class _Proxy:
+    """Relays 127.0.0.1:port to a worker, counting the bytes both ways."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.moved, self.lock = target, 0, threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _addr = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 20):
+                dst.sendall(data)
+                with self.lock:
+                    self.moved += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
 
 def _start_worker(cmd: list[str], threads: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -99,23 +129,24 @@ def main() -> None:
         workers = [_start_worker(cmd, opts.threads) for _ in range(n_workers)]
         try:
             hosts = ",".join(f"127.0.0.1:{port}" for _p, port in workers)
-            pids = [p.pid for p, _port in workers]
-            before = sum(map(_io, pids))
-            one = _run(cmd, model, ["--rpc", hosts], 1, opts.threads)
-            mid = sum(map(_io, pids))
             full = _run(cmd, model, ["--rpc", hosts], opts.n, opts.threads)
-            after = sum(map(_io, pids))
+            proxies = [_Proxy(port) for _p, port in workers]
+            relayed = ",".join(f"127.0.0.1:{p.port}" for p in proxies)
+            one = _run(cmd, model, ["--rpc", relayed], 1, opts.threads)
+            moved_one = sum(p.moved for p in proxies)
+            counted = _run(cmd, model, ["--rpc", relayed], opts.n, opts.threads)
+            moved_full = sum(p.moved for p in proxies) - moved_one
         finally:
             for proc, _port in workers:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        extra_tokens = max(1, full["predicted_n"] - one["predicted_n"])
+        extra_tokens = max(1, counted["predicted_n"] - one["predicted_n"])
         row = {k: v for k, v in full.items() if k != "text"}
         row.update(
             setup=f"{n_workers} worker(s)",
             same_text=full["text"] == local["text"],
-            bytes_first_run=mid - before,
-            bytes_per_token=((after - mid) - (mid - before)) / extra_tokens,
+            bytes_one_token_run=moved_one,
+            bytes_per_token=(moved_full - moved_one) / extra_tokens,
         )
         rows.append(row)
     print(f"{'setup':<12} {'tok/s':>7} {'TTFT ms':>8} {'bytes/token':>12}  same text")
