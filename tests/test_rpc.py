@@ -203,3 +203,17 @@ def test_worker_killed_while_running(workers: list[tuple[subprocess.Popen[bytes]
     text = err.decode(errors="replace")
     assert main.returncode == 1, text
     assert "RPC worker" in text and "failed or stopped answering" in text
+
+
+def test_build_script_cache_key() -> None:
+    """build/llama-rpc.sh caches by its own key, next to the wheel's cache, and builds nothing
+    when asked where."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        ["bash", str(root / "build" / "llama-rpc.sh"), "--print-cache", sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).name.startswith("ggml-rpc-0.3.36-")
