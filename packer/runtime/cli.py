@@ -16,6 +16,9 @@ from packer.runtime.backend import GPU_CHOICES, parse_gpu_layers
 from packer.runtime.connections import CONNECTIONS_MARGIN
 from packer.runtime.engine import FLASH_ATTN_CHOICES
 from packer.runtime.i18n import _
+from packer.runtime.rpc import DEFAULT_PORT as RPC_DEFAULT_PORT
+from packer.runtime.rpc import DEVICE_CHOICES as RPC_DEVICE_CHOICES
+from packer.runtime.rpc import Endpoint, parse_endpoints
 from packer.runtime.server_options import REASONING_FORMATS
 
 SECRET_FLAGS = ("--api-key",)  # never shown by --help or --info
@@ -82,6 +85,15 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
     )
     mode.add_argument(
         "--info", action="store_true", help=_("print the model's manifest (JSON) and exit")
+    )
+    mode.add_argument(
+        "--rpc-server",
+        action="store_true",
+        help=_(
+            "be an RPC worker for another machine's --rpc: serve this machine's memory and "
+            "compute on --host (default 127.0.0.1) --port (default {port}) until stopped; "
+            "loads no model"
+        ).format(port=RPC_DEFAULT_PORT),
     )
     mode.add_argument(
         "--extract",
@@ -227,6 +239,42 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         help=_(
             "layers to offload to the GPU; auto = as many as fit in its free memory "
             "(default: %(default)s)"
+        ),
+    )
+    res.add_argument(
+        "--rpc",
+        type=_rpc_endpoints,
+        metavar="HOST:PORT[,...]",
+        help=_(
+            "also compute on these RPC workers (other machines running --rpc-server): their "
+            "devices count as GPUs for -ngl and layers are spread by free memory"
+        ),
+    )
+    res.add_argument(
+        "-ts",
+        "--tensor-split",
+        type=_tensor_split,
+        metavar="N,N,...",
+        help=_(
+            "share of the offloaded layers per device, in llama.cpp's device order (RPC "
+            "workers first, then local GPUs), e.g. 1,1 or 3,1"
+        ),
+    )
+    res.add_argument(
+        "--device",
+        choices=RPC_DEVICE_CHOICES,
+        default="auto",
+        help=_(
+            "with --rpc-server: the device to serve; auto = a GPU if there is one, else the "
+            "CPU (default: %(default)s)"
+        ),
+    )
+    res.add_argument(
+        "--cache",
+        metavar=_("DIR"),
+        help=_(
+            "with --rpc-server: keep the tensors main processes send in DIR, so the next run "
+            "reads them from disk instead of the network"
         ),
     )
     res.add_argument(
@@ -463,6 +511,27 @@ def _number(text: str) -> float:
         ) from None
 
 
+def _rpc_endpoints(text: str) -> list[Endpoint]:
+    try:
+        return parse_endpoints(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _tensor_split(text: str) -> list[float]:
+    try:
+        parts = [float(part) for part in text.replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    if not parts or any(part < 0 for part in parts) or not any(parts) or len(parts) > 128:
+        raise argparse.ArgumentTypeError(
+            _("expected shares such as 1,1 or 3,1 (numbers, 0 or more), not {value!r}").format(
+                value=text
+            )
+        )
+    return parts
+
+
 def _reasoning_format(text: str) -> str:
     # llama-server's default, auto, is what deepseek does here: reasoning split off where found
     return "deepseek" if text == "auto" else text
@@ -531,6 +600,13 @@ def parse(
     plain = build_parser(prog)
     typed = _explicit(vars(plain.parse_args(argv)), plain)  # what the command line says itself
     _choose_mode(args, typed)
+    if args.rpc_server:
+        if args.rpc:
+            raise UsageError(
+                _("--rpc-server serves other machines and --rpc uses them: pass only one")
+            )
+        if "port" not in typed:  # the server's 8080 is not a worker's port
+            args.port = RPC_DEFAULT_PORT
     key = args.api_key
     if key is not None and not key.strip():
         raise UsageError(

