@@ -130,6 +130,9 @@ def test_aliases_cover_the_advertised_models() -> None:
         "Phi-3.5-mini-instruct",
         "Mistral-7B-Instruct",
         "Gemma-2-2b-it",
+        "SmolLM3-3B",
+        "OLMo-2-1B-Instruct",
+        "granite-3.3-2b-instruct",
     ]:
         alias = table[name.lower()]
         assert "/" in alias.repo and alias.params_b > 0 and alias.note
