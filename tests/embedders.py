@@ -283,7 +283,10 @@ def reference_embeddings(folder: Path, texts: list[str]) -> list[list[float]]:
     from safetensors.torch import load_file
 
     nomic = json.loads((folder / "config.json").read_text()).get("model_type") == "nomic_bert"
-    model = None if nomic else transformers.AutoModel.from_pretrained(folder, dtype=torch.float32)
+    if nomic:
+        model = nomic_bert_model(folder)
+    else:
+        model = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32)
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     modules = json.loads((folder / "modules.json").read_text())
     normalize = any(m["type"].endswith(".Normalize") for m in modules)
@@ -291,10 +294,7 @@ def reference_embeddings(folder: Path, texts: list[str]) -> list[list[float]]:
     with torch.no_grad():
         for text in texts:
             ids = token_ids(folder, text)
-            if model is None:
-                hidden = nomic_hidden_states(folder, ids)
-            else:
-                hidden = model.eval()(input_ids=torch.tensor([ids])).last_hidden_state[0]
+            hidden = model.eval()(input_ids=torch.tensor([ids])).last_hidden_state[0]
             if pooling["pooling_mode_cls_token"]:
                 vec = hidden[0]
             elif pooling["pooling_mode_lasttoken"]:
@@ -413,8 +413,9 @@ NOMIC_CONFIG = {
 
 
 def make_nomic_bert(folder: Path, mode: str = "mean", normalize: bool = True) -> Path:
-    """A tiny ``NomicBertModel`` checkpoint (its modeling code is the model's own, not in
-    transformers: weights are drawn here, :func:`nomic_hidden_states` computes it)."""
+    """A tiny ``NomicBertModel`` checkpoint as the hub ships nomic-embed-text: its own
+    (remote-code) config.json keys, tensors named ``encoder.layers.N.attn.Wqkv`` ...; weights
+    drawn here (larger than transformers' init, so norms and biases matter)."""
     import torch
     from safetensors.torch import save_file
 
@@ -451,46 +452,39 @@ def make_nomic_bert(folder: Path, mode: str = "mean", normalize: bool = True) ->
     return folder
 
 
-def nomic_hidden_states(folder: Path, ids: list[int]) -> Any:
-    """Nomic BERT's last hidden states for one input, written from its published design:
-    word + token-type embeddings, LayerNorm; per layer post-norm attention with NEOX rotary
-    positions and fused Wqkv, then post-norm SwiGLU ``fc2(fc11(x) * silu(fc12(x)))``."""
+def make_nomic_bert_transformers(folder: Path, mode: str = "mean", normalize: bool = True) -> Path:
+    """The same model as :func:`make_nomic_bert`, loaded into transformers' own
+    ``NomicBertModel`` and written by its ``save_pretrained``: transformers' config.json keys
+    (``hidden_size``, ``rope_parameters`` ...), the hub's tensor names."""
+    make_nomic_bert(folder, mode, normalize)
+    model = nomic_bert_model(folder)
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(folder)
+    return folder
+
+
+def nomic_bert_model(folder: Path) -> Any:
+    """transformers' ``NomicBertModel`` (>= 5) for a Nomic BERT folder. It reads the hub's
+    tensor layout (its conversion mapping splits ``Wqkv`` and renames the rest) but not the
+    hub's remote-code config keys (``n_embd`` ... are ignored and its defaults, those of
+    nomic-embed-text v1.5, apply), so these are mapped to ``NomicBertConfig`` here."""
     import torch
-    from safetensors.torch import load_file
+    import transformers
 
     config = json.loads((folder / "config.json").read_text())
-    w = load_file(str(folder / "model.safetensors"))
-    d, h = config["n_embd"], config["n_head"]
-    hd, eps = d // h, config["layer_norm_epsilon"]
-    n = len(ids)
-
-    def norm(x: Any, name: str) -> Any:
-        return torch.nn.functional.layer_norm(x, (d,), w[name + ".weight"], w[name + ".bias"], eps)
-
-    x = (
-        w["embeddings.word_embeddings.weight"][ids]
-        + w["embeddings.token_type_embeddings.weight"][0]
+    if "n_embd" not in config:  # already transformers' own config
+        return transformers.AutoModel.from_pretrained(folder, dtype=torch.float32)
+    n_positions = config["n_positions"]
+    native = transformers.NomicBertConfig(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["n_embd"],
+        num_hidden_layers=config["n_layer"],
+        num_attention_heads=config["n_head"],
+        intermediate_size=config["n_inner"],
+        type_vocab_size=config["type_vocab_size"],
+        layer_norm_eps=config["layer_norm_epsilon"],
+        max_position_embeddings=min(n_positions, config.get("max_trained_positions", n_positions)),
+        rope_parameters={"rope_type": "default", "rope_theta": float(config["rotary_emb_base"])},
+        architectures=config["architectures"],
     )
-    x = norm(x, "emb_ln")
-    inv = config["rotary_emb_base"] ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-    angles = torch.arange(n, dtype=torch.float64)[:, None] * inv[None, :]
-    cos = torch.cat([angles.cos(), angles.cos()], -1).float()[:, None, :]
-    sin = torch.cat([angles.sin(), angles.sin()], -1).float()[:, None, :]
-
-    def rope(t: Any) -> Any:  # (n, heads, hd)
-        rotated = torch.cat([-t[..., hd // 2 :], t[..., : hd // 2]], -1)
-        return t * cos + rotated * sin
-
-    for i in range(config["n_layer"]):
-        p = f"encoder.layers.{i}."
-        q, k, v = (x @ w[p + "attn.Wqkv.weight"].T).split(d, dim=-1)
-        q, k, v = (t.reshape(n, h, hd) for t in (q, k, v))
-        q, k = rope(q), rope(k)
-        scores = torch.einsum("qhd,khd->hqk", q, k) / hd**0.5
-        attn = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, d)
-        x = norm(x + attn @ w[p + "attn.out_proj.weight"].T, p + "norm1")
-        up = x @ w[p + "mlp.fc11.weight"].T
-        gate = x @ w[p + "mlp.fc12.weight"].T
-        mlp = (up * torch.nn.functional.silu(gate)) @ w[p + "mlp.fc2.weight"].T
-        x = norm(x + mlp, p + "norm2")
-    return x
+    return transformers.AutoModel.from_pretrained(folder, config=native, dtype=torch.float32)

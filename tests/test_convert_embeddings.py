@@ -1,7 +1,7 @@
 """Embedding models: tiny random sentence-transformers checkpoints (tests/embedders.py)
 converted to GGUF and embedded by llama.cpp, against transformers with the folder's pooling
-(Nomic BERT, whose modeling code is not in transformers: against tests/embedders.py's own
-forward pass of its published design).
+(Nomic BERT too: transformers >= 5's own ``NomicBertModel``, for both the hub's remote-code
+config.json and the one transformers' ``save_pretrained`` writes).
 
 Per architecture and pooling: cosine >= 0.999 on English and Spanish sentences, the same
 tokens as the checkpoint's tokenizer, and the same similarity ranking as the reference
@@ -28,6 +28,7 @@ from embedders import (  # noqa: E402
     make_bert,
     make_embeddinggemma,
     make_nomic_bert,
+    make_nomic_bert_transformers,
     make_xlm_roberta,
     reference_embeddings,
     token_ids,
@@ -56,6 +57,7 @@ CASES = {
     "xlmr-mean": (make_xlm_roberta, "mean", True, gguf.PoolingType.MEAN),
     "gemma-mean": (make_embeddinggemma, "mean", True, gguf.PoolingType.MEAN),
     "nomic-mean": (make_nomic_bert, "mean", True, gguf.PoolingType.MEAN),
+    "nomic-transformers": (make_nomic_bert_transformers, "mean", True, gguf.PoolingType.MEAN),
 }
 ARCH = {"bert": "bert", "xlmr": "bert", "gemma": "gemma-embedding", "nomic": "nomic-bert"}
 VOCAB = {"bert": "bert", "xlmr": "t5", "gemma": "llama", "nomic": "bert"}
@@ -261,3 +263,14 @@ def test_prenorm_nomic_bert_is_refused(embed_checkpoints: dict[str, Path], tmp_p
     (folder / "config.json").write_text(json.dumps({**config, "prenorm": True}))
     (tmp_path / "out").mkdir()
     _expect_one_line(folder, tmp_path / "out" / "m.gguf", "prenorm", "nomic-bert")
+
+
+def test_transformers_nomic_bert_other_activation_is_refused(
+    embed_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "nomic-gelu"
+    shutil.copytree(embed_checkpoints["nomic-transformers"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    (tmp_path / "out").mkdir()
+    _expect_one_line(folder, tmp_path / "out" / "m.gguf", "hidden_act", "nomic-bert")
