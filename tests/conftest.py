@@ -139,9 +139,17 @@ def demo_run(demo_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def serve_model_run(exe: Path, cwd: Path, *args: str, timeout: float = 180) -> Iterator[str]:
     """``env -i EXE --server`` on a free port from ``cwd``, and its URL once /health says ok.
     Stopped on exit (killed after 30 s); a Traceback on its stderr fails the test."""
+    with serve_command(["env", "-i", str(exe)], cwd, *args, timeout=timeout) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def serve_command(command: list[str], cwd: Path, *args: str, timeout: float = 180) -> Iterator[str]:
+    """``COMMAND --server --port P -t 2 ARGS`` (a model.run, or ``python -m packer.runtime``):
+    :func:`serve_model_run` for any command line."""
     port = free_port()
     proc = subprocess.Popen(
-        ["env", "-i", str(exe), "--server", "--port", str(port), "-t", "2", *args],
+        [*command, "--server", "--port", str(port), "-t", "2", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

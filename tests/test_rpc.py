@@ -22,7 +22,8 @@ import pytest
 
 from packer.runtime import rpc
 from packer.runtime.cli import UsageError, parse
-from tests.conftest import free_port, smollm_gguf_path
+from tests.answers import ANSWER, QUESTION, RAW_ANSWER, RAW_PROMPT
+from tests.conftest import free_port, serve_command, smollm_gguf_path
 
 PROMPT = "What is the capital of Japan?"
 
@@ -217,3 +218,43 @@ def test_build_script_cache_key() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()).name.startswith("ggml-rpc-0.3.36-")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*(sunset|deprecated).*")
+def test_server_with_workers_serves_the_clients(
+    workers: list[tuple[subprocess.Popen[bytes], int]], tmp_path: Path
+) -> None:
+    """``--server --rpc``: the openai package (chat, temperature 0), LangChain's Llamafile
+    (main port) and LangChain's Ollama (``--ollama-port``) get from a main process that places
+    its layers on two loopback workers the text a local ``--server`` gives them."""
+    import openai
+    from langchain_community.llms import Llamafile, Ollama
+
+    def ask(*extra: str) -> tuple[str, str, str, str]:
+        oport = free_port()
+        flags = ("--gguf", str(smollm_gguf_path()), "--gpu", "cpu", "--ollama-port", str(oport))
+        with serve_command(_runtime(), tmp_path, *flags, *extra) as base:
+            oai = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=120)
+            msgs = [{"role": "user", "content": QUESTION}]
+            chat = oai.chat.completions.create(
+                model="m", messages=msgs, temperature=0, max_tokens=16
+            )
+            chunks = oai.chat.completions.create(
+                model="m", messages=msgs, temperature=0, max_tokens=16, stream=True
+            )
+            streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            raw = Llamafile(base_url=base, temperature=0, n_predict=12).invoke(RAW_PROMPT)
+            ollama = Ollama(
+                model="llama2", base_url=f"http://127.0.0.1:{oport}", temperature=0, num_predict=16
+            ).invoke(QUESTION)
+        return chat.choices[0].message.content or "", streamed, raw, ollama
+
+    local = ask()
+    assert ANSWER in local[0] and RAW_ANSWER in local[2], local
+    hosts = ",".join(f"127.0.0.1:{port}" for _proc, port in workers)
+    remote = ask("--rpc", hosts)
+    assert remote == local
+    assert remote[1] == remote[0]
+    for proc, _port in workers:  # the workers did the work and are still serving
+        assert proc.poll() is None
