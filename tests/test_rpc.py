@@ -9,13 +9,15 @@ libggml-rpc.so in this Python's llama_cpp/lib (make install puts it there).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,7 +55,8 @@ def test_flags() -> None:
     args = parse(["--rpc", "a:1,b:2", "-ts", "3,1", "-p", "hi"], [])
     assert args.rpc == [rpc.Endpoint("a", 1), rpc.Endpoint("b", 2)]
     assert args.tensor_split == [3.0, 1.0]
-    assert not args.rpc_server
+    assert not args.rpc_server and not args.no_mmap
+    assert parse(["--no-mmap", "-p", "hi"], []).no_mmap
 
 
 def test_rpc_server_flags_and_default_port() -> None:
@@ -105,8 +108,12 @@ def _has_rpc_library() -> bool:
     return (Path(spec.origin).parent / "lib" / rpc.LIBRARY).is_file()
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], int]]]:
+@contextlib.contextmanager
+def _start_workers(
+    tmp_path: Path, data_limit: int | None = None
+) -> Iterator[list[tuple[subprocess.Popen[bytes], int]]]:
+    """Two ``--rpc-server`` workers on loopback (each under RLIMIT_DATA ``data_limit``), once
+    they listen; ended with Ctrl-C (a worker that ignores it fails the test)."""
     assert _has_rpc_library(), "no libggml-rpc.so in llama_cpp/lib: run `make install`"
     started = []
     for i in range(2):
@@ -117,31 +124,47 @@ def workers(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], int]
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_data_limit(data_limit) if data_limit else None,
         )
         started.append((proc, port))
-    for proc, port in started:  # listening
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "the RPC worker exited at start"
-                assert time.monotonic() < deadline, "the RPC worker did not listen"
-                time.sleep(0.2)
-    yield started
-    for proc, _port in started:  # Ctrl-C ends a worker
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                pytest.fail("an RPC worker ignored Ctrl-C")
+    try:
+        for proc, port in started:  # listening
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert proc.poll() is None, "the RPC worker exited at start"
+                    assert time.monotonic() < deadline, "the RPC worker did not listen"
+                    time.sleep(0.2)
+        yield started
+    finally:
+        for proc, _port in started:  # Ctrl-C ends a worker
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    pytest.fail("an RPC worker ignored Ctrl-C")
 
 
-def _answer(*extra: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], int]]]:
+    with _start_workers(tmp_path) as started:
+        yield started
+
+
+def _data_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before exec
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    return apply
+
+
+def _answer(*extra: str, data_limit: int | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         _runtime(
             "--gguf", str(smollm_gguf_path()), "-p", PROMPT, "--temp", "0", "-n", "32", *extra
@@ -149,6 +172,7 @@ def _answer(*extra: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=600,
+        preexec_fn=_data_limit(data_limit) if data_limit else None,
     )
 
 
@@ -258,3 +282,52 @@ def test_server_with_workers_serves_the_clients(
     assert remote[1] == remote[0]
     for proc, _port in workers:  # the workers did the work and are still serving
         assert proc.poll() is None
+
+
+# -- slow: a model bigger than any one process -------------------------------------------------
+# RLIMIT_DATA per process = an idle worker's data size + MODEL_SHARES x the GGUF's size. With
+# --no-mmap the weights are read into the process's own memory, which RLIMIT_DATA counts (a
+# mapped file would not be). Measured on the demo GGUF (98 MB; -c 512, -t 1): beyond an idle
+# worker's ~105 MiB, the main process needs ~1.9 GGUFs with two workers holding the layers
+# (its logits and compute buffers, the token embeddings, thread stacks) and ~2.7 alone (all
+# the weights besides); a worker holding half the layers needs less than 0.8. 2.35 is midway.
+MODEL_SHARES = 2.35
+POOL_FLAGS = ("--gpu", "cpu", "--no-mmap", "-c", "512", "-t", "1")
+
+
+def _require_data_limit() -> None:
+    probe = subprocess.run(
+        [sys.executable, "-c", "bytearray(256 << 20)"],
+        capture_output=True,
+        preexec_fn=_data_limit(64 << 20),
+    )
+    if probe.returncode == 0:
+        pytest.skip("this kernel does not count anonymous memory in RLIMIT_DATA (Linux < 4.7)")
+
+
+def _vm_data(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmData for process {pid}")
+
+
+@pytest.mark.slow
+def test_a_model_bigger_than_any_one_process(tmp_path: Path) -> None:
+    """Three processes each limited below what the model needs alone: the main process cannot
+    load it by itself, and with two equally limited workers (``-ts 1,1``: a worker reports the
+    machine's free memory, not its limit) it gives the unlimited local run's greedy answer."""
+    _require_data_limit()
+    local = _answer("--gpu", "cpu")
+    assert local.returncode == 0, local.stderr
+    (tmp_path / "idle").mkdir()
+    with _start_workers(tmp_path / "idle") as idle:
+        baseline = _vm_data(idle[0][0].pid)
+    limit = baseline + int(MODEL_SHARES * smollm_gguf_path().stat().st_size)
+    alone = _answer(*POOL_FLAGS, data_limit=limit)
+    assert alone.returncode != 0, f"the main process loaded the model alone under {limit} bytes"
+    with _start_workers(tmp_path, limit) as started:
+        hosts = ",".join(f"127.0.0.1:{port}" for _proc, port in started)
+        pooled = _answer(*POOL_FLAGS, "--rpc", hosts, "-ts", "1,1", data_limit=limit)
+    assert pooled.returncode == 0, f"limit {limit}: {pooled.stderr[-2000:]}"
+    assert pooled.stdout == local.stdout

@@ -261,6 +261,14 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         ),
     )
     res.add_argument(
+        "--no-mmap",
+        action="store_true",
+        help=_(
+            "read the weights into memory instead of mapping the model file: with --rpc this "
+            "process then holds only the layers it computes itself (as llama-server's --no-mmap)"
+        ),
+    )
+    res.add_argument(
         "--device",
         choices=RPC_DEVICE_CHOICES,
         default="auto",

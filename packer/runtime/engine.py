@@ -49,6 +49,7 @@ class EngineOptions:
     n_gpu_layers: int = 0
     tensor_split: list[float] | None = None  # -ts: share of the offloaded layers per device
     flash_attn: str = "auto"  # on | off | auto: llama.cpp enables it where the backend can
+    use_mmap: bool = True  # --no-mmap: read the weights into buffers instead of mapping the file
     seed: int = -1
     verbose: bool = False
     # --chat-template-file: a Jinja chat template used instead of the model's own
@@ -119,6 +120,7 @@ class Engine:
             n_threads_batch=threads_batch,
             n_gpu_layers=options.n_gpu_layers,
             tensor_split=options.tensor_split,
+            use_mmap=options.use_mmap,
             seed=options.seed if options.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
             verbose=options.verbose,
         )

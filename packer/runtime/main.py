@@ -297,6 +297,7 @@ def run(argv: list[str]) -> int:
         n_threads_batch=args.threads_batch,
         n_gpu_layers=placement.n_gpu_layers,
         tensor_split=args.tensor_split,
+        use_mmap=not args.no_mmap,
         flash_attn=args.flash_attn,
         seed=args.seed,
         verbose=args.verbose,
