@@ -18,7 +18,8 @@ from packer.runtime.engine import FLASH_ATTN_CHOICES
 from packer.runtime.i18n import _
 from packer.runtime.rpc import DEFAULT_PORT as RPC_DEFAULT_PORT
 from packer.runtime.rpc import DEVICE_CHOICES as RPC_DEVICE_CHOICES
-from packer.runtime.rpc import Endpoint, parse_endpoints
+from packer.runtime.rpc import Endpoint, is_loopback, parse_endpoints
+from packer.runtime.rpc_announce import ANNOUNCE_PORT
 from packer.runtime.server_options import REASONING_FORMATS
 
 SECRET_FLAGS = ("--api-key",)  # never shown by --help or --info
@@ -247,8 +248,24 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         metavar="HOST:PORT[,...]",
         help=_(
             "also compute on these RPC workers (other machines running --rpc-server): their "
-            "devices count as GPUs for -ngl and layers are spread by free memory"
+            "devices count as GPUs for -ngl and layers are spread by free memory; auto = the "
+            "workers that announce themselves on the LAN (--rpc-server --announce)"
         ),
+    )
+    res.add_argument(
+        "--rpc-wait",
+        type=_seconds,
+        default=3.0,
+        metavar=_("SECONDS"),
+        help=_("with --rpc auto: how long to listen for workers (default: %(default)g)"),
+    )
+    res.add_argument(
+        "--announce",
+        action="store_true",
+        help=_(
+            "with --rpc-server: say every 2 s on the LAN (UDP broadcast, port {port}) that this "
+            "worker is here, for main processes started with --rpc auto"
+        ).format(port=ANNOUNCE_PORT),
     )
     res.add_argument(
         "-ts",
@@ -519,11 +536,22 @@ def _number(text: str) -> float:
         ) from None
 
 
-def _rpc_endpoints(text: str) -> list[Endpoint]:
+def _rpc_endpoints(text: str) -> list[Endpoint] | str:
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         return parse_endpoints(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(
+            _("expected seconds from 0 to 3600, not {value!r}").format(value=text)
+        )
+    return value
 
 
 def _tensor_split(text: str) -> list[float]:
@@ -615,6 +643,15 @@ def parse(
             )
         if "port" not in typed:  # the server's 8080 is not a worker's port
             args.port = RPC_DEFAULT_PORT
+        if args.announce and is_loopback(args.host):
+            raise UsageError(
+                _(
+                    "--announce tells the LAN about this worker, which listens only on "
+                    "{host}: add --host 0.0.0.0 (or this machine's address)"
+                ).format(host=args.host)
+            )
+    elif args.announce:
+        raise UsageError(_("--announce goes with --rpc-server"))
     key = args.api_key
     if key is not None and not key.strip():
         raise UsageError(

@@ -172,6 +172,10 @@ def run(argv: list[str]) -> int:
     if args.rpc_server:  # a worker: no model, no bundle needed
         from packer.runtime import rpc
 
+        if args.announce:
+            from packer.runtime.rpc_announce import start_announcing
+
+            start_announcing(args.host, args.port)
         rpc.serve(
             args.host,
             args.port,
@@ -289,6 +293,11 @@ def run(argv: list[str]) -> int:
     )
     if args.rpc:  # the workers' devices count as GPUs: registered before the model loads
         from packer.runtime import rpc
+
+        if args.rpc == "auto":
+            from packer.runtime.rpc_announce import discover
+
+            args.rpc = discover(args.rpc_wait)
 
         placement = rpc.use_workers(args.rpc, placement, args.gpu_layers, gguf, args.tensor_split)
     options = EngineOptions(
