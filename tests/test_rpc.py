@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,9 +165,13 @@ def _data_limit(limit: int) -> Callable[[], None]:
     return apply
 
 
-def _answer(*extra: str, data_limit: int | None = None) -> subprocess.CompletedProcess[str]:
+def _answer(
+    *extra: str, data_limit: int | None = None, netns: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    inside = ["ip", "netns", "exec", netns] if netns else []
     return subprocess.run(
-        _runtime(
+        inside
+        + _runtime(
             "--gguf", str(smollm_gguf_path()), "-p", PROMPT, "--temp", "0", "-n", "32", *extra
         ),
         capture_output=True,
@@ -331,3 +336,91 @@ def test_a_model_bigger_than_any_one_process(tmp_path: Path) -> None:
         pooled = _answer(*POOL_FLAGS, "--rpc", hosts, "-ts", "1,1", data_limit=limit)
     assert pooled.returncode == 0, f"limit {limit}: {pooled.stderr[-2000:]}"
     assert pooled.stdout == local.stdout
+
+
+# -- slow: workers found by their announcements, inside network namespaces --------------------
+@contextlib.contextmanager
+def _two_namespaces() -> Iterator[tuple[str, str]]:
+    """Two network namespaces joined by a veth pair, 10.231.0.1/24 (workers) and .2 (main), each
+    with loopback up: a LAN of two machines that reaches nothing else. Removed on exit."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2's `ip`")
+    tag = str(os.getpid())
+    workers_ns, main_ns = f"pkw{tag}", f"pkm{tag}"
+    veth_w, veth_m = f"pkvw{tag}"[:15], f"pkvm{tag}"[:15]
+
+    def ip(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+    made = ip("netns", "add", workers_ns)
+    if made.returncode != 0:
+        pytest.skip(f"`ip netns add` is not allowed here: {made.stderr.strip()}")
+    try:
+        steps = [
+            ("netns", "add", main_ns),
+            ("link", "add", veth_w, "netns", workers_ns, "type", "veth", "peer", "name", veth_m)
+            + ("netns", main_ns),
+            ("-n", workers_ns, "addr", "add", "10.231.0.1/24", "brd", "+", "dev", veth_w),
+            ("-n", main_ns, "addr", "add", "10.231.0.2/24", "brd", "+", "dev", veth_m),
+        ]
+        steps += [
+            ("-n", ns, "link", "set", dev, "up")
+            for ns, dev in (
+                (workers_ns, veth_w),
+                (main_ns, veth_m),
+                (workers_ns, "lo"),
+                (main_ns, "lo"),
+            )
+        ]
+        for step in steps:
+            done = ip(*step)
+            assert done.returncode == 0, f"ip {' '.join(step)}: {done.stderr}"
+        yield workers_ns, main_ns
+    finally:
+        for ns in (workers_ns, main_ns):
+            ip("netns", "del", ns)
+
+
+@pytest.mark.slow
+def test_announced_workers_in_network_namespaces(tmp_path: Path) -> None:
+    """``--rpc-server --host 0.0.0.0 --announce`` in one namespace, ``--rpc auto`` in the other:
+    the main process lists both workers it heard and gives the local answer; with none
+    announcing, one line and exit status 1."""
+    local = _answer("--gpu", "cpu")
+    assert local.returncode == 0, local.stderr
+    with _two_namespaces() as (workers_ns, main_ns):
+        ports = [free_port(), free_port()]
+        started = [
+            subprocess.Popen(
+                ["ip", "netns", "exec", workers_ns]
+                + _runtime("--rpc-server", "--host", "0.0.0.0", "--port", str(port))
+                + ["-t", "1", "--announce"],
+                stdout=(tmp_path / f"worker{port}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for port in ports
+        ]
+        try:
+            for proc, port in zip(started, ports, strict=True):  # listening, seen from inside
+                deadline = time.monotonic() + 60
+                probe = f"exec 3<>/dev/tcp/127.0.0.1/{port}"
+                while subprocess.run(
+                    ["ip", "netns", "exec", workers_ns, "bash", "-c", probe], capture_output=True
+                ).returncode:
+                    assert proc.poll() is None, "the RPC worker exited at start"
+                    assert time.monotonic() < deadline, "the RPC worker did not listen"
+                    time.sleep(0.3)
+            main = _answer("--gpu", "cpu", "--rpc", "auto", "--rpc-wait", "5", netns=main_ns)
+        finally:
+            for proc in started:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert main.returncode == 0, main.stderr
+        found = [line for line in main.stderr.splitlines() if "RPC: found worker" in line]
+        assert [line.split()[3] for line in found] == [f"10.231.0.1:{p}" for p in sorted(ports)]
+        assert "RPC0" in main.stderr and "RPC1" in main.stderr
+        assert main.stdout == local.stdout
+        alone = _answer("--rpc", "auto", "--rpc-wait", "1", netns=main_ns)
+    assert alone.returncode == 1
+    assert alone.stderr.strip().splitlines()[-1].endswith("or name them with --rpc HOST:PORT")
