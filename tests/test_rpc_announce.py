@@ -30,6 +30,7 @@ def test_encode_decode() -> None:
     "data",
     [
         b"\xff",
+        b"[" * 1000 + b"]" * 1000,  # deeper than json's recursion limit
         b"not json",
         b"[]",
         b'{"packer": "other", "host": "", "port": 1, "version": "1"}',

@@ -74,8 +74,8 @@ def decode(data: bytes, sender: str) -> Announcement:
     a packer worker's announcement; an empty host becomes the sender's address."""
     try:
         body = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {type(exc).__name__}") from None
     if not isinstance(body, dict) or body.get("packer") != KIND:
         raise ValueError("not a packer RPC worker's announcement")
     host, port, version, free = (body.get(k) for k in ("host", "port", "version", "free"))
@@ -118,9 +118,10 @@ def start_announcing(host: str, port: int, announce_port: int = ANNOUNCE_PORT) -
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             while True:
                 data = encode(Announcement(host, port, __version__, available_memory()))
-                for address in broadcast_addresses():
-                    with contextlib.suppress(OSError):  # an interface going down
-                        s.sendto(data, (address, announce_port))
+                with contextlib.suppress(OSError):  # no interfaces to list: try again later
+                    for address in broadcast_addresses():
+                        with contextlib.suppress(OSError):  # an interface going down
+                            s.sendto(data, (address, announce_port))
                 time.sleep(INTERVAL)
 
     threading.Thread(target=loop, name="rpc-announce", daemon=True).start()
