@@ -15,8 +15,10 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -424,3 +426,51 @@ def test_announced_workers_in_network_namespaces(tmp_path: Path) -> None:
         alone = _answer("--rpc", "auto", "--rpc-wait", "1", netns=main_ns)
     assert alone.returncode == 1
     assert alone.stderr.strip().splitlines()[-1].endswith("or name them with --rpc HOST:PORT")
+
+
+class _WrongVersionWorker:
+    """A loopback "worker" that answers ggml-rpc's HELLO with protocol version 99.0.0: RPC
+    request = command (1 byte, HELLO = 14) | size (8 bytes) | data; response = size | data,
+    the data being major, minor, patch, padding and 24 bytes of connection capabilities."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = conn.recv(9, socket.MSG_WAITALL)
+                if len(head) < 9:
+                    continue  # the reachability check: connect and close
+                cmd, size = struct.unpack("<BQ", head)
+                conn.recv(size, socket.MSG_WAITALL)
+                if cmd == 14:
+                    body = bytes([99, 0, 0, 0]) + bytes(24)
+                    conn.sendall(struct.pack("<Q", len(body)) + body)
+                conn.recv(1)  # until the client gives up
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_worker_of_another_protocol_version_is_one_line() -> None:
+    """A worker speaking another ggml-rpc protocol version: one line naming it, exit 1, no
+    core dump (issue #17 item 3)."""
+    if not _has_rpc_library():
+        pytest.skip("libggml-rpc.so is not installed (make install)")
+    fake = _WrongVersionWorker()
+    try:
+        proc = _answer("--rpc", f"127.0.0.1:{fake.port}")
+    finally:
+        fake.close()
+    assert proc.returncode == 1, proc.stderr
+    assert f"RPC worker 127.0.0.1:{fake.port} speaks another version" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 3  # no traceback, no ggml dump

@@ -331,9 +331,16 @@ def _on_abort(message: bytes | None) -> None:
     text = (message or b"").decode("utf-8", "replace").strip().splitlines()
     detail = text[-1] if text else ""
     prog = os.environ.get("PACKER_PROG") or Path(sys.argv[0]).name
-    line = _("RPC worker {workers} failed or stopped answering: {detail}").format(
-        workers=_workers, detail=detail
-    )
+    if "handshake failed for " in detail:  # the worker answered, but not as this ggml does
+        worker = detail.rsplit("handshake failed for ", 1)[1].strip()
+        line = _(
+            "RPC worker {worker} speaks another version of the RPC protocol (or is not an RPC "
+            "worker): start the same model.run (or the same llama.cpp version) on every machine"
+        ).format(worker=worker)
+    else:
+        line = _("RPC worker {workers} failed or stopped answering: {detail}").format(
+            workers=_workers, detail=detail
+        )
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     os.write(2, f"\n{prog}: error: {line}\n".encode("utf-8", "replace"))
