@@ -194,11 +194,13 @@ def bert_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder, out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bert_served(
     bert_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """The URL of ``bert_run``'s model.run serving (``--server``, empty environment)."""
+    """The URL of ``bert_run``'s model.run serving (``--server``, empty environment); per
+    module, so no server outlives the tests that use it (tests/test_grammar_cost.py checks
+    that the test process has no child left)."""
     with serve_model_run(bert_run[1], tmp_path_factory.mktemp("elsewhere")) as base:
         yield base
 

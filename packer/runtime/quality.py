@@ -363,7 +363,7 @@ def summary(manifest: Manifest) -> str | None:
     "Q4_K_M: 105 MB, KL 0.031, top-1 96.8 % vs BF16, English text"."""
     from packer.runtime.sizes import format_size
 
-    q = manifest.quality
+    q = getattr(manifest, "quality", None)  # stand-ins with only args (tests) have none
     if q is None:
         return None
     figures = _("KL {kl}, top-1 {top1} % vs {reference}, {text}").format(
