@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.runtime.backend import BackendError, Placement
+from packer.runtime.browser_guard import listens_on_loopback
 from packer.runtime.i18n import _
 
 __all__ = [
@@ -108,7 +109,8 @@ def parse_endpoints(text: str) -> list[Endpoint]:
 
 
 def is_loopback(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host in ("::1", "[::1]")
+    """Whether ``--host`` (brackets allowed around IPv6) binds only this machine."""
+    return listens_on_loopback(host.strip("[]"))
 
 
 # -- the main process --------------------------------------------------------------------------
