@@ -16,8 +16,10 @@ $(PY):
 # llama-cpp-python is compiled once with portable flags and cached by flags (build/llama-wheel.sh),
 # as root inside a Debian 11 build root (build/build-root.sh) so model.run needs only glibc 2.31
 # ggml's RPC backend (--rpc, --rpc-server) is compiled on its own against that wheel (build/llama-rpc.sh)
-$(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh build/llama-rpc.sh build/build-root.sh build/root-cc $(wildcard build/patches/*/*.patch)
+# and so are the AVX CPU variants with the root's tuning flags (build/llama-cpu-variants.sh)
+$(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh build/llama-rpc.sh build/llama-cpu-variants.sh build/build-root.sh build/root-cc $(wildcard build/patches/*/*.patch)
 	bash build/llama-wheel.sh $(PY)
+	bash build/llama-cpu-variants.sh $(PY)
 	bash build/llama-rpc.sh $(PY)
 	$(PY) -m pip install --quiet -e '.[runtime-build]'
 	touch $@
