@@ -194,6 +194,8 @@ ENV_CASES = [
     ("LLAMA_ARG_N_PREDICT", "64", "n_predict", 64),
     ("LLAMA_ARG_THREADS", "3", "threads", 3),
     ("LLAMA_ARG_THREADS_BATCH", "4", "threads_batch", 4),
+    ("LLAMA_ARG_CACHE_RAM", "512", "cache_ram", 512),
+    ("LLAMA_ARG_CACHE_RAM", "-1", "cache_ram", -1),
     ("LLAMA_ARG_N_GPU_LAYERS", "12", "gpu_layers", 12),
     ("LLAMA_ARG_N_GPU_LAYERS", "auto", "gpu_layers", "auto"),
     ("LLAMA_ARG_FLASH_ATTN", "off", "flash_attn", "off"),

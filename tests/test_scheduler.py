@@ -284,3 +284,52 @@ def test_preserved_tokens_show_their_text(engine: Engine) -> None:
     kept = replace(forced, preserved_tokens=(special, "not one token"))
     assert _run(engine, "Hello", kept).text == special
     assert engine.scheduler.preserved_ids(kept.preserved_tokens) == {token}
+
+
+def test_idle_slots_move_to_host_memory_and_come_back(engine: Engine) -> None:
+    """As a request starts, the other idle slots' cells leave the shared KV cache (a decode
+    step attends over every cell up to the last one used: kept cells slowed one stream by
+    15 %), and a prompt that starts like one of them gets its cells back from host memory."""
+    sched = engine.scheduler
+    ll, mem = sched._ll, sched._mem
+    # four conversations in four slots, together
+    done: dict[int, gen.GenResult] = {}
+    start = threading.Barrier(len(PROMPTS))
+
+    def go(i: int) -> None:
+        start.wait()
+        done[i] = _run(engine, PROMPTS[i], Sampling(**GREEDY))
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(done) == len(PROMPTS) and _idle_within(engine, 30)
+    parked, restored = sched.stats.parked, sched.stats.restored
+
+    # one new request: every other slot's cells go to the prompt cache, only its own remain
+    alone = _run(engine, "Water boils at", Sampling(**GREEDY))
+    assert alone.n_predicted == GREEDY["max_tokens"]
+    assert sched.stats.parked - parked >= len(PROMPTS) - 1
+    holding = [s.id for s in sched._slots if ll.llama_memory_seq_pos_max(mem, s.id) >= 0]
+    assert len(holding) == 1
+
+    # the first conversation's next turn: its cells come back instead of being decoded again
+    turn = gen.completion_tokens(engine, PROMPTS[0]) + gen.tokenize(
+        engine, done[0].text + " And then", add_special=False
+    )
+    again = _run(engine, turn, Sampling(**GREEDY))
+    assert sched.stats.restored == restored + 1
+    assert again.n_cached >= len(gen.completion_tokens(engine, PROMPTS[0]))
+    # restored cells give what decoding the whole prompt gives
+    sched._prompt_cache = type(sched._prompt_cache)(0)  # nothing kept from here on
+    try:
+        for s in sched._slots:  # no slot holds the conversation any more
+            ll.llama_memory_seq_rm(mem, s.id, -1, -1)
+            s.cache.clear()
+        fresh = _run(engine, turn, Sampling(**GREEDY))
+    finally:
+        sched._prompt_cache = type(sched._prompt_cache)(1 << 30)
+    assert fresh.n_cached == 0
+    assert again.text[:8] == fresh.text[:8]

@@ -451,6 +451,20 @@ def build_parser(prog: str = "model.run") -> argparse.ArgumentParser:
         ),
     )
     srv.add_argument(
+        "-cram",
+        "--cache-ram",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help=_(
+            "host memory for the prompts of idle slots, in MiB: when a request starts, the "
+            "other idle slots' context moves there, so it does not slow the running requests, "
+            "and comes back for a prompt that starts the same way; 0 = keep it in the context, "
+            "-1 = no limit (as llama-server's; default: 8192, at most a quarter of the free "
+            "memory)"
+        ),
+    )
+    srv.add_argument(
         "--max-connections",
         type=_whole_number,
         default=0,

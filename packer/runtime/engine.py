@@ -44,6 +44,9 @@ class EngineOptions:
     n_ctx: int = 0
     n_parallel: int = 1  # slots: requests decoded together
     max_queue: int = 64  # requests that may wait for a slot before QueueFull
+    # bytes of host memory for idle slots' cells (llama-server's --cache-ram): None = its
+    # default capped by memory, 0 = idle slots keep their cells in the KV cache, -1 = no limit
+    cache_ram: int | None = None
     n_threads: int | None = None  # None = physical cores
     n_threads_batch: int | None = None  # prompt processing (-tb); None = n_threads
     n_gpu_layers: int = 0
@@ -145,6 +148,7 @@ class Engine:
                 params,
                 n_parallel=n_parallel,
                 max_queue=options.max_queue,
+                cache_ram=options.cache_ram,
             )
         except BaseException:
             self.llm.close()

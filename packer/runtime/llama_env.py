@@ -37,6 +37,7 @@ VARIABLES = (
     EnvFlag("LLAMA_ARG_N_PREDICT", "--n-predict"),
     EnvFlag("LLAMA_ARG_THREADS", "--threads"),
     EnvFlag("LLAMA_ARG_THREADS_BATCH", "--threads-batch"),
+    EnvFlag("LLAMA_ARG_CACHE_RAM", "--cache-ram"),
     EnvFlag("LLAMA_ARG_N_GPU_LAYERS", "--gpu-layers"),
     EnvFlag("LLAMA_ARG_FLASH_ATTN", "--flash-attn"),
     EnvFlag("LLAMA_ARG_N_PARALLEL", "--parallel"),

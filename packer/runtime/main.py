@@ -312,6 +312,7 @@ def run(argv: list[str]) -> int:
         verbose=args.verbose,
         n_parallel=args.parallel or (SERVER_SLOTS if args.server else 1),
         max_queue=args.max_queue,
+        cache_ram=None if args.cache_ram is None else max(-1, args.cache_ram) << 20,
         chat_template=chat_template,
     )
     history = None

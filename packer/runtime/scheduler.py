@@ -43,8 +43,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from packer.runtime import grammar_cost
+from packer.runtime import grammar_cost, prompt_cache
 from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
+from packer.runtime.prompt_cache import common_prefix
 from packer.runtime.textstream import TextStream
 
 __all__ = ["QueueFull", "Scheduler", "SchedulerStats", "token_bytes"]
@@ -88,6 +89,9 @@ class SchedulerStats:
     predicted_tokens: int = 0  # tokens generated
     context_full: int = 0  # requests ended because no KV cell was free to grow into
     evictions: int = 0  # idle slots' cached tokens dropped to make room
+    parked: int = 0  # idle slots whose cells moved to the host-memory prompt cache
+    restored: int = 0  # prompt cache entries put back into a slot for a new request
+    restored_tokens: int = 0
 
 
 @dataclass(eq=False)
@@ -137,6 +141,7 @@ class Scheduler:
         *,
         n_parallel: int = 1,
         max_queue: int = 64,
+        cache_ram: int | None = None,
     ) -> None:
         import llama_cpp
 
@@ -170,6 +175,13 @@ class Scheduler:
         self.share = max(1, self.n_ctx_total // self.n_parallel)
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
+        # idle slots' cells, moved out of the shared KV cache when a request starts (bytes;
+        # None: llama-server's default, capped by memory; 0: idle slots keep their cells)
+        if cache_ram is None:
+            from packer.runtime.context_size import available_memory
+
+            cache_ram = prompt_cache.default_limit(available_memory())
+        self._prompt_cache = prompt_cache.PromptCache(cache_ram if cache_ram >= 0 else 1 << 62)
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -469,13 +481,59 @@ class Scheduler:
             if not idle:
                 break
             req = self._queue[0]
-            best = max(idle, key=lambda s: (_common_prefix(s.cache, req.prompt), -s.last_used))
+            best = max(idle, key=lambda s: (common_prefix(s.cache, req.prompt), -s.last_used))
             claim = len(req.prompt) + self._first_claim(req)
             # the cells the slot holds now become part of its claim
             if not self._make_room(claim - len(best.cache), keep=best):
                 break  # it waits (first in line) until running requests give cells back
             self._queue.popleft()
+            if self._prompt_cache.limit:
+                self._park_idle(keep=best)
+                self._restore(best, req.prompt)
             self._assign(best, req, claim)
+
+    def _park(self, slot: _Slot) -> None:
+        """Move an idle slot's cells to the prompt cache (when they fit in it) and clear them
+        from the KV cache."""
+        ll = self._ll
+        size = int(ll.llama_state_seq_get_size(self._ctx, slot.id))
+        if 0 < size <= self._prompt_cache.limit:
+            buf = (ctypes.c_uint8 * size)()
+            n = int(ll.llama_state_seq_get_data(self._ctx, buf, size, slot.id))
+            if n and self._prompt_cache.put(slot.cache, memoryview(buf)[:n].tobytes()):
+                self.stats.parked += 1
+        ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+        slot.cache.clear()
+
+    def _park_idle(self, keep: _Slot) -> None:
+        """Under the lock, as a request starts in ``keep``: every other idle slot's cells go to
+        the prompt cache. A decode step attends over every cell up to the last one used, so
+        cells kept for a later turn slow down every running request (llama-server's
+        --cache-idle-slots)."""
+        for slot in self._slots:
+            if slot is not keep and slot.req is None and slot.cache:
+                self._park(slot)
+
+    def _restore(self, slot: _Slot, prompt: list[int]) -> None:
+        """Give ``slot`` the prompt cache's cells sharing the longest prefix with ``prompt``,
+        when that beats what the slot holds and they fit; otherwise leave it as it is."""
+        ll = self._ll
+        found = self._prompt_cache.best(prompt, better_than=common_prefix(slot.cache, prompt))
+        if found is None:
+            return
+        entry, n = found
+        if len(entry.tokens) > self.n_ctx_total - (self._held() - len(slot.cache)):
+            return  # no room for all its cells now: the prompt is decoded instead
+        if slot.cache:
+            self._park(slot)
+        buf = (ctypes.c_uint8 * len(entry.state)).from_buffer_copy(entry.state)
+        if not ll.llama_state_seq_set_data(self._ctx, buf, len(buf), slot.id):
+            ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)  # whatever it placed
+            return
+        slot.cache = list(entry.tokens)
+        self._prompt_cache.remove(entry)
+        self.stats.restored += 1
+        self.stats.restored_tokens += n
 
     def _first_claim(self, req: _Request) -> int:
         """Generated tokens' cells ``req`` claims when admitted: all it asked for, or for a
@@ -526,7 +584,7 @@ class Scheduler:
 
     def _assign(self, slot: _Slot, req: _Request, claim: int) -> None:
         prompt = req.prompt
-        n_keep = min(_common_prefix(slot.cache, prompt), len(prompt) - 1)
+        n_keep = min(common_prefix(slot.cache, prompt), len(prompt) - 1)
         if n_keep < len(slot.cache):
             if not self._ll.llama_memory_seq_rm(self._mem, slot.id, n_keep, -1):
                 self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
@@ -874,15 +932,6 @@ class _Candidates:
 
     def token(self, i: int) -> int:
         return int(self._data["id"][i])
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def single_token_ids(
