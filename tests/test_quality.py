@@ -302,7 +302,8 @@ def _without_the_4bit_grid(checkpoint: Path, out: Path) -> Path:
     576-wide tensors is 4.6 % for Q5_0 and Q5_1 (the fallbacks of Q4_K_M and Q5_K_M there),
     and over the 1536-wide ones 1.86 % for Q4_K against 2.00 % for Q5_K, measured with ggml's
     own quantizers. The original weights lay somewhere within each value's bin: each one is
-    moved uniformly within +-d/2 of it (inside the block's range; seeded)."""
+    moved uniformly within +-d/2 of it (inside the block's range; seeded). Blocks with more
+    than 16 values (the token embeddings: not Q4_1 in that GGUF) are left as they are."""
     import shutil
 
     import torch
@@ -322,7 +323,8 @@ def _without_the_4bit_grid(checkpoint: Path, out: Path) -> Path:
             hi = blocks.max(1, keepdim=True).values
             values = blocks.sort(1).values
             on_grid = ((values[:, 1:] != values[:, :-1]).sum(1) + 1 <= 16).unsqueeze(1)
-            assert on_grid.float().mean() > 0.99, f"{name} is not on a 4-bit grid"
+            if "embed_tokens" not in name:
+                assert bool(on_grid.all()), f"{name}: the demo checkpoint is no 4-bit model now"
             noise = (torch.rand(blocks.shape, generator=gen) - 0.5) * (hi - lo) / 15
             x = torch.where(on_grid, (blocks + noise).clamp(lo, hi), blocks).reshape(x.shape)
         weights[name] = x.to(t.dtype)
