@@ -56,3 +56,15 @@ def test_default_limit() -> None:
     assert default_limit(None) == 8192 * MIB  # llama-server's
     assert default_limit(64 * 1024 * MIB) == 8192 * MIB
     assert default_limit(8 * 1024 * MIB) == 2048 * MIB  # a quarter of an 8 GiB laptop's
+
+
+def test_long_conversations_compare_by_array() -> None:
+    """Thousands of shared tokens (a system prompt and a conversation) are found exactly."""
+    cache = PromptCache(1 << 20)
+    shared = list(range(5000))
+    cache.put(shared + [1, 2, 3], bytearray(100))
+    cache.put(shared + [9], b"x" * 100)
+    found = cache.best(shared + [1, 2, 7])
+    assert found is not None and found[1] == 5002 and found[0].tokens[-1] == 3
+    assert cache.best(shared[:10] + [-1])[1] == 10  # type: ignore[index]
+    assert PromptCache(10).best([1]) is None  # empty

@@ -500,7 +500,8 @@ class Scheduler:
         if 0 < size <= self._prompt_cache.limit:
             buf = (ctypes.c_uint8 * size)()
             n = int(ll.llama_state_seq_get_data(self._ctx, buf, size, slot.id))
-            if n and self._prompt_cache.put(slot.cache, memoryview(buf)[:n].tobytes()):
+            state = buf if n == size else memoryview(buf)[:n].tobytes()
+            if n and self._prompt_cache.put(slot.cache, state):
                 self.stats.parked += 1
         ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
         slot.cache.clear()
@@ -526,7 +527,9 @@ class Scheduler:
             return  # no room for all its cells now: the prompt is decoded instead
         if slot.cache:
             self._park(slot)
-        buf = (ctypes.c_uint8 * len(entry.state)).from_buffer_copy(entry.state)
+        buf = entry.state
+        if not isinstance(buf, ctypes.Array):
+            buf = (ctypes.c_uint8 * len(buf)).from_buffer_copy(buf)  # type: ignore[arg-type]
         if not ll.llama_state_seq_set_data(self._ctx, buf, len(buf), slot.id):
             ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)  # whatever it placed
             return
