@@ -161,6 +161,33 @@ def test_the_optional_scheduler_numbers() -> None:
     assert _value(f, "llamacpp:n_tokens_max") == 900
 
 
+def test_the_prompt_cache_numbers() -> None:
+    f = _parse(Metrics().render(STATS))
+    assert not [name for name in f if name.startswith("packer_prompt_cache")]
+    cache = {
+        "prompt_cache_bytes": 3 << 20,
+        "prompt_cache_limit_bytes": 8 << 30,
+        "prompt_cache_entries": 2,
+        "prompt_cache_saved_total": 5,
+        "prompt_cache_restored_total": 3,
+        "prompt_cache_restored_tokens_total": 1500,
+    }
+    f = _parse(Metrics().render({**STATS, **cache}))
+    kinds = {name: kind for name, (kind, _h, _s) in f.items()}
+    assert kinds["packer_prompt_cache_bytes"] == "gauge"
+    assert kinds["packer_prompt_cache_limit_bytes"] == "gauge"
+    assert kinds["packer_prompt_cache_entries"] == "gauge"
+    assert kinds["packer_prompt_cache_saved"] == "counter"
+    assert kinds["packer_prompt_cache_restored"] == "counter"
+    assert kinds["packer_prompt_cache_restored_tokens"] == "counter"
+    assert _value(f, "packer_prompt_cache_bytes") == 3 << 20
+    assert _value(f, "packer_prompt_cache_limit_bytes") == 8 << 30
+    assert _value(f, "packer_prompt_cache_entries") == 2
+    assert _value(f, "packer_prompt_cache_saved_total") == 5
+    assert _value(f, "packer_prompt_cache_restored_total") == 3
+    assert _value(f, "packer_prompt_cache_restored_tokens_total") == 1500
+
+
 def test_labels_are_escaped() -> None:
     m = Metrics()
     route = 'we"ird\\route\nx'

@@ -192,6 +192,19 @@ def _check_server(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return log_path.read_text()
 
 
+def test_starting_loads_nothing_that_starts_threads() -> None:
+    """The sandbox's first step comes after main's imports: a module they pull in that loads
+    numpy (its OpenBLAS pool) or llama.cpp at import time starts threads the sandbox can no
+    longer cover (the prompt cache's numpy did). Checked in a fresh interpreter."""
+    code = (
+        "import sys, threading, packer.runtime.main\n"
+        "print(sorted(m for m in ('numpy', 'llama_cpp') if m in sys.modules),"
+        " threading.active_count())\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["[]", "1"], res.stdout + res.stderr
+
+
 @needs_landlock
 def test_unfrozen_server_runs_confined(tmp_path: Path) -> None:
     env = {**os.environ, "PACKER_CACHE": str(tmp_path / "cache")}

@@ -322,6 +322,12 @@ def test_idle_slots_move_to_host_memory_and_come_back(engine: Engine) -> None:
     again = _run(engine, turn, Sampling(**GREEDY))
     assert sched.stats.restored == restored + 1
     assert again.n_cached >= len(gen.completion_tokens(engine, PROMPTS[0]))
+    snap = sched.metrics_snapshot()  # what /metrics shows of it
+    assert snap["prompt_cache_restored_total"] == sched.stats.restored
+    assert snap["prompt_cache_saved_total"] == sched.stats.parked
+    assert snap["prompt_cache_restored_tokens_total"] == sched.stats.restored_tokens > 0
+    assert snap["prompt_cache_entries"] >= 1 and snap["prompt_cache_bytes"] > 0
+    assert snap["prompt_cache_limit_bytes"] >= snap["prompt_cache_bytes"]
     # restored cells give what decoding the whole prompt gives
     sched._prompt_cache = type(sched._prompt_cache)(0)  # nothing kept from here on
     try:

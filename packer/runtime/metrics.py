@@ -12,7 +12,11 @@ The names are llama-server's where it has one, so its dashboards and scrapers wo
 - ``llamacpp:n_decode_total``, ``llamacpp:n_busy_slots_per_decode``, ``llamacpp:n_tokens_max``
   when the scheduler counts them.
 
-packer's own: ``packer_slots`` (slots in all), ``packer_http_requests_total{route,status}``
+packer's own: ``packer_slots`` (slots in all); the host-memory prompt cache (``--cache-ram``)
+when the scheduler reports it: ``packer_prompt_cache_bytes``, ``_limit_bytes``, ``_entries``
+(gauges), ``packer_prompt_cache_saved_total`` (idle slots whose cells went into it),
+``_restored_total`` and ``_restored_tokens_total`` (entries put back into a slot, and their
+tokens not decoded again); ``packer_http_requests_total{route,status}``
 and ``packer_http_request_duration_seconds{route}`` (a histogram). ``route`` is the route
 table's path, never the raw request path; past :data:`MAX_ROUTES` distinct routes the rest are
 counted as ``other``, so a client probing random paths cannot grow the output.
@@ -32,6 +36,27 @@ from dataclasses import dataclass, field
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ROUTES = 64
 OTHER_ROUTE = "other"
+# the prompt cache's numbers in the scheduler's snapshot: key (the name after "packer_"), type, help
+PROMPT_CACHE: tuple[tuple[str, str, str], ...] = (
+    ("prompt_cache_bytes", "gauge", "Bytes of KV state held in the host-memory prompt cache."),
+    ("prompt_cache_limit_bytes", "gauge", "The prompt cache's limit in bytes (--cache-ram)."),
+    ("prompt_cache_entries", "gauge", "Prompts held in the prompt cache."),
+    (
+        "prompt_cache_saved_total",
+        "counter",
+        "Idle slots whose KV cells moved to the prompt cache.",
+    ),
+    (
+        "prompt_cache_restored_total",
+        "counter",
+        "Prompt cache entries put back into a slot for a new request.",
+    ),
+    (
+        "prompt_cache_restored_tokens_total",
+        "counter",
+        "Prompt tokens reused from the prompt cache instead of decoded again.",
+    ),
+)
 # request durations, seconds: from a health check to a long generation
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005,
@@ -251,6 +276,9 @@ class Metrics:
                 "High watermark of the context size observed.",
                 stats["n_tokens_max"],
             )
+        for key, kind, help_text in PROMPT_CACHE:
+            if key in stats:
+                w.one(f"packer_{key}", kind, help_text, stats[key])
         w.one(
             "packer_slots",
             "gauge",

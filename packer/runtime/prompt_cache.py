@@ -18,8 +18,6 @@ from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 MIB = 1 << 20
 DEFAULT_MIB = 8192  # llama-server's --cache-ram default
 
@@ -34,6 +32,10 @@ class Entry:
 
 
 def _ids(tokens: tuple[int, ...] | list[int]) -> Any:
+    # numpy only once a prompt is cached: imported at start-up, its OpenBLAS threads would
+    # start before model.run's sandbox and stay outside it (packer/runtime/sandbox.py)
+    import numpy as np
+
     return np.fromiter(tokens, dtype=np.int64, count=len(tokens))
 
 
@@ -48,6 +50,8 @@ def common_prefix(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[int]
 def _common_prefix_ids(a: Any, b: Any) -> int:
     """:func:`common_prefix` of two numpy arrays: a conversation's thousands of tokens
     compared in microseconds, for every entry, under the scheduler's lock."""
+    import numpy as np
+
     n = min(len(a), len(b))
     differ = np.flatnonzero(a[:n] != b[:n])
     return int(differ[0]) if len(differ) else n

@@ -306,7 +306,8 @@ class Scheduler:
         """Gauges and counters for /metrics: slots busy and total, requests waiting, KV cells
         used (tokens in the cache, idle slots' cached prompts included), reserved (cells the
         running requests may fill) and total, tokens predicted and prompt tokens decoded
-        (cache hits excluded) since start."""
+        (cache hits excluded) since start, and the host-memory prompt cache: bytes held, its
+        limit, entries, idle slots saved into it and entries put back (with their tokens)."""
         with self._cond:
             busy = sum(s.req is not None for s in self._slots)
             return {
@@ -320,6 +321,12 @@ class Scheduler:
                 "tokens_prompt_total": float(self.stats.prompt_tokens),
                 "tokens_prompt_cached_total": float(self.stats.cached_tokens),
                 "requests_context_full_total": float(self.stats.context_full),
+                "prompt_cache_bytes": float(self._prompt_cache.size),
+                "prompt_cache_limit_bytes": float(self._prompt_cache.limit),
+                "prompt_cache_entries": float(len(self._prompt_cache)),
+                "prompt_cache_saved_total": float(self.stats.parked),
+                "prompt_cache_restored_total": float(self.stats.restored),
+                "prompt_cache_restored_tokens_total": float(self.stats.restored_tokens),
             }
 
     def close(self) -> None:

@@ -216,6 +216,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "packer"
     disable_nagle_algorithm = True
     timeout = WRITE_TIMEOUT_S  # the socket's timeout while writing; reads: DeadlineReader
+    _pending: tuple[str, float] | None = None  # the request's route for /metrics, not counted yet
 
     # -- framing and deadlines --------------------------------------------------------------
     def setup(self) -> None:
@@ -344,8 +345,19 @@ class Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+        self._count(status)
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _count(self, status: int) -> None:
+        """Count the request being answered for /metrics, once: a whole reply just before its
+        body goes out (a client holding its answer finds it counted in its next /metrics), a
+        stream or a request that failed on the way when :meth:`_dispatch` ends."""
+        pending, self._pending = self._pending, None
+        metrics = self.server.metrics
+        if pending is not None and metrics is not None:
+            route, t0 = pending
+            metrics.request(route, status, time.perf_counter() - t0)
 
     def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
@@ -500,10 +512,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # a body nobody reads: the connection cannot go on
         t0 = time.perf_counter()
         status = 200
-        counted = "unmatched"  # the route pattern /metrics counts it under
+        self._pending = ("unmatched", t0)  # the route pattern /metrics counts it under
         try:
             route = self._route(path)
-            counted = route.path
+            self._pending = (route.path, t0)
             call = Call(
                 method=self.command,
                 path=path,
@@ -550,6 +562,4 @@ class Handler(BaseHTTPRequestHandler):
                 (time.perf_counter() - t0) * 1e3,
             )
         finally:
-            metrics = self.server.metrics
-            if metrics is not None:
-                metrics.request(counted, status, time.perf_counter() - t0)
+            self._count(status)
