@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Build (once) and install ggml's AVX CPU variant libraries compiled with the build root's
-# tuning flags (build/root-cc), over the ones in the installed llama-cpp-python wheel.
+# Build (once) and install ggml's CPU variant libraries compiled by the build root's compiler
+# wrapper (build/root-cc) as it is now, over the ones in the installed llama-cpp-python wheel.
 #
-# Why: gcc 10's default tuning splits unaligned 256-bit AVX loads and stores in two; on the
-# demo model that made prompt processing and `packer eval` 5-7 % slower than llama.cpp's own
-# build of the same variant (#16 item 7, #18 item 5). build/root-cc now passes the flags that
-# stop it, but the wheel is cached by a key that does not see root-cc, and compiling the wheel
-# again takes over an hour (mostly Vulkan shaders). With GGML_BACKEND_DL every CPU variant is its
-# own library that talks to the rest only through libggml-base, so the variants that use AVX
-# are compiled here on their own from the same vendored llama.cpp (same patches), by the same
-# compiler wrapper, in the same root: a few minutes on 2 cores. The variants without AVX
-# (x64, sse42) are left as they are: the flags change nothing there.
+# Why: the wheel is cached by a key that does not see root-cc, and compiling the wheel again
+# takes over an hour (mostly Vulkan shaders), while root-cc changed twice for speed (#16 item 7,
+# #18 item 5): gcc 10's default tuning split unaligned 256-bit AVX loads and stores in two (5-7 %
+# of prompt and `packer eval` speed on the demo model), and gcc 10's code for the AVX-512
+# variants and sse42 ran prompts 6-18 % slower than llama.cpp's own gcc 12 build, so those now
+# go to clang 16. With GGML_BACKEND_DL every CPU variant is its own library that talks to the
+# rest only through libggml-base, so the variants root-cc compiles differently from before are
+# compiled here on their own from the same vendored llama.cpp (same patches), by the same
+# wrapper, in the same root: a few minutes on 2 cores. x64 (no SIMD flags: nothing changes) and
+# the wheel's alderlake and sapphirerapids (clang already) are left as they are.
 #
 # Cached by its own key (llama-cpp-python version, root-cc's text, the variant list, where it
 # is compiled, the patches and the digest of the libggml-base.so they link against) under
@@ -41,9 +42,8 @@ done
 die() { echo "llama-cpu-variants.sh: $*" >&2; exit 1; }
 VERSION=${LLAMA_CPP_VERSION:-$(sed -n 's/^VERSION=\${LLAMA_CPP_VERSION:-\(.*\)}$/\1/p' "$HERE/llama-wheel.sh")}
 [[ -n $VERSION ]] || die "could not read the version from llama-wheel.sh"
-# ggml's x86-64 variants whose code uses AVX (GGML_CPU_ALL_VARIANTS), except the two root-cc
-# hands to clang (alderlake, sapphirerapids): clang does not split
-VARIANTS=(sandybridge ivybridge piledriver haswell skylakex cannonlake cascadelake icelake
+# ggml's x86-64 variants (GGML_CPU_ALL_VARIANTS) but x64, alderlake and sapphirerapids
+VARIANTS=(sse42 sandybridge ivybridge piledriver haswell skylakex cannonlake cascadelake icelake
     cooperlake zen4)
 
 BASE=$(bash "$HERE/llama-wheel.sh" --print-base "$PY")
@@ -76,7 +76,7 @@ if [[ ! -f $CACHE/VARIANTS ]]; then
     root_dir=$(bash "$HERE/build-root.sh")
     stage=$root_dir/work/llama-cpu
     trap 'rm -rf "$work" "$stage"' EXIT
-    echo "llama-cpu-variants.sh: compiling ${#VARIANTS[@]} AVX CPU variants ($VERSION, in: $BASE)" >&2
+    echo "llama-cpu-variants.sh: compiling ${#VARIANTS[@]} CPU variants ($VERSION, in: $BASE)" >&2
     start=$SECONDS
     "$PY" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
         "llama-cpp-python==$VERSION" -d "$work" >&2

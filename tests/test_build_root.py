@@ -63,23 +63,50 @@ def _avx_variants() -> list[str]:
     return listed[: listed.index(")")].split()
 
 
-def test_gcc_compiles_everything_but_two_variants(fake_compilers: tuple[Path, Path]) -> None:
+# the variants root-cc hands to clang 16 (all others, and everything not a variant, to gcc 10)
+CLANG_VARIANTS = {
+    "sse42", "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4",
+    "alderlake", "sapphirerapids",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        (),  # everything that is not a CPU variant, and x64
+        ("-msse4.2", "-mavx"),  # sandybridge
+        ("-msse4.2", "-mf16c", "-mfma", "-mbmi2", "-mavx", "-mavx2"),  # haswell
+    ],
+)
+def test_gcc_compiles_the_other_variants(
+    fake_compilers: tuple[Path, Path], flags: tuple[str, ...]
+) -> None:
     cc, cxx = fake_compilers
-    args = ("-DGGML_USE_OPENMP", "-mavx2", "-fopenmp", "-c", "ggml-cpu.c")
+    args = ("-DGGML_USE_OPENMP", *flags, "-fopenmp", "-c", "ggml-cpu.c")
     assert _call(cc, *args) == ["gcc-10", *GCC_TUNE, *args]  # OpenMP stays
     assert _call(cxx, "-c", "x.cpp") == ["g++-10", *GCC_TUNE, "-c", "x.cpp"]
 
 
-@pytest.mark.parametrize("flag", ["-mavxvnni", "-mamx-tile", "-mamx-int8"])
-def test_clang_compiles_alderlake_and_sapphirerapids(
-    fake_compilers: tuple[Path, Path], flag: str
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("-mavx2", "-mavxvnni"),  # alderlake
+        ("-mavx2", "-mavx512f", "-mamx-tile"),  # sapphirerapids
+        ("-mavx2", "-mavx512f", "-mamx-int8"),
+        ("-mavx2", "-mavx512f"),  # skylakex
+        ("-mavx2", "-mavx512f", "-mavx512vbmi", "-mavx512vnni", "-mavx512bf16"),  # zen4
+        ("-msse4.2",),  # sse42
+    ],
+)
+def test_clang_compiles_these_variants(
+    fake_compilers: tuple[Path, Path], flags: tuple[str, ...]
 ) -> None:
     cc, cxx = fake_compilers
-    out = _call(cc, "-DGGML_USE_OPENMP", "-mavx2", flag, "-fopenmp", "-c", "ggml-cpu.c")
+    out = _call(cc, "-DGGML_USE_OPENMP", *flags, "-fopenmp", "-c", "ggml-cpu.c")
     # clang 16 has no libgomp code generation: those variants use ggml's own thread pool
     # (and none of gcc's tuning flags: clang does not split unaligned loads)
-    assert out == ["clang-16", "-Wno-unknown-warning-option", "-mavx2", flag, "-c", "ggml-cpu.c"]
-    assert _call(cxx, flag, "-c", "repack.cpp")[0] == "clang++-16"
+    assert out == ["clang-16", "-Wno-unknown-warning-option", *flags, "-c", "ggml-cpu.c"]
+    assert _call(cxx, *flags, "-c", "repack.cpp")[0] == "clang++-16"
 
 
 def _script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -149,9 +176,10 @@ def test_freezing_follows_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_installed_avx_variants_are_tuned() -> None:
-    """After `make install` from the build root, every AVX CPU variant gcc compiles is the one
-    build/llama-cpu-variants.sh compiled with root-cc's flags (in the venv and in the root's
-    Python, which freezes the runtime), not the cached wheel's split-load one."""
+    """After `make install` from the build root, every CPU variant build/llama-cpu-variants.sh
+    compiles again is its library (in the venv and in the root's Python, which freezes the
+    runtime), not the cached wheel's: gcc 10 with root-cc's tuning flags, or clang 16 for the
+    AVX-512 variants and sse42."""
     import importlib.util
     import shutil
 
@@ -165,14 +193,16 @@ def test_installed_avx_variants_are_tuned() -> None:
     root = Path(_script(str(BUILD_ROOT), "--path").stdout.strip())
     root_lib = root / "opt/python/lib/python3.11/site-packages/llama_cpp/lib"
     variants = _avx_variants()
-    assert "haswell" in variants and "alderlake" not in variants  # clang's are not redone
+    # the wheel's own alderlake and sapphirerapids were clang's already: not redone
+    assert {"haswell", "zen4", "sse42"} <= set(variants) and "alderlake" not in variants
     for variant in variants:
         lib = libdir / f"libggml-cpu-{variant}.so"
+        if variant in CLANG_VARIANTS:
+            section, marks = ".comment", ["clang version 16"]
+        else:
+            section, marks = ".GCC.command.line", GCC_TUNE[:2]
         record = subprocess.run(
-            ["readelf", "-p", ".GCC.command.line", str(lib)],
-            capture_output=True,
-            text=True,
-            check=True,
+            ["readelf", "-p", section, str(lib)], capture_output=True, text=True, check=True
         ).stdout
-        assert all(flag in record for flag in GCC_TUNE[:2]), f"{lib.name}: not tuned"
+        assert all(mark in record for mark in marks), f"{lib.name}: not {marks}"
         assert lib.read_bytes() == (root_lib / lib.name).read_bytes(), f"{lib.name}: root differs"
