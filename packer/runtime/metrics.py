@@ -36,23 +36,59 @@ from dataclasses import dataclass, field
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ROUTES = 64
 OTHER_ROUTE = "other"
-# the prompt cache's numbers in the scheduler's snapshot: key (the name after "packer_"), type, help
-PROMPT_CACHE: tuple[tuple[str, str, str], ...] = (
-    ("prompt_cache_bytes", "gauge", "Bytes of KV state held in the host-memory prompt cache."),
-    ("prompt_cache_limit_bytes", "gauge", "The prompt cache's limit in bytes (--cache-ram)."),
-    ("prompt_cache_entries", "gauge", "Prompts held in the prompt cache."),
+# the scheduler snapshot's numbers shown only when it has them: key, metric name, type, help
+OPTIONAL: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "n_decode_total",
+        "llamacpp:n_decode_total",
+        "counter",
+        "Total number of llama_decode() calls.",
+    ),
+    (
+        "n_busy_slots_per_decode",
+        "llamacpp:n_busy_slots_per_decode",
+        "gauge",
+        "Average number of busy slots per llama_decode() call.",
+    ),
+    (
+        "n_tokens_max",
+        "llamacpp:n_tokens_max",
+        "gauge",  # llama-server says counter; a high watermark is a gauge
+        "High watermark of the context size observed.",
+    ),
+    (
+        "prompt_cache_bytes",
+        "packer_prompt_cache_bytes",
+        "gauge",
+        "Bytes of KV state held in the host-memory prompt cache.",
+    ),
+    (
+        "prompt_cache_limit_bytes",
+        "packer_prompt_cache_limit_bytes",
+        "gauge",
+        "The prompt cache's limit in bytes (--cache-ram).",
+    ),
+    (
+        "prompt_cache_entries",
+        "packer_prompt_cache_entries",
+        "gauge",
+        "Prompts held in the prompt cache.",
+    ),
     (
         "prompt_cache_saved_total",
+        "packer_prompt_cache_saved_total",
         "counter",
         "Idle slots whose KV cells moved to the prompt cache.",
     ),
     (
         "prompt_cache_restored_total",
+        "packer_prompt_cache_restored_total",
         "counter",
         "Prompt cache entries put back into a slot for a new request.",
     ),
     (
         "prompt_cache_restored_tokens_total",
+        "packer_prompt_cache_restored_tokens_total",
         "counter",
         "Prompt tokens reused from the prompt cache instead of decoded again.",
     ),
@@ -255,30 +291,9 @@ class Metrics:
             "Number of requests deferred.",
             stats.get("queue_depth", 0.0),
         )
-        if "n_decode_total" in stats:
-            w.one(
-                "llamacpp:n_decode_total",
-                "counter",
-                "Total number of llama_decode() calls.",
-                stats["n_decode_total"],
-            )
-        if "n_busy_slots_per_decode" in stats:
-            w.one(
-                "llamacpp:n_busy_slots_per_decode",
-                "gauge",
-                "Average number of busy slots per llama_decode() call.",
-                stats["n_busy_slots_per_decode"],
-            )
-        if "n_tokens_max" in stats:
-            w.one(
-                "llamacpp:n_tokens_max",
-                "gauge",  # llama-server says counter; a high watermark is a gauge
-                "High watermark of the context size observed.",
-                stats["n_tokens_max"],
-            )
-        for key, kind, help_text in PROMPT_CACHE:
+        for key, name, kind, help_text in OPTIONAL:
             if key in stats:
-                w.one(f"packer_{key}", kind, help_text, stats[key])
+                w.one(name, kind, help_text, stats[key])
         w.one(
             "packer_slots",
             "gauge",
