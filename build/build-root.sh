@@ -4,9 +4,11 @@
 # A program linked on a machine runs on that glibc or newer, never older. model.run bundles
 # Python, libstdc++ and llama.cpp, so they are built here, in Debian 11 (bullseye, glibc 2.31 =
 # Ubuntu 20.04), not on the build machine. The root holds:
-#   - Debian 11's gcc 10 (every library and Python itself) and clang 16 (only for the two ggml
-#     CPU variants gcc 10 cannot compile: alderlake needs -mavxvnni, sapphirerapids AMX; see
-#     build/root-cc),
+#   - Debian 11's gcc 10 (every library and Python itself), and for some of ggml's CPU variant
+#     libraries (see build/root-cc) clang 16 and Debian 12's gcc 12 (the compiler llama.cpp's
+#     speed is measured with here), the latter in /opt/gcc-12 with Debian 12's binutils and
+#     libc, run through that libc's own dynamic loader; they compile against the root's headers
+#     and link with its gcc 10, so the libraries still need only glibc 2.31,
 #   - CPython 3.11 compiled from Debian's upstream tarball into /opt/python (Debian 11 only has
 #     3.9), with PyInstaller and the runtime's Python dependencies,
 #   - Debian 13's glslc (Vulkan shader compiler; Debian 11 has none, Debian 12's is too old for
@@ -85,7 +87,9 @@ case ${1:-} in
     *) die "unknown option $1 (try --help)" ;;
 esac
 
-if [[ -f $READY ]]; then
+GCC12=$DIR/opt/gcc-12
+made() { [[ -f $READY && -f $GCC12/VERSIONS ]]; } # gcc 12 came later: roots made before get it
+if made; then
     echo "$DIR"
     exit 0
 fi
@@ -97,7 +101,7 @@ done
 mkdir -p "${DIR%/*}"
 exec 9>"${DIR%/*}/.lock-build-root"
 flock 9 # another build may be making the same root: wait, then use it
-if [[ -f $READY ]]; then
+if made; then
     echo "$DIR"
     exit 0
 fi
@@ -119,10 +123,30 @@ if [[ ! -f $DIR/opt/packer-build-root.debootstrap ]]; then
         "$SUITE" "$DIR" "$MIRROR" >>"$log" 2>&1 || fail "debootstrap"
     touch "$DIR/opt/packer-build-root.debootstrap"
 fi
-step "apt-get install clang-16"
-run_in_root "$DIR" bash -c 'export DEBIAN_FRONTEND=noninteractive;
-    apt-get -q update && apt-get -q install -y --no-install-recommends clang-16 &&
-    apt-get clean' >>"$log" 2>&1 || fail "apt-get install clang-16"
+if [[ ! -x $DIR/usr/bin/clang-16 ]]; then
+    step "apt-get install clang-16"
+    run_in_root "$DIR" bash -c 'export DEBIAN_FRONTEND=noninteractive;
+        apt-get -q update && apt-get -q install -y --no-install-recommends clang-16 &&
+        apt-get clean' >>"$log" 2>&1 || fail "apt-get install clang-16"
+fi
+
+# Download Debian SUITE's packages PKG... (no dependencies resolved) into the empty folder
+# DEST, with this machine's apt but none of its sources or installed packages.
+fetch_debs() {
+    local suite=$1 dest=$2 apt=$DIR/work/apt-$1
+    shift 2
+    rm -rf "$apt" && mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$dest"
+    echo "deb $MIRROR $suite main" >"$apt/sources.list"
+    : >"$apt/status"
+    local opts=(-q -o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+        -o Dir::State::Lists="$apt/lists" -o Dir::State::status="$apt/status"
+        -o Dir::Cache="$apt/cache" -o APT::Sandbox::User=root)
+    { apt-get "${opts[@]}" update && (cd "$dest" && apt-get "${opts[@]}" download "$@"); } \
+        >>"$log" 2>&1
+    local rc=$?
+    rm -rf "$apt"
+    return $rc
+}
 
 # 2. glslc from Debian 13 (Debian 11 has none; Debian 12's predates the GLSL extensions ggml's
 #    faster Vulkan shaders need: integer dot product, cooperative matrices), with Debian 13's
@@ -130,27 +154,66 @@ run_in_root "$DIR" bash -c 'export DEBIAN_FRONTEND=noninteractive;
 glslc_dir=$DIR/opt/glslc
 if [[ ! -x $glslc_dir/glslc ]]; then
     step "fetching glslc from Debian 13"
-    apt=$DIR/work/apt-trixie
-    rm -rf "$apt" && mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs"
-    echo "deb $MIRROR trixie main" >"$apt/sources.list"
-    opts=(-q -o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
-        -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache" -o APT::Sandbox::User=root)
-    { apt-get "${opts[@]}" update && (cd "$apt/debs" &&
-        apt-get "${opts[@]}" download glslc libshaderc1 libc6 libstdc++6 libgcc-s1); } \
-        >>"$log" 2>&1 || fail "downloading glslc from Debian 13"
-    for deb in "$apt"/debs/*.deb; do dpkg-deb -x "$deb" "$apt/x"; done
+    debs=$DIR/work/debs-trixie
+    rm -rf "$debs"
+    fetch_debs trixie "$debs" glslc libshaderc1 libc6 libstdc++6 libgcc-s1 ||
+        fail "downloading glslc from Debian 13"
+    for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$debs/x"; done
     rm -rf "$glslc_dir" && mkdir -p "$glslc_dir"
-    lib=$apt/x/usr/lib/x86_64-linux-gnu
-    cp -L "$apt/x/usr/bin/glslc" "$lib"/{libshaderc.so.1,libc.so.6,libm.so.6,libstdc++.so.6,libgcc_s.so.1} \
+    lib=$debs/x/usr/lib/x86_64-linux-gnu
+    cp -L "$debs/x/usr/bin/glslc" "$lib"/{libshaderc.so.1,libc.so.6,libm.so.6,libstdc++.so.6,libgcc_s.so.1} \
         "$glslc_dir/"
-    cp -L "$apt"/x/usr/lib64/ld-linux-x86-64.so.2 "$glslc_dir/" 2>/dev/null ||
-        cp -L "$lib/ld-linux-x86-64.so.2" "$glslc_dir/"
-    rm -rf "$apt"
+    cp -L "$lib/ld-linux-x86-64.so.2" "$glslc_dir/"
+    rm -rf "$debs"
 fi
 printf '#!/bin/sh\nexec /opt/glslc/ld-linux-x86-64.so.2 --library-path /opt/glslc /opt/glslc/glslc "$@"\n' \
     >"$DIR/usr/local/bin/glslc"
 chmod +x "$DIR/usr/local/bin/glslc"
 run_in_root "$DIR" glslc --version >>"$log" 2>&1 || fail "glslc in the root"
+
+# 2b. gcc 12 and binutils 2.40 from Debian 12, for the CPU variant libraries build/root-cc sends
+#     to it. Debian 12's packages unpacked into /opt/gcc-12; every program in them is pointed
+#     (patchelf: interpreter, DT_RPATH, which also covers the libraries they load) at Debian 12's
+#     libc and loader next to them, so gcc's own subprocesses (cc1, as) run too. Not its
+#     libstdc++ headers nor its libraries: root-cc compiles C++ against the root's gcc 10
+#     headers and links with gcc 10, so nothing in the result needs more than the root has.
+#     VERSIONS lists the packages (build/llama-cpu-variants.sh keys its cache on it).
+if [[ ! -f $GCC12/VERSIONS ]]; then
+    step "fetching gcc 12 from Debian 12"
+    debs=$DIR/work/debs-bookworm
+    rm -rf "$debs" "$GCC12" "$GCC12.tmp"
+    fetch_debs bookworm "$debs" gcc-12 cpp-12 g++-12 libgcc-12-dev binutils-x86-64-linux-gnu \
+        libbinutils libctf0 libctf-nobfd0 libjansson4 libisl23 libmpc3 libmpfr6 \
+        libgmp10 libzstd1 zlib1g libc6 libstdc++6 libgcc-s1 || fail "downloading gcc 12 from Debian 12"
+    for deb in "$debs"/*.deb; do
+        dpkg-deb -x "$deb" "$GCC12.tmp"
+        dpkg-deb -W --showformat='${Package} ${Version}\n' "$deb" >>"$GCC12.tmp/VERSIONS.new"
+    done
+    rm -rf "$debs" "$GCC12.tmp/usr/share"
+    ln -s ../../../../bin/x86_64-linux-gnu-as "$GCC12.tmp/usr/lib/gcc/x86_64-linux-gnu/12/as"
+    # shellcheck disable=SC2016 # expanded inside the root
+    run_in_root "$DIR" bash -c 'g=/opt/gcc-12; libs=$g/lib/x86_64-linux-gnu:$g/usr/lib/x86_64-linux-gnu
+        for f in $g.tmp/usr/bin/* $g.tmp/usr/lib/gcc/x86_64-linux-gnu/12/*; do
+            [[ -f $f && ! -L $f ]] && patchelf --print-interpreter "$f" >/dev/null 2>&1 || continue
+            patchelf --set-interpreter $g/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
+                --force-rpath --set-rpath "$libs" "$f" || exit 1
+        done' >>"$log" 2>&1 || fail "patchelf on gcc 12"
+    mv "$GCC12.tmp" "$GCC12"
+    for tool in gcc g++; do # called by these names, like gcc-10 and clang-16
+        printf '#!/bin/sh\nexec /opt/gcc-12/usr/bin/x86_64-linux-gnu-%s-12 "$@"\n' $tool \
+            >"$DIR/usr/local/bin/$tool-12"
+        chmod +x "$DIR/usr/local/bin/$tool-12"
+    done
+    printf '#include <immintrin.h>\n__m256i f(__m256i a, __m256i b, __m256i c) { return _mm256_dpbusd_avx_epi32(a, b, c); }\n' \
+        >"$DIR/work/gcc12-check.c"
+    run_in_root "$DIR" gcc-12 -O2 -mavxvnni -c \
+        /work/gcc12-check.c -o /work/gcc12-check.o >>"$log" 2>&1 || {
+        rm -rf "$GCC12"
+        fail "gcc 12 in the root"
+    }
+    rm -f "$DIR"/work/gcc12-check.*
+    mv "$GCC12/VERSIONS.new" "$GCC12/VERSIONS"
+fi
 
 # 3. CPython, shared (PyInstaller bundles libpython), with its rpath so it runs from /opt/python.
 if [[ ! -x $DIR/opt/python/bin/python3 ]]; then

@@ -3,18 +3,20 @@
 # wrapper (build/root-cc) as it is now, over the ones in the installed llama-cpp-python wheel.
 #
 # Why: the wheel is cached by a key that does not see root-cc, and compiling the wheel again
-# takes over an hour (mostly Vulkan shaders), while root-cc changed twice for speed (#16 item 7,
-# #18 item 5): gcc 10's default tuning split unaligned 256-bit AVX loads and stores in two (5-7 %
-# of prompt and `packer eval` speed on the demo model), and gcc 10's code for the AVX-512
-# variants and sse42 ran prompts 6-18 % slower than llama.cpp's own gcc 12 build, so those now
-# go to clang 16. With GGML_BACKEND_DL every CPU variant is its own library that talks to the
-# rest only through libggml-base, so the variants root-cc compiles differently from before are
-# compiled here on their own from the same vendored llama.cpp (same patches), by the same
-# wrapper, in the same root: a few minutes on 2 cores. x64 (no SIMD flags: nothing changes) and
-# the wheel's alderlake and sapphirerapids (clang already) are left as they are.
+# takes over an hour (mostly Vulkan shaders), while root-cc changed three times for speed (#16
+# item 7, #18 item 5): gcc 10's default tuning split unaligned 256-bit AVX loads and stores in
+# two (5-7 % of prompt and `packer eval` speed on the demo model); gcc 10's code for sse42 ran
+# prompts 18 % slower than llama.cpp's own gcc 12 build, so it goes to clang 16; and the AVX-512
+# variants without AMX and alderlake go to gcc 12 (with OpenMP, as llama.cpp's build). With
+# GGML_BACKEND_DL every CPU variant is its own library that talks to the rest only through
+# libggml-base, so the variants root-cc compiles differently from before are compiled here on
+# their own from the same vendored llama.cpp (same patches), by the same wrapper, in the same
+# root: a few minutes on 2 cores. x64 (no SIMD flags: nothing changes) and the wheel's
+# sapphirerapids (clang already) are left as they are.
 #
 # Cached by its own key (llama-cpp-python version, root-cc's text, the variant list, where it
-# is compiled, the patches and the digest of the libggml-base.so they link against) under
+# is compiled, the root's gcc 12 packages, the patches and the digest of the libggml-base.so
+# they link against) under
 # ~/.cache/packer/wheels/ggml-cpu-*. Installed into PYTHON's llama_cpp/lib and the build root's
 # (packer/stub.py freezes the runtime from the root). A wheel compiled on the build machine
 # (no root) is left alone: its compiler is the machine's own.
@@ -42,9 +44,9 @@ done
 die() { echo "llama-cpu-variants.sh: $*" >&2; exit 1; }
 VERSION=${LLAMA_CPP_VERSION:-$(sed -n 's/^VERSION=\${LLAMA_CPP_VERSION:-\(.*\)}$/\1/p' "$HERE/llama-wheel.sh")}
 [[ -n $VERSION ]] || die "could not read the version from llama-wheel.sh"
-# ggml's x86-64 variants (GGML_CPU_ALL_VARIANTS) but x64, alderlake and sapphirerapids
+# ggml's x86-64 variants (GGML_CPU_ALL_VARIANTS) but x64 and sapphirerapids
 VARIANTS=(sse42 sandybridge ivybridge piledriver haswell skylakex cannonlake cascadelake icelake
-    cooperlake zen4)
+    cooperlake zen4 alderlake)
 
 BASE=$(bash "$HERE/llama-wheel.sh" --print-base "$PY")
 if [[ $BASE == host ]]; then
@@ -60,8 +62,11 @@ print(os.path.join(os.path.dirname(s.origin), "lib") if s else "")')
 shopt -s nullglob
 PATCHES=("$HERE/patches/$VERSION"/*.patch)
 shopt -u nullglob
+root_dir=$(bash "$HERE/build-root.sh" --path)
+((PRINT_CACHE)) || root_dir=$(bash "$HERE/build-root.sh") # a root made before gcc 12 gets it
+gcc12=$(cat "$root_dir/opt/gcc-12/VERSIONS" 2>/dev/null || echo none)
 KEY_PARTS=("$VERSION" "$(sha256sum <"$HERE/root-cc" | cut -c1-64)" "${VARIANTS[*]}" "$BASE"
-    "$(sha256sum <"$LIBDIR/libggml-base.so" | cut -c1-64)")
+    "$(sha256sum <"$LIBDIR/libggml-base.so" | cut -c1-64)" "$gcc12")
 ((${#PATCHES[@]})) && KEY_PARTS+=("$(cat "${PATCHES[@]}" | sha256sum | cut -c1-64)")
 KEY=$(printf '%s\n' "${KEY_PARTS[@]}" | sha256sum | cut -c1-16)
 CACHE=${PACKER_WHEEL_CACHE:-$HOME/.cache/packer/wheels}/ggml-cpu-$VERSION-$KEY
@@ -73,7 +78,6 @@ fi
 if [[ ! -f $CACHE/VARIANTS ]]; then
     mkdir -p "${CACHE%/*}"
     work=$(mktemp -d "${CACHE%/*}/.cpu-XXXXXX")
-    root_dir=$(bash "$HERE/build-root.sh")
     stage=$root_dir/work/llama-cpu
     trap 'rm -rf "$work" "$stage"' EXIT
     echo "llama-cpu-variants.sh: compiling ${#VARIANTS[@]} CPU variants ($VERSION, in: $BASE)" >&2
@@ -116,7 +120,6 @@ else
     echo "using cached CPU variants: $CACHE" >&2
 fi
 
-root_dir=$(bash "$HERE/build-root.sh")
 root_lib=$(bash "$HERE/build-root.sh" --run python3 -c 'import importlib.util, os
 s = importlib.util.find_spec("llama_cpp"); print(os.path.join(os.path.dirname(s.origin), "lib") if s else "")')
 [[ -n $root_lib ]] || die "the build root's Python has no llama-cpp-python"

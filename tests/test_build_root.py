@@ -26,11 +26,12 @@ WHEEL = ROOT / "build" / "llama-wheel.sh"
 
 @pytest.fixture
 def fake_compilers(tmp_path: Path) -> tuple[Path, Path]:
-    """gcc-10, g++-10, clang-16, clang++-16 that print their name and arguments; and the
-    wrapper installed as packer-cc / packer-c++ (as build/llama-wheel.sh installs it)."""
+    """gcc-10, g++-10, gcc-12, g++-12, clang-16, clang++-16 that print their name and
+    arguments; and the wrapper installed as packer-cc / packer-c++ (as build/llama-wheel.sh
+    installs it)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("gcc-10", "g++-10", "clang-16", "clang++-16"):
+    for name in ("gcc-10", "g++-10", "gcc-12", "g++-12", "clang-16", "clang++-16"):
         f = bin_dir / name
         f.write_text(f'#!/bin/sh\necho {name} "$@"\n')
         f.chmod(0o755)
@@ -63,11 +64,19 @@ def _avx_variants() -> list[str]:
     return listed[: listed.index(")")].split()
 
 
-# the variants root-cc hands to clang 16 (all others, and everything not a variant, to gcc 10)
-CLANG_VARIANTS = {
-    "sse42", "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4",
-    "alderlake", "sapphirerapids",
+# the variants root-cc hands to gcc 12 and to clang 16 (all others, and everything not a
+# variant, to gcc 10)
+GCC12_VARIANTS = {
+    "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4", "alderlake",
 }  # fmt: skip
+CLANG_VARIANTS = {"sse42", "sapphirerapids"}
+# gcc 12 has no C++ headers in the root: it compiles against gcc 10's
+GCC10_CXX_HEADERS = [
+    "-nostdinc++",
+    "-isystem", "/usr/include/c++/10",
+    "-isystem", "/usr/include/x86_64-linux-gnu/c++/10",
+    "-isystem", "/usr/include/c++/10/backward",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -91,10 +100,31 @@ def test_gcc_compiles_the_other_variants(
     "flags",
     [
         ("-mavx2", "-mavxvnni"),  # alderlake
-        ("-mavx2", "-mavx512f", "-mamx-tile"),  # sapphirerapids
-        ("-mavx2", "-mavx512f", "-mamx-int8"),
         ("-mavx2", "-mavx512f"),  # skylakex
         ("-mavx2", "-mavx512f", "-mavx512vbmi", "-mavx512vnni", "-mavx512bf16"),  # zen4
+    ],
+)
+def test_gcc12_compiles_these_variants(
+    fake_compilers: tuple[Path, Path], flags: tuple[str, ...]
+) -> None:
+    cc, cxx = fake_compilers
+    args = ("-DGGML_USE_OPENMP", *flags, "-fopenmp", "-c", "ggml-cpu.c")
+    # OpenMP stays; none of gcc 10's tuning flags (gcc 12 does not split unaligned loads)
+    assert _call(cc, *args) == ["gcc-12", "-frecord-gcc-switches", *args]
+    cxx_args = (*flags, "-fopenmp", "-c", "repack.cpp")
+    assert _call(cxx, *cxx_args) == [
+        "g++-12", "-frecord-gcc-switches", *GCC10_CXX_HEADERS, *cxx_args
+    ]  # fmt: skip
+    # only compiling: gcc 10 links (its libstdc++ and libgcc are the ones the root has)
+    link = ("-shared", *flags, "-o", "libggml-cpu-x.so", "a.o", "-fopenmp")
+    assert _call(cxx, *link) == ["g++-10", *GCC_TUNE, *link]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("-mavx2", "-mavx512f", "-mamx-tile"),  # sapphirerapids
+        ("-mavx2", "-mavx512f", "-mamx-int8"),
         ("-msse4.2",),  # sse42
     ],
 )
@@ -178,8 +208,8 @@ def test_freezing_follows_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_installed_avx_variants_are_tuned() -> None:
     """After `make install` from the build root, every CPU variant build/llama-cpu-variants.sh
     compiles again is its library (in the venv and in the root's Python, which freezes the
-    runtime), not the cached wheel's: gcc 10 with root-cc's tuning flags, or clang 16 for the
-    AVX-512 variants and sse42."""
+    runtime), not the cached wheel's: gcc 10 with root-cc's tuning flags, gcc 12 for the
+    AVX-512 variants without AMX and alderlake, or clang 16 for sse42."""
     import importlib.util
     import shutil
 
@@ -193,12 +223,15 @@ def test_installed_avx_variants_are_tuned() -> None:
     root = Path(_script(str(BUILD_ROOT), "--path").stdout.strip())
     root_lib = root / "opt/python/lib/python3.11/site-packages/llama_cpp/lib"
     variants = _avx_variants()
-    # the wheel's own alderlake and sapphirerapids were clang's already: not redone
-    assert {"haswell", "zen4", "sse42"} <= set(variants) and "alderlake" not in variants
+    # the wheel's own sapphirerapids was clang's already: not redone
+    assert {"haswell", "zen4", "alderlake", "sse42"} <= set(variants)
+    assert "sapphirerapids" not in variants
     for variant in variants:
         lib = libdir / f"libggml-cpu-{variant}.so"
         if variant in CLANG_VARIANTS:
             section, marks = ".comment", ["clang version 16"]
+        elif variant in GCC12_VARIANTS:  # C and C++ both compiled by gcc 12
+            section, marks = ".GCC.command.line", ["GNU C11 12.", "GNU C++17 12."]
         else:
             section, marks = ".GCC.command.line", GCC_TUNE[:2]
         record = subprocess.run(
