@@ -19,7 +19,7 @@ from conftest import smollm_gguf_path
 
 from packer.runtime import generate as gen
 from packer.runtime.engine import Engine, EngineOptions, Sampling
-from packer.runtime.scheduler import QueueFull
+from packer.runtime.scheduler import QueueFull, plain_greedy
 from packer.runtime.server import make_server
 
 SLOTS = 4
@@ -248,6 +248,38 @@ def test_logprobs(engine: Engine) -> None:
         assert p.top[0][0] == p.token and p.top[0][2] == pytest.approx(p.logprob)
         assert p.text == p.top[0][1]
     assert "".join(p.text for p in result.probs).startswith(result.text)
+
+
+@pytest.mark.parametrize(
+    ("changes", "plain"),
+    [
+        ({}, True),  # greedy, penalty factor 1
+        ({"repeat_penalty": 1.1}, False),
+        ({"repeat_penalty": 1.1, "repeat_last_n": 0}, True),  # looks back over nothing
+        ({"repeat_penalty": 1.1, "samplers": ("top_k", "min_p")}, True),  # penalties left out
+        ({"presence_penalty": 0.5}, False),
+        ({"frequency_penalty": 0.5}, False),
+        ({"logit_bias": ((5, 0.0),)}, False),
+        ({"grammar": 'root ::= "a"'}, False),
+        ({"temperature": 0.7}, False),
+        ({"temperature": -1.0}, False),  # a draw from the unmodified distribution
+        ({"n_probs": 3, "mirostat": 2, "stop": ["x"]}, True),  # they do not change the pick
+    ],
+)
+def test_plain_greedy(changes: dict, plain: bool) -> None:
+    base = Sampling(temperature=0.0, repeat_penalty=1.0)
+    assert plain_greedy(replace(base, **changes)) is plain
+
+
+def test_plain_greedy_picks_what_the_chain_picks(engine: Engine) -> None:
+    """The argmax shortcut gives the tokens llama.cpp's greedy sampler chain gives: a zero
+    logit bias changes no logit but sends the request through the chain."""
+    for prompt in PROMPTS:
+        params = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=24, ignore_eos=True)
+        assert plain_greedy(params)
+        via_chain = replace(params, logit_bias=((0, 0.0),))
+        assert not plain_greedy(via_chain)
+        assert _run(engine, prompt, params).text == _run(engine, prompt, via_chain).text
 
 
 def test_seeds_per_request(engine: Engine) -> None:

@@ -105,6 +105,7 @@ class _Request:
     elastic: bool  # no max_tokens of its own (or more than the room): claims grow as it runs
     cancelled: Callable[[], bool] | None
     preserve: frozenset[int] = frozenset()  # special tokens rendered with their text
+    greedy: bool = False  # its chain picks the largest logit, nothing else: see plain_greedy
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     stop_flag: bool = False  # set by the caller's side: client gone / iterator closed
     t_submit: float = field(default_factory=time.perf_counter)
@@ -123,6 +124,21 @@ class _Slot:
     last_used: int = 0
     params: Sampling | None = None  # of the latest request (for /slots)
     claim: int = 0  # KV cells this slot's request may fill (prompt + generated), while it runs
+
+
+def plain_greedy(p: Sampling) -> bool:
+    """Whether the sampler chain :meth:`Scheduler._make_sampler` builds for ``p`` only takes
+    the largest logit: temperature 0 (greedy), no grammar, no logit bias, and penalties that
+    change nothing (factor 1, no presence or frequency penalty, or no tokens looked back
+    over). Such a request is sampled by an argmax of the logits, the same token without
+    ``llama_sampler_sample`` filling its candidate array for every token (1-2 % of one-shot
+    generation time on a 135M model)."""
+    penalties = (
+        "penalties" in p.samplers
+        and p.repeat_last_n != 0
+        and (p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0)
+    )
+    return p.temperature == 0 and p.grammar is None and not p.logit_bias and not penalties
 
 
 class Scheduler:
@@ -225,6 +241,7 @@ class Scheduler:
             elastic,
             cancelled,
             self.preserved_ids(params.preserved_tokens),
+            plain_greedy(params),
         )
         with self._cond:
             try:
@@ -684,7 +701,9 @@ class Scheduler:
         req = slot.req
         assert req is not None and slot.text is not None
         result = req.result
-        if req.params.grammar is None:
+        if req.greedy:  # the chain's answer without its 49,152-entry candidate array
+            token = self._argmax(idx)
+        elif req.params.grammar is None:
             token = ll.llama_sampler_sample(req.sampler, self._ctx, idx)
         else:
             started = time.thread_time()  # this thread's CPU: other threads' work is not counted
@@ -717,6 +736,14 @@ class Scheduler:
             self._finish(slot, "limit", context_full=True)
         else:
             slot.next_token = token
+
+    def _argmax(self, idx: int) -> int:
+        """The token with the largest logit at output ``idx``, the first of equals, as
+        llama.cpp's greedy sampler picks it."""
+        import numpy as np
+
+        ptr = self._ll.llama_get_logits_ith(self._ctx, idx)
+        return int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
 
     def _sample_grammar(self, sampler: Any, idx: int) -> int | None:
         """``llama_sampler_sample`` in its two steps, for a chain with a grammar: when the
