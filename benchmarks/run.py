@@ -327,8 +327,8 @@ class Peer:
         # would re-decode the prompt's last token alone and count it as a generated token)
         self.llm.reset()
         lc.llama_perf_context_reset(self.llm._ctx.ctx)
-        # measured exactly as model.run's --stats does (runtime/generate.py): tokens generated
-        # over the time from the first generated token to the last
+        # measured exactly as model.run's --stats does (runtime/generate.py, as llama-server):
+        # decode steps (tokens after the first) over the time from the first token to the last
         t0 = time.perf_counter()
         t_first = None
         n_out = 0
@@ -345,7 +345,7 @@ class Peer:
         return {
             "predicted_n": n_out,
             "predicted_ms": gen_s * 1e3,
-            "predicted_per_second": n_out / gen_s if gen_s else 0.0,
+            "predicted_per_second": (n_out - 1) / gen_s if gen_s and n_out > 1 else 0.0,
             "prompt_ms": (t_first - t0) * 1e3,
             "llama_eval_per_second": 1000.0 * d.n_eval / d.t_eval_ms if d.t_eval_ms else 0.0,
             "completion_tokens": n_out,

@@ -48,6 +48,21 @@ def test_chat_answers_tokyo(engine: Engine, answer: str) -> None:
     assert t["prompt_n"] == r.n_prompt - r.n_cached and t["predicted_n"] == r.n_predicted
 
 
+@pytest.mark.parametrize(
+    ("n", "ms", "per_token", "per_second"),
+    [(128, 1270.0, 10.0, 100.0), (1, 0.0, 0.0, 0.0), (0, 0.0, 0.0, 0.0), (2, 5.0, 5.0, 200.0)],
+)
+def test_generation_speed_counts_decode_steps(
+    n: int, ms: float, per_token: float, per_second: float
+) -> None:
+    """As llama-server: the first token comes from the prompt's decode, so 128 tokens over
+    the time from the first to the last are 127 decode steps (not 128 / time, 0.8 % more)."""
+    t = gen.GenResult(n_predicted=n, t_predicted_ms=ms).timings()
+    assert t["predicted_n"] == n and t["predicted_ms"] == ms
+    assert t["predicted_per_token_ms"] == pytest.approx(per_token)
+    assert t["predicted_per_second"] == pytest.approx(per_second)
+
+
 def test_stop_string_is_never_emitted(engine: Engine, answer: str) -> None:
     i = answer.index(ANSWER)
     word = answer[i : i + 12]  # spans several tokens: must be held back, then dropped

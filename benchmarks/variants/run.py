@@ -4,6 +4,7 @@ against llama.cpp's own ``llama-bench`` built for the same variant with gcc.
     .venv/bin/python benchmarks/variants/run.py                      # demo model.run, every variant this CPU runs
     .venv/bin/python benchmarks/variants/run.py --variants haswell   # only these
     .venv/bin/python benchmarks/variants/run.py --model-run m.run --repeat 5
+    .venv/bin/python benchmarks/variants/run.py --only tg --repeat 12 # generation only, more rounds
 
 For each variant, model.run runs pinned to it (``--cpu-variant NAME``) and llama-bench is the
 one ``benchmarks/variants/llama-peers.sh NAME`` builds (the vendored llama.cpp, our patches, the
@@ -16,7 +17,8 @@ Same GGUF (the one the model.run unpacks), threads and flash attention (auto).
   prompt tokens/s against ``llama-bench -p P``.
 
 Target: each >= 0.97x. Rounds are interleaved (every variant, both programs, then again) and
-medians reported, so background load hits every figure alike.
+medians reported, so background load hits every figure alike; the two programs take turns at
+going first, so a machine getting faster or slower over a round favours neither.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -118,7 +121,8 @@ def build_peer(variant: str) -> Path:
 
 
 def llama_bench(binary: Path, gguf: Path, threads: int, n_prompt: int, n_gen: int) -> dict:
-    """One llama-bench run (its warm-up, then one repetition): tokens/s of pp and tg."""
+    """One llama-bench run (its warm-up, then one repetition): tokens/s of pp and tg (only
+    those asked for: a size of 0 leaves that test out)."""
     cmd = [str(binary), "-m", str(gguf), "-t", str(threads), "-p", str(n_prompt)]
     cmd += ["-n", str(n_gen), "-fa", "auto", "-r", "1", "-o", "json"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=base.PROC_TIMEOUT_S)
@@ -152,6 +156,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=128, help="tg: tokens generated (default 128)")
     p.add_argument("--prompt-tokens", type=int, default=512, help="pp: prompt size (default 512)")
     p.add_argument("--repeat", type=int, default=5, help="rounds; medians reported (default 5)")
+    p.add_argument(
+        "--only",
+        choices=["tg", "pp"],
+        help="measure only generation or only prompts (default both)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
 
@@ -179,31 +188,50 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for v in variants
     }
     facts = base.machine_facts()
-    for i in range(args.repeat):
-        for v in variants:
-            log(f"round {i + 1}/{args.repeat}: {v}: model.run tg, pp; llama-bench")
-            s = samples[v]
+    tg_on, pp_on = args.only in (None, "tg"), args.only in (None, "pp")
+
+    def ours(v: str, s: dict[str, list[float]]) -> None:
+        if tg_on:
             tg = model_run_stats(model_run, env, v, base.STORY, args.tokens, args.threads)
             s["tg_ours"].append(float(tg["predicted_per_second"]))
+        if pp_on:
             pp = model_run_stats(model_run, env, v, pp_prompt, 1, args.threads)
             s["pp_ours"].append(float(pp["prompt_per_second"]))
             s["pp_n"].append(float(pp["prompt_n"]))
-            theirs = llama_bench(peers[v], gguf, args.threads, args.prompt_tokens, args.tokens)
-            s["tg_theirs"].append(theirs["tg"])
-            s["pp_theirs"].append(theirs["pp"])
+
+    def theirs(v: str, s: dict[str, list[float]]) -> None:
+        n_prompt = args.prompt_tokens if pp_on else 0
+        n_gen = args.tokens if tg_on else 0
+        got = llama_bench(peers[v], gguf, args.threads, n_prompt, n_gen)
+        for what in ("tg", "pp"):
+            if what in got:
+                s[f"{what}_theirs"].append(got[what])
+
+    for i in range(args.repeat):
+        # the two take turns at going first: a machine speeding up or slowing down over a
+        # round favours neither
+        first, then = (ours, theirs) if i % 2 == 0 else (theirs, ours)
+        names = {ours: "model.run", theirs: "llama-bench"}
+        for v in variants:
+            log(f"round {i + 1}/{args.repeat}: {v}: {names[first]}, then {names[then]}")
+            first(v, samples[v])
+            then(v, samples[v])
 
     def paired(a: list[float], b: list[float]) -> float:
         return statistics.median(x / y for x, y in zip(a, b, strict=True) if y)
 
+    def median(xs: list[float]) -> float:
+        return statistics.median(xs) if xs else math.nan
+
     table = {
         v: {
-            "tg_model_run": statistics.median(s["tg_ours"]),
-            "tg_llama_bench": statistics.median(s["tg_theirs"]),
-            "tg_ratio": paired(s["tg_ours"], s["tg_theirs"]),
-            "pp_model_run": statistics.median(s["pp_ours"]),
-            "pp_llama_bench": statistics.median(s["pp_theirs"]),
-            "pp_ratio": paired(s["pp_ours"], s["pp_theirs"]),
-            "pp_prompt_tokens": statistics.median(s["pp_n"]),
+            "tg_model_run": median(s["tg_ours"]),
+            "tg_llama_bench": median(s["tg_theirs"]),
+            "tg_ratio": paired(s["tg_ours"], s["tg_theirs"]) if tg_on else math.nan,
+            "pp_model_run": median(s["pp_ours"]),
+            "pp_llama_bench": median(s["pp_theirs"]),
+            "pp_ratio": paired(s["pp_ours"], s["pp_theirs"]) if pp_on else math.nan,
+            "pp_prompt_tokens": median(s["pp_n"]),
             "samples": s,
         }
         for v, s in samples.items()
@@ -218,6 +246,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "tokens": args.tokens,
             "prompt_tokens": args.prompt_tokens,
             "repeat": args.repeat,
+            "only": args.only,
         },
         "variants": table,
     }
@@ -243,7 +272,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"(tokens/s; ratio: median of the per-round ratios; target >= {TARGET}x)")
     for v, t in r["variants"].items():
         for what in ("tg", "pp"):
-            if t[f"{what}_ratio"] < TARGET:
+            if t[f"{what}_ratio"] < TARGET:  # False for a figure not measured (nan)
                 print(f"below target: {v} {what} {t[f'{what}_ratio']:.3f}x")
 
 

@@ -379,13 +379,12 @@ class Core:
             self.metrics.generation(
                 r.n_prompt - r.n_cached, r.n_predicted, r.t_prompt_ms, r.t_predicted_ms
             )
-        tps = r.n_predicted * 1e3 / r.t_predicted_ms if r.t_predicted_ms > 0 else 0.0
         log.info(
             "generation: %d prompt tokens (%d cached), %d generated (%.1f t/s), stop: %s",
             r.n_prompt,
             r.n_cached,
             r.n_predicted,
-            tps,
+            r.gen_per_second,
             r.stop_type,
         )
 

@@ -119,10 +119,25 @@ class GenResult:
         """OpenAI's ``finish_reason``."""
         return "length" if self.stop_type == "limit" else "stop"
 
+    @property
+    def gen_steps(self) -> int:
+        """The decodes generation took: the first token comes from the prompt's last decode,
+        so ``t_predicted_ms`` (from the first token to the last) spans one fewer than
+        ``n_predicted`` (llama-server's ``n_gen_steps``)."""
+        return max(self.n_predicted - 1, 0)
+
+    @property
+    def gen_per_second(self) -> float:
+        """Generation speed as llama-server reports it: decode steps per second."""
+        t_g = self.t_predicted_ms
+        return self.gen_steps * 1e3 / t_g if t_g > 0 else 0.0
+
     def timings(self) -> dict[str, Any]:
-        """llama.cpp server's ``timings`` object (``prompt_n``: prompt tokens not from cache)."""
+        """llama.cpp server's ``timings`` object (``prompt_n``: prompt tokens not from cache;
+        per generated token: per decode step, see :attr:`gen_steps`)."""
         prompt_n = self.n_prompt - self.n_cached
         t_p, t_g, n_g = self.t_prompt_ms, self.t_predicted_ms, self.n_predicted
+        steps = self.gen_steps
         return {
             "cache_n": self.n_cached,
             "prompt_n": prompt_n,
@@ -131,8 +146,8 @@ class GenResult:
             "prompt_per_second": prompt_n * 1e3 / t_p if t_p > 0 else 0.0,
             "predicted_n": n_g,
             "predicted_ms": t_g,
-            "predicted_per_token_ms": t_g / n_g if n_g else 0.0,
-            "predicted_per_second": n_g * 1e3 / t_g if t_g > 0 else 0.0,
+            "predicted_per_token_ms": t_g / steps if steps else 0.0,
+            "predicted_per_second": self.gen_per_second,
         }
 
 
