@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 import pytest
 import requests
@@ -84,12 +83,12 @@ def test_every_request_may_use_the_whole_context(engine: Engine) -> None:
     assert exc.value.n_ctx == 2048 and exc.value.n_prompt is not None and exc.value.n_prompt > 2048
 
 
-@pytest.mark.parametrize("repeat_penalty", [1.1, 1.0], ids=["chain", "on-device"])
+@pytest.mark.parametrize("repeat_penalty", [1.1, 1.0], ids=["chain", "argmax"])
 def test_concurrent_greedy_equals_alone_and_is_batched(
     engine: Engine, repeat_penalty: float
 ) -> None:
-    """With penalties the greedy pick goes through the sampler chain; without, llama_decode
-    picks it for each slot (see test_greedy_on_device): batched as alone, either way."""
+    """With penalties the greedy pick goes through the sampler chain; without, it is the
+    argmax of each slot's logits (see plain_greedy): batched as alone, either way."""
     params = Sampling(**GREEDY, repeat_penalty=repeat_penalty)
     alone = [_run(engine, p, params).text for p in PROMPTS]
     assert all(alone) and len(set(alone)) == len(alone)
@@ -287,43 +286,6 @@ def test_plain_greedy_picks_what_the_chain_picks(engine: Engine) -> None:
         via_chain = replace(params, logit_bias=((0, 0.0),))
         assert not plain_greedy(via_chain)
         assert _run(engine, prompt, params).text == _run(engine, prompt, via_chain).text
-
-
-def test_greedy_on_device(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A plain greedy request is sampled inside llama_decode (a greedy chain attached to its
-    slot's sequence): the same tokens as the argmax over the logits, which a request for
-    log-probabilities still takes. A slot keeps its chain for the next greedy request, drops
-    it for one that samples or wants log-probabilities, and takes one again after; where
-    llama.cpp refuses to attach one, the argmax over the logits serves."""
-    sched = engine.scheduler
-    assert sched.device_greedy  # llama-cpp-python binds llama_set_sampler; the CPU has argmax
-
-    def run(params: Sampling) -> tuple[gen.GenResult, Any]:
-        # the same prompt each time: the same slot (the one caching it) takes every request
-        result = _run(engine, PROMPTS[1], params)
-        (slot,) = [s for s in sched._slots if s.params is params]
-        return result, slot.on_device
-
-    greedy = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=24, ignore_eos=True)
-    first, chain = run(greedy)
-    assert chain is not None
-    again, same = run(replace(greedy))
-    assert again.text == first.text and same is chain  # kept: no graph re-plan
-    logprobs, none = run(replace(greedy, n_probs=2))
-    assert none is None and logprobs.text == first.text and len(logprobs.probs) == 24
-    assert all(p.top[0][0] == p.token for p in logprobs.probs)  # fresh logits, not stale
-    sampled, none = run(Sampling(temperature=0.8, max_tokens=8, ignore_eos=True, seed=3))
-    assert none is None and sampled.n_predicted == 8
-    back, chain = run(replace(greedy))
-    assert chain is not None and back.text == first.text
-    # llama.cpp refusing a chain (a backend without the ops): the argmax, for good
-    run(replace(greedy, n_probs=1))  # detach first
-    monkeypatch.setattr(sched._ll, "llama_set_sampler", lambda ctx, seq, smpl: False)
-    try:
-        refused, none = run(replace(greedy))
-        assert none is None and refused.text == first.text and not sched.device_greedy
-    finally:
-        sched.device_greedy = True
 
 
 def test_seeds_per_request(engine: Engine) -> None:

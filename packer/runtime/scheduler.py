@@ -124,17 +124,13 @@ class _Slot:
     last_used: int = 0
     params: Sampling | None = None  # of the latest request (for /slots)
     claim: int = 0  # KV cells this slot's request may fill (prompt + generated), while it runs
-    # a greedy sampler chain attached to this slot's sequence: llama_decode picks its tokens
-    # (an argmax in the compute graph) and skips copying its logits out; see _attach_greedy
-    on_device: Any = None
 
 
 def plain_greedy(p: Sampling) -> bool:
     """Whether the sampler chain :meth:`Scheduler._make_sampler` builds for ``p`` only takes
     the largest logit: temperature 0 (greedy), no grammar, no logit bias, and penalties that
     change nothing (factor 1, no presence or frequency penalty, or no tokens looked back
-    over). Such a request is sampled by an argmax of the logits, inside llama_decode where
-    llama.cpp can (:meth:`Scheduler._attach_greedy`), the same token without
+    over). Such a request is sampled by an argmax of the logits, the same token without
     ``llama_sampler_sample`` filling its candidate array for every token (about 1 % of
     one-shot generation time on the 135M demo model, from a profile)."""
     penalties = (
@@ -196,10 +192,6 @@ class Scheduler:
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         b = self._batch  # its arrays, fetched once: each field access makes a ctypes object
         self._b_arrays = (b.token, b.pos, b.n_seq_id, b.seq_id, b.logits)
-        # llama.cpp's backend sampling (llama_set_sampler), for plain greedy requests
-        self.device_greedy = hasattr(llama_cpp, "llama_set_sampler") and hasattr(
-            llama_cpp, "llama_get_sampled_token_ith"
-        )
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
         # idle slots' cells, moved out of the shared KV cache when a request starts (bytes;
         # None: llama-server's default, capped by memory; 0: idle slots keep their cells)
@@ -218,6 +210,12 @@ class Scheduler:
         self._preserved: dict[tuple[str, ...], frozenset[int]] = {}
         self._eog: dict[int, bool] = {}
         self._candidates: _Candidates | None = None  # for grammar requests, decode thread only
+        # llama_get_logits_ith returning the address as an int (a function object of its own:
+        # llama-cpp-python's returns a ctypes pointer), and a numpy view per address, see _logits
+        self._logits_at = llama_cpp.llama_cpp._lib["llama_get_logits_ith"]
+        self._logits_at.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        self._logits_at.restype = ctypes.c_void_p
+        self._views: dict[int, Any] = {}
         self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
         self._avg_s = 5.0  # running mean of request durations, for Retry-After
         self.stats = SchedulerStats()
@@ -370,10 +368,6 @@ class Scheduler:
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
         self._ctx = None
-        for slot in self._slots:  # the context no longer refers to them
-            if slot.on_device is not None:
-                ll.llama_sampler_free(slot.on_device)
-                slot.on_device = None
         if self._threadpool is not None:
             self._threadpool.free()
             self._threadpool = None
@@ -648,35 +642,8 @@ class Scheduler:
         slot.t_start = time.perf_counter()
         slot.t_first = None
         slot.last_used = next(self._use)
-        self._attach_greedy(slot, req.greedy and req.params.n_probs == 0)
         if req.max_new <= 0:  # no room to generate (only with a prompt filling the context)
             self._finish(slot, "limit")
-
-    def _attach_greedy(self, slot: _Slot, want: bool) -> None:
-        """Let llama_decode sample ``slot``'s tokens greedily (``want``) or stop doing so.
-
-        A plain greedy request's token is then an argmax in llama.cpp's compute graph, read
-        with one call, and llama_decode skips copying the 49,152 logits out: about 70 µs less
-        Python per token than the numpy argmax over them (the Python between two decodes runs
-        with caches the weights have just flushed). Not for requests that want
-        log-probabilities, which need the logits. Attaching or detaching makes llama.cpp
-        re-plan its graph once, so a slot keeps its chain between greedy requests. Where
-        llama.cpp refuses (a backend without the ops), this and every later request use the
-        argmax over the logits."""
-        ll = self._ll
-        if want and slot.on_device is None and self.device_greedy:
-            chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
-            if ll.llama_set_sampler(self._ctx, slot.id, chain):
-                slot.on_device = chain
-            else:
-                log.debug("llama.cpp does not sample on the backend here: argmax in Python")
-                self.device_greedy = False
-                ll.llama_sampler_free(chain)
-        elif not want and slot.on_device is not None:
-            ll.llama_set_sampler(self._ctx, slot.id, None)
-            ll.llama_sampler_free(slot.on_device)
-            slot.on_device = None
 
     def _step(self) -> None:
         ll = self._ll
@@ -744,11 +711,7 @@ class Scheduler:
         req = slot.req
         assert req is not None and slot.text is not None
         result = req.result
-        if slot.on_device is not None:  # picked by llama_decode (see _attach_greedy)
-            token = ll.llama_get_sampled_token_ith(self._ctx, idx)
-            if token < 0:
-                raise RuntimeError("llama.cpp sampled no token for a greedy request")
-        elif req.greedy:  # the chain's answer without its 49,152-entry candidate array
+        if req.greedy:  # the chain's answer without its 49,152-entry candidate array
             token = self._argmax(idx)
         elif req.params.grammar is None:
             token = ll.llama_sampler_sample(req.sampler, self._ctx, idx)
@@ -786,11 +749,25 @@ class Scheduler:
 
     def _logits(self, idx: int) -> Any:
         """The logits of output ``idx`` of the last decode, as a numpy view (no copy) of
-        llama.cpp's buffer: valid until the next ``llama_decode``."""
-        import numpy as np
+        llama.cpp's buffer: valid until the next ``llama_decode``.
 
-        ptr = self._ll.llama_get_logits_ith(self._ctx, idx)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        Once per generated token, in the Python between two decodes, which runs with caches
+        the weights have just flushed: every object made there costs. So the address comes
+        back as a plain int, and the view of each address is made once (llama.cpp keeps its
+        logits buffer from one decode to the next: one view per output row); making a view
+        from a ctypes pointer each time took ~50 µs of the ~225 µs between decodes."""
+        addr = self._logits_at(self._ctx, idx)
+        if not addr:
+            raise RuntimeError(f"llama.cpp has no logits for output {idx}")
+        view = self._views.get(addr)
+        if view is None:
+            import numpy as np
+
+            if len(self._views) >= 4 * self.n_parallel:  # the buffer moved: forget old rows
+                self._views.clear()
+            row = (ctypes.c_float * self.n_vocab).from_address(addr)
+            view = self._views[addr] = np.ctypeslib.as_array(row)
+        return view
 
     def _argmax(self, idx: int) -> int:
         """The token with the largest logit at output ``idx``, the first of equals, as
