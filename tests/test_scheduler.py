@@ -288,6 +288,32 @@ def test_plain_greedy_picks_what_the_chain_picks(engine: Engine) -> None:
         assert _run(engine, prompt, params).text == _run(engine, prompt, via_chain).text
 
 
+def test_a_slot_taken_by_another_conversation_keeps_a_copy() -> None:
+    """One slot: conversation B takes the slot conversation A sat in; A's cells are copied
+    to host memory first, so A's next turn gets them back instead of decoding them again."""
+    one = Engine(smollm_gguf_path(), EngineOptions(n_ctx=1024, n_threads=2, n_parallel=1))
+    try:
+        sched = one.scheduler
+        params = Sampling(**GREEDY)
+        first = _run(one, PROMPTS[0], params)
+        saved = sched.stats.parked
+        _run(one, PROMPTS[1], params)  # another conversation in the same slot
+        assert sched.stats.parked == saved + 1
+        turn = gen.completion_tokens(one, PROMPTS[0]) + gen.tokenize(
+            one, first.text + " And then", add_special=False
+        )
+        restored = sched.stats.restored
+        again = _run(one, turn, params)
+        assert sched.stats.restored == restored + 1
+        assert again.n_cached > len(gen.completion_tokens(one, PROMPTS[0]))
+        # a next turn of the conversation in the slot keeps its cells and saves no copy
+        saved = sched.stats.parked
+        _run(one, turn + gen.tokenize(one, again.text, add_special=False), params)
+        assert sched.stats.parked == saved
+    finally:
+        one.close()
+
+
 def test_seeds_per_request(engine: Engine) -> None:
     def sample(seed: int) -> str:
         s = Sampling(temperature=1.0, max_tokens=16, seed=seed, ignore_eos=True)

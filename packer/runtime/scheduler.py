@@ -526,11 +526,11 @@ class Scheduler:
             if self._prompt_cache.limit:
                 self._park_idle(keep=best)
                 self._restore(best, req.prompt)
+                self._save_replaced(best, req.prompt)
             self._assign(best, req, claim)
 
-    def _park(self, slot: _Slot) -> None:
-        """Move an idle slot's cells to the prompt cache (when they fit in it) and clear them
-        from the KV cache."""
+    def _save(self, slot: _Slot) -> None:
+        """Copy an idle slot's cells into the prompt cache (when they fit in it)."""
         ll = self._ll
         size = int(ll.llama_state_seq_get_size(self._ctx, slot.id))
         if 0 < size <= self._prompt_cache.limit:
@@ -539,8 +539,24 @@ class Scheduler:
             state = buf if n == size else memoryview(buf)[:n].tobytes()
             if n and self._prompt_cache.put(slot.cache, state):
                 self.stats.parked += 1
-        ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+
+    def _park(self, slot: _Slot) -> None:
+        """Move an idle slot's cells to the prompt cache (when they fit in it) and clear them
+        from the KV cache."""
+        self._save(slot)
+        self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
         slot.cache.clear()
+
+    def _save_replaced(self, slot: _Slot, prompt: list[int]) -> None:
+        """Under the lock, as ``prompt`` starts in ``slot``: when it keeps less than half of
+        the slot's cached tokens (the slot held another conversation, and no slot held a
+        better start for this one), a copy of those cells goes to the prompt cache before the
+        new prompt overwrites them, so that conversation's next turn gets them back (as
+        llama-server saves a slot's prompt before loading another one). Without it, whichever
+        conversation sat in the least recently used slot lost its cells."""
+        n = len(slot.cache)
+        if n and 2 * common_prefix(slot.cache, prompt) < n:
+            self._save(slot)
 
     def _park_idle(self, keep: _Slot) -> None:
         """Under the lock, as a request starts in ``keep``: every other idle slot's cells go to
