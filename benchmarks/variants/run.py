@@ -207,11 +207,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if what in got:
                 s[f"{what}_theirs"].append(got[what])
 
+    names = {ours: "model.run", theirs: "llama-bench"}
     for i in range(args.repeat):
         # the two take turns at going first: a machine speeding up or slowing down over a
         # round favours neither
         first, then = (ours, theirs) if i % 2 == 0 else (theirs, ours)
-        names = {ours: "model.run", theirs: "llama-bench"}
         for v in variants:
             log(f"round {i + 1}/{args.repeat}: {v}: {names[first]}, then {names[then]}")
             first(v, samples[v])

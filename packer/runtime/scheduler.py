@@ -89,7 +89,7 @@ class SchedulerStats:
     predicted_tokens: int = 0  # tokens generated
     context_full: int = 0  # requests ended because no KV cell was free to grow into
     evictions: int = 0  # idle slots' cached tokens dropped to make room
-    parked: int = 0  # idle slots whose cells moved to the host-memory prompt cache
+    parked: int = 0  # idle slots' cells saved to the host-memory prompt cache (moved or copied)
     restored: int = 0  # prompt cache entries put back into a slot for a new request
     restored_tokens: int = 0
 
