@@ -12,7 +12,9 @@ variant's instruction set features, gcc; ~10 minutes for the first variant, ~3 f
 Same GGUF (the one the model.run unpacks), threads and flash attention (auto).
 
 * tg: ``model.run -p STORY --raw -n N --stats``: the runtime's own generation tokens/s (greedy
-  sampling included) against ``llama-bench -n N`` (decoding only, no sampling);
+  sampling included) against ``llama-bench -n N -d D`` (decoding only, no sampling), where D is
+  the number of prompt tokens model.run decoded first: both generate after a prompt of the same
+  size, so every token attends over as many cells on both sides;
 * pp: ``model.run -p TEXT --raw -n 1 --stats`` with a prompt of about P tokens: the runtime's
   prompt tokens/s against ``llama-bench -p P``.
 
@@ -120,11 +122,14 @@ def build_peer(variant: str) -> Path:
     return Path(res.stdout.strip().splitlines()[-1]) / "llama-bench"
 
 
-def llama_bench(binary: Path, gguf: Path, threads: int, n_prompt: int, n_gen: int) -> dict:
+def llama_bench(
+    binary: Path, gguf: Path, threads: int, n_prompt: int, n_gen: int, depth: int = 0
+) -> dict:
     """One llama-bench run (its warm-up, then one repetition): tokens/s of pp and tg (only
-    those asked for: a size of 0 leaves that test out)."""
+    those asked for: a size of 0 leaves that test out), each after ``depth`` tokens already in
+    the context (``-d``)."""
     cmd = [str(binary), "-m", str(gguf), "-t", str(threads), "-p", str(n_prompt)]
-    cmd += ["-n", str(n_gen), "-fa", "auto", "-r", "1", "-o", "json"]
+    cmd += ["-n", str(n_gen), "-d", str(depth), "-fa", "auto", "-r", "1", "-o", "json"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=base.PROC_TIMEOUT_S)
     if res.returncode != 0:
         tail = " | ".join(res.stderr.strip().splitlines()[-3:])
@@ -178,6 +183,10 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if not variants:
         raise BenchError("no CPU variant of ggml runs on this CPU")
     base.run_timed([str(model_run), "-p", "Hi", "-n", "1"], env, timeout=300)  # unpack once
+    # how many tokens model.run's tg prompt is: llama-bench generates after as many (-d)
+    depth = int(
+        model_run_stats(model_run, env, variants[0], base.STORY, 1, args.threads)["prompt_n"]
+    )
     gguf = args.gguf or base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
     peers = {v: build_peer(v) for v in variants}
     # a prompt of about --prompt-tokens tokens (the runtime reports how many it was)
@@ -193,6 +202,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     def ours(v: str, s: dict[str, list[float]]) -> None:
         if tg_on:
             tg = model_run_stats(model_run, env, v, base.STORY, args.tokens, args.threads)
+            if int(tg["prompt_n"]) != depth:
+                raise BenchError(f"model.run's prompt was {tg['prompt_n']} tokens, not {depth}")
             s["tg_ours"].append(float(tg["predicted_per_second"]))
         if pp_on:
             pp = model_run_stats(model_run, env, v, pp_prompt, 1, args.threads)
@@ -200,12 +211,13 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             s["pp_n"].append(float(pp["prompt_n"]))
 
     def theirs(v: str, s: dict[str, list[float]]) -> None:
-        n_prompt = args.prompt_tokens if pp_on else 0
-        n_gen = args.tokens if tg_on else 0
-        got = llama_bench(peers[v], gguf, args.threads, n_prompt, n_gen)
-        for what in ("tg", "pp"):
-            if what in got:
-                s[f"{what}_theirs"].append(got[what])
+        # two runs: -d would put the prompt test after the tg prompt too
+        if tg_on:
+            got = llama_bench(peers[v], gguf, args.threads, 0, args.tokens, depth)
+            s["tg_theirs"].append(got["tg"])
+        if pp_on:
+            got = llama_bench(peers[v], gguf, args.threads, args.prompt_tokens, 0)
+            s["pp_theirs"].append(got["pp"])
 
     names = {ours: "model.run", theirs: "llama-bench"}
     for i in range(args.repeat):
@@ -244,6 +256,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "gguf": str(gguf),
             "threads": args.threads,
             "tokens": args.tokens,
+            "tg_depth": depth,
             "prompt_tokens": args.prompt_tokens,
             "repeat": args.repeat,
             "only": args.only,
@@ -255,8 +268,9 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def print_report(r: dict[str, Any]) -> None:
     st, m = r["settings"], r["machine"]
     print(
-        f"\nCPU variants: {st['model']}, {st['threads']} threads, tg {st['tokens']} tokens, "
-        f"pp {st['prompt_tokens']} tokens, median of {st['repeat']}"
+        f"\nCPU variants: {st['model']}, {st['threads']} threads, tg {st['tokens']} tokens "
+        f"after {st['tg_depth']} prompt tokens, pp {st['prompt_tokens']} tokens, "
+        f"median of {st['repeat']}"
     )
     print(f"load average: start {m['loadavg_start']}, end {r['loadavg_end']}")
     print(
