@@ -144,9 +144,26 @@ def llama_bench(
 def model_run_stats(
     model_run: Path, env: dict[str, str], variant: str, prompt: str, n: int, threads: int
 ) -> dict[str, Any]:
+    """model.run's ``--stats`` timings. Its answer goes to a file, not to a pipe this script
+    reads: llama-bench prints nothing while it generates, and a reader here would wake for
+    every token, on the two cores the decode runs on."""
     cmd = [str(model_run), "-p", prompt, "--raw", "-n", str(n), "-t", str(threads)]
     cmd += ["-c", str(base.N_CTX), "--cpu-variant", variant, *base.sampling_flags(), "--stats"]
-    res = base._check(base.run_timed(cmd, env), f"model.run --cpu-variant {variant}")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=base.PROC_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"model.run --cpu-variant {variant} timed out") from None
+        finally:
+            base._kill_group(proc)
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    res = base._check(
+        base.ProcResult(rc, None, 0.0, "", stderr), f"model.run --cpu-variant {variant}"
+    )
     return base._stats_line(res.stderr)
 
 
