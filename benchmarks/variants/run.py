@@ -200,21 +200,27 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if not variants:
         raise BenchError("no CPU variant of ggml runs on this CPU")
     base.run_timed([str(model_run), "-p", "Hi", "-n", "1"], env, timeout=300)  # unpack once
-    # how many tokens model.run's tg prompt is: llama-bench generates after as many (-d)
-    depth = int(
-        model_run_stats(model_run, env, variants[0], base.STORY, 1, args.threads)["prompt_n"]
-    )
-    gguf = args.gguf or base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
-    peers = {v: build_peer(v) for v in variants}
-    # a prompt of about --prompt-tokens tokens (the runtime reports how many it was)
+    tg_on, pp_on = args.only in (None, "tg"), args.only in (None, "pp")
+    # a prompt of about --prompt-tokens tokens
     words = len(PP_TEXT.split())
     pp_prompt = PP_TEXT * max(1, round(args.prompt_tokens / (words * 1.25)))
+
+    def prompt_tokens(prompt: str) -> int:
+        return int(
+            model_run_stats(model_run, env, variants[0], prompt, 1, args.threads)["prompt_n"]
+        )
+
+    # the sizes model.run's prompts come to: llama-bench generates after as many tokens (-d)
+    # and measures a prompt of as many (-p)
+    depth = prompt_tokens(base.STORY) if tg_on else 0
+    n_pp = prompt_tokens(pp_prompt) if pp_on else 0
+    gguf = args.gguf or base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
+    peers = {v: build_peer(v) for v in variants}
     samples: dict[str, dict[str, list[float]]] = {
         v: {k: [] for k in ("tg_ours", "tg_theirs", "pp_ours", "pp_theirs", "pp_n")}
         for v in variants
     }
     facts = base.machine_facts()
-    tg_on, pp_on = args.only in (None, "tg"), args.only in (None, "pp")
 
     def ours(v: str, s: dict[str, list[float]]) -> None:
         if tg_on:
@@ -224,6 +230,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             s["tg_ours"].append(float(tg["predicted_per_second"]))
         if pp_on:
             pp = model_run_stats(model_run, env, v, pp_prompt, 1, args.threads)
+            if int(pp["prompt_n"]) != n_pp:
+                raise BenchError(f"model.run's prompt was {pp['prompt_n']} tokens, not {n_pp}")
             s["pp_ours"].append(float(pp["prompt_per_second"]))
             s["pp_n"].append(float(pp["prompt_n"]))
 
@@ -233,7 +241,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             got = llama_bench(peers[v], gguf, args.threads, 0, args.tokens, depth)
             s["tg_theirs"].append(got["tg"])
         if pp_on:
-            got = llama_bench(peers[v], gguf, args.threads, args.prompt_tokens, 0)
+            got = llama_bench(peers[v], gguf, args.threads, n_pp, 0)
             s["pp_theirs"].append(got["pp"])
 
     names = {ours: "model.run", theirs: "llama-bench"}
@@ -274,7 +282,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "threads": args.threads,
             "tokens": args.tokens,
             "tg_depth": depth,
-            "prompt_tokens": args.prompt_tokens,
+            "prompt_tokens": n_pp,
             "repeat": args.repeat,
             "only": args.only,
         },
