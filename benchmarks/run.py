@@ -105,44 +105,60 @@ class ProcResult:
     stderr: str
 
 
-def run_timed(cmd: list[str], env: dict[str, str], timeout: float = PROC_TIMEOUT_S) -> ProcResult:
-    """Run ``cmd``; time its first stdout byte and its exit from just before the exec."""
-    with tempfile.TemporaryFile() as err:
+def run_timed(
+    cmd: list[str], env: dict[str, str], timeout: float = PROC_TIMEOUT_S, *, watch: bool = True
+) -> ProcResult:
+    """Run ``cmd``; time its first stdout byte and its exit from just before the exec.
+
+    ``watch=False``: its stdout goes to a temporary file, read once it has exited, instead of a
+    pipe read here as it comes (no first-byte time then): a program timed against one that
+    prints nothing while it works (llama-bench) does not wake a reader here for every piece
+    it writes, on the cores it runs on."""
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if watch else out,
             stderr=err,
             env=env,
             start_new_session=True,
         )
-        assert proc.stdout is not None
         first: float | None = None
         chunks: list[bytes] = []
         try:
-            fd = proc.stdout.fileno()
-            with selectors.DefaultSelector() as sel:
-                sel.register(fd, selectors.EVENT_READ)
-                while True:
-                    left = timeout - (time.perf_counter() - t0)
-                    if left <= 0:
-                        raise BenchError(
-                            f"timed out after {timeout:.0f} s: {' '.join(cmd[:3])} ..."
-                        )
-                    if not sel.select(timeout=min(left, 1.0)):
-                        continue
-                    data = os.read(fd, 1 if first is None else 65536)
-                    if not data:
-                        break
-                    if first is None:
-                        first = time.perf_counter() - t0
-                    chunks.append(data)
-            proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+            if proc.stdout is not None:
+                fd = proc.stdout.fileno()
+                with selectors.DefaultSelector() as sel:
+                    sel.register(fd, selectors.EVENT_READ)
+                    while True:
+                        left = timeout - (time.perf_counter() - t0)
+                        if left <= 0:
+                            raise BenchError(
+                                f"timed out after {timeout:.0f} s: {' '.join(cmd[:3])} ..."
+                            )
+                        if not sel.select(timeout=min(left, 1.0)):
+                            continue
+                        data = os.read(fd, 1 if first is None else 65536)
+                        if not data:
+                            break
+                        if first is None:
+                            first = time.perf_counter() - t0
+                        chunks.append(data)
+            try:
+                proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+            except subprocess.TimeoutExpired:
+                raise BenchError(
+                    f"timed out after {timeout:.0f} s: {' '.join(cmd[:3])} ..."
+                ) from None
             total = time.perf_counter() - t0
         finally:
             _kill_group(proc)
-            proc.stdout.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if not watch:
+            out.seek(0)
+            chunks.append(out.read())
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
     return ProcResult(

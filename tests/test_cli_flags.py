@@ -391,3 +391,23 @@ def test_model_with_extract_is_refused(tmp_path: Path) -> None:
     other.write_bytes(b"GGUF\x03\x00\x00\x00")
     done = run_runtime("-m", str(other), "--extract", str(tmp_path / "out.gguf"))
     assert done.returncode == 2 and "--extract" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "1"), ("3", "3")])
+def test_openblas_gets_one_thread_unless_told(given: str | None, seen: str) -> None:
+    """numpy's OpenBLAS threads spun a core while the model loaded: the runtime sets
+    OPENBLAS_NUM_THREADS=1 before anything imports numpy, unless the user set it."""
+    code = (
+        "import os, sys; from packer.runtime import main as m; "
+        "m.run = lambda argv: print(os.environ.get('OPENBLAS_NUM_THREADS'), "
+        "'numpy' in sys.modules) or 0; m.main([])"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    environ["PYTHONPATH"] = str(ROOT)
+    if given is not None:
+        environ["OPENBLAS_NUM_THREADS"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [seen, "False"]

@@ -149,22 +149,8 @@ def model_run_stats(
     every token, on the two cores the decode runs on."""
     cmd = [str(model_run), "-p", prompt, "--raw", "-n", str(n), "-t", str(threads)]
     cmd += ["-c", str(base.N_CTX), "--cpu-variant", variant, *base.sampling_flags(), "--stats"]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
-        )
-        try:
-            rc = proc.wait(timeout=base.PROC_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"model.run --cpu-variant {variant} timed out") from None
-        finally:
-            base._kill_group(proc)
-        err.seek(0)
-        stderr = err.read().decode("utf-8", "replace")
-    res = base._check(
-        base.ProcResult(rc, None, 0.0, "", stderr), f"model.run --cpu-variant {variant}"
-    )
-    return base._stats_line(res.stderr)
+    res = base.run_timed(cmd, env, watch=False)
+    return base._stats_line(base._check(res, f"model.run --cpu-variant {variant}").stderr)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -199,7 +185,6 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     if not variants:
         raise BenchError("no CPU variant of ggml runs on this CPU")
-    base.run_timed([str(model_run), "-p", "Hi", "-n", "1"], env, timeout=300)  # unpack once
     tg_on, pp_on = args.only in (None, "tg"), args.only in (None, "pp")
     # a prompt of about --prompt-tokens tokens
     words = len(PP_TEXT.split())
@@ -211,7 +196,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         )
 
     # the sizes model.run's prompts come to: llama-bench generates after as many tokens (-d)
-    # and measures a prompt of as many (-p)
+    # and measures a prompt of as many (-p); the first of these runs unpacks the model.run
     depth = prompt_tokens(base.STORY) if tg_on else 0
     n_pp = prompt_tokens(pp_prompt) if pp_on else 0
     gguf = args.gguf or base.cached_gguf(work / "cache", base.read_manifest(model_run, env))

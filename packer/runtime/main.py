@@ -536,6 +536,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run, then leave with os._exit: llama-cpp-python's finalizers raise during interpreter
     shutdown inside a frozen app, and the model has already been closed explicitly."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # numpy (imported with llama_cpp) starts OpenBLAS's worker threads, which spin a core for
+    # ~0.1 s while the model loads; nothing here multiplies matrices with numpy
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [SELF_TEST_FLAG]:  # a child of packer.runtime.cpu_variant: nothing else happens
         os._exit(self_test_main(argv[1:]))
