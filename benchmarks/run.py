@@ -316,14 +316,19 @@ def sampling_flags() -> list[str]:
 
 
 class Peer:
-    """llama-cpp-python in this process on the same GGUF and settings as model.run."""
+    """llama-cpp-python in this process on the same GGUF and settings as model.run
+    (``cpu_variant``: the CPU variant of ggml model.run was pinned to; else the one this
+    machine's best, as model.run picks it)."""
 
-    def __init__(self, gguf: Path, threads: int) -> None:
+    def __init__(self, gguf: Path, threads: int, cpu_variant: str | None = None) -> None:
         import llama_cpp
 
         from packer.runtime.backend import load_backends
 
-        load_backends("cpu")  # the wheel's backends are dlopen()ed (GGML_BACKEND_DL)
+        # the wheel's backends are dlopen()ed (GGML_BACKEND_DL)
+        loaded = load_backends("cpu", cpu=cpu_variant)
+        if cpu_variant and loaded.cpu_variant != cpu_variant:
+            raise BenchError(f"llama-cpp-python loaded {loaded.cpu_variant}, not {cpu_variant}")
         self.llama_cpp = llama_cpp
         self.llm = llama_cpp.Llama(
             model_path=str(gguf),

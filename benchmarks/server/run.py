@@ -219,7 +219,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ttft = {name: {c: [] for c in levels} for name in servers}
     single: list[float] = []
     peer_tok_s: list[float] = []
-    peer = base.Peer(gguf, args.threads)
+    peer = base.Peer(gguf, args.threads, args.cpu_variant)
     try:
         with contextlib.ExitStack() as stack:
             urls = {
