@@ -19,7 +19,8 @@ from conftest import smollm_gguf_path
 
 from packer.runtime import generate as gen
 from packer.runtime.engine import Engine, EngineOptions, Sampling
-from packer.runtime.scheduler import QueueFull, plain_greedy
+from packer.runtime.generate import DEFAULT_SAMPLERS
+from packer.runtime.scheduler import QueueFull, largest, plain_greedy, shortlist_k
 from packer.runtime.server import make_server
 
 SLOTS = 4
@@ -286,6 +287,73 @@ def test_plain_greedy_picks_what_the_chain_picks(engine: Engine) -> None:
         via_chain = replace(params, logit_bias=((0, 0.0),))
         assert not plain_greedy(via_chain)
         assert _run(engine, prompt, params).text == _run(engine, prompt, via_chain).text
+
+
+@pytest.mark.parametrize(
+    ("changes", "k"),
+    [
+        ({}, 40),  # the defaults: penalties, top_k 40, typical, top-p, min-p, temperature
+        ({"top_k": 5, "repeat_penalty": 1.0}, 5),
+        ({"presence_penalty": 0.5, "frequency_penalty": 0.2}, 40),
+        ({"logit_bias": ((5, 3.0),)}, 40),  # the biased tokens join the shortlist
+        ({"samplers": ("temperature", "top_k", "min_p")}, 40),  # scaling keeps the order
+        ({"samplers": ("top_k", "penalties"), "repeat_penalty": 0.8}, 40),  # after top_k
+        ({"repeat_penalty": 0.8}, 0),  # a factor under 1 raises the tokens it looks at
+        ({"presence_penalty": -0.5}, 0),
+        ({"frequency_penalty": -0.5}, 0),
+        ({"samplers": ("min_p", "top_k")}, 0),  # min-p needs the whole distribution
+        ({"samplers": ("penalties", "typ_p", "top_k")}, 0),
+        ({"samplers": ("penalties", "top_p", "min_p")}, 0),  # no top_k at all
+        ({"top_k": 0}, 0),  # top_k off
+        ({"temperature": 0.0}, 0),  # greedy: plain_greedy or the greedy chain
+        ({"temperature": -1.0}, 0),
+        ({"mirostat": 2}, 0),
+        ({"grammar": 'root ::= "a"'}, 0),
+    ],
+)
+def test_shortlist_k(changes: dict, k: int) -> None:
+    assert shortlist_k(replace(Sampling(), **changes)) == k
+
+
+def test_largest_are_the_largest() -> None:
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(5)
+    spread = rng.normal(0, 3, 49_152).astype(np.float32)
+    clustered = np.sort(spread)  # every large value in the last stride: the fallback
+    ties = np.round(spread).astype(np.float32)  # equal values at the edge
+    for values in (spread, clustered, ties, spread[:300]):
+        for m in (1, 40, 104, 250):
+            got = largest(values, m)
+            assert len(got) == m == len(set(got.tolist()))
+            kth = np.sort(values)[-m]
+            assert (values[got] >= kth).all()
+            assert np.sort(values[got]).tolist() == np.sort(values)[-m:].tolist()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # the runtime's defaults
+        {"repeat_penalty": 1.5, "repeat_last_n": 16},
+        {"repeat_penalty": 1.3, "repeat_last_n": -1},  # the whole context
+        {"presence_penalty": 1.0, "frequency_penalty": 0.5},
+        {"logit_bias": ((28, 5.0), (314, 3.0), (100, -2.0))},
+        {"top_k": 5, "temperature": 1.5},
+        {"samplers": ("temperature", "top_k", "min_p"), "min_p": 0.01, "temperature": 2.0},
+    ],
+)
+def test_shortlist_picks_what_the_chain_picks(engine: Engine, changes: dict) -> None:
+    """The chain run on a shortlist draws the tokens the chain run on the whole vocabulary
+    draws, seed for seed. The whole vocabulary is forced by a typical sampler of p = 1 (which
+    changes nothing) put before top_k."""
+    for prompt in PROMPTS[:3]:
+        for seed in (1, 2):
+            params = replace(Sampling(max_tokens=48, seed=seed, ignore_eos=True), **changes)
+            assert params.typical_p == 1.0 and shortlist_k(params)
+            order = params.samplers if "top_k" in params.samplers else DEFAULT_SAMPLERS
+            whole = replace(params, samplers=("typ_p", *(s for s in order if s != "typ_p")))
+            assert not shortlist_k(whole)
+            assert _run(engine, prompt, params).text == _run(engine, prompt, whole).text
 
 
 def test_a_slot_taken_by_another_conversation_keeps_a_copy() -> None:
