@@ -18,9 +18,9 @@ import requests
 from conftest import smollm_gguf_path
 
 from packer.runtime import generate as gen
+from packer.runtime import scheduler as sched
 from packer.runtime.engine import Engine, EngineOptions, Sampling
-from packer.runtime.generate import DEFAULT_SAMPLERS
-from packer.runtime.scheduler import QueueFull, largest, plain_greedy, shortlist_k
+from packer.runtime.scheduler import QueueFull, plain_greedy, shortlist_k, top_indices
 from packer.runtime.server import make_server
 
 SLOTS = 4
@@ -305,29 +305,35 @@ def test_plain_greedy_picks_what_the_chain_picks(engine: Engine) -> None:
         ({"samplers": ("penalties", "typ_p", "top_k")}, 0),
         ({"samplers": ("penalties", "top_p", "min_p")}, 0),  # no top_k at all
         ({"top_k": 0}, 0),  # top_k off
-        ({"temperature": 0.0}, 0),  # greedy: plain_greedy or the greedy chain
-        ({"temperature": -1.0}, 0),
+        ({"temperature": 0.0}, 1),  # greedy after the penalties
+        ({"temperature": 0.0, "mirostat": 2}, 1),  # mirostat needs a temperature
+        ({"temperature": 0.0, "logit_bias": ((5, 3.0),)}, 1),
+        ({"temperature": 0.0, "repeat_penalty": 0.8}, 0),
+        ({"temperature": 0.0, "repeat_penalty": 0.8, "samplers": ("top_k",)}, 1),  # no penalties
+        ({"temperature": -1.0}, 0),  # a draw from the whole distribution
         ({"mirostat": 2}, 0),
         ({"grammar": 'root ::= "a"'}, 0),
+        ({"grammar": 'root ::= "a"', "temperature": 0.0}, 0),
     ],
 )
 def test_shortlist_k(changes: dict, k: int) -> None:
     assert shortlist_k(replace(Sampling(), **changes)) == k
 
 
-def test_largest_are_the_largest() -> None:
+def test_top_indices() -> None:
     np = pytest.importorskip("numpy")
     rng = np.random.default_rng(5)
     spread = rng.normal(0, 3, 49_152).astype(np.float32)
-    clustered = np.sort(spread)  # every large value in the last stride: the fallback
-    ties = np.round(spread).astype(np.float32)  # equal values at the edge
-    for values in (spread, clustered, ties, spread[:300]):
-        for m in (1, 40, 104, 250):
-            got = largest(values, m)
-            assert len(got) == m == len(set(got.tolist()))
-            kth = np.sort(values)[-m]
-            assert (values[got] >= kth).all()
-            assert np.sort(values[got]).tolist() == np.sort(values)[-m:].tolist()
+    clustered = np.sort(spread)  # every large value in the last stride: the whole vector
+    ties = np.round(spread).astype(np.float32)  # many equal values
+    for values in (spread, clustered, ties, spread[:300], spread[:1]):
+        for k in (1, 40, 104, 250):
+            if k > len(values):
+                continue
+            got = top_indices(values, k)
+            want = np.flatnonzero(values >= np.sort(values)[-k])  # ties at the edge included
+            assert got.tolist() == want.tolist()
+            assert len(got) >= k
 
 
 @pytest.mark.parametrize(
@@ -340,20 +346,24 @@ def test_largest_are_the_largest() -> None:
         {"logit_bias": ((28, 5.0), (314, 3.0), (100, -2.0))},
         {"top_k": 5, "temperature": 1.5},
         {"samplers": ("temperature", "top_k", "min_p"), "min_p": 0.01, "temperature": 2.0},
+        {"temperature": 0.0},  # greedy after the default repeat penalty
+        {"temperature": 0.0, "repeat_penalty": 1.5, "repeat_last_n": 8},
+        {"temperature": 0.0, "repeat_penalty": 1.0, "logit_bias": ((13, 4.0),)},
     ],
 )
-def test_shortlist_picks_what_the_chain_picks(engine: Engine, changes: dict) -> None:
-    """The chain run on a shortlist draws the tokens the chain run on the whole vocabulary
-    draws, seed for seed. The whole vocabulary is forced by a typical sampler of p = 1 (which
-    changes nothing) put before top_k."""
+def test_shortlist_picks_what_the_chain_picks(
+    engine: Engine, changes: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain run on a shortlist picks the tokens the chain run on the whole vocabulary
+    picks, seed for seed."""
     for prompt in PROMPTS[:3]:
         for seed in (1, 2):
             params = replace(Sampling(max_tokens=48, seed=seed, ignore_eos=True), **changes)
-            assert params.typical_p == 1.0 and shortlist_k(params)
-            order = params.samplers if "top_k" in params.samplers else DEFAULT_SAMPLERS
-            whole = replace(params, samplers=("typ_p", *(s for s in order if s != "typ_p")))
-            assert not shortlist_k(whole)
-            assert _run(engine, prompt, params).text == _run(engine, prompt, whole).text
+            assert shortlist_k(params) and not plain_greedy(params)
+            short = _run(engine, prompt, params).text
+            with monkeypatch.context() as m:
+                m.setattr(sched, "shortlist_k", lambda p: 0)  # the whole vocabulary
+                assert _run(engine, prompt, params).text == short
 
 
 def test_a_slot_taken_by_another_conversation_keeps_a_copy() -> None:

@@ -145,50 +145,54 @@ def plain_greedy(p: Sampling) -> bool:
 
 
 def shortlist_k(p: Sampling) -> int:
-    """The ``top_k`` of a request whose sampler chain may run on a shortlist of the vocabulary
-    instead of all of it; 0 when it may not.
+    """How many tokens the sampler chain of ``p`` keeps of those it cannot move, when it may
+    run on a shortlist of the vocabulary instead of all of it: its ``top_k``, or 1 for the
+    greedy chain; 0 when it may not.
 
     ``llama_sampler_sample`` hands the chain every token of the vocabulary (49,152 on the demo
     model), and the penalties look each one up in their history: ~0.39 ms of every token with
-    the default settings, ~4 % of one-shot generation time. When nothing before ``top_k`` in
-    the chain can raise a token over another (temperature scales all logits alike; penalties
-    with factor >= 1 and presence/frequency >= 0 only lower the tokens they look back over;
-    a logit bias moves only its own tokens), the ``top_k`` the chain keeps are among the
-    ``top_k + e`` largest raw logits plus those ``e`` tokens the chain may move: see
+    the default settings, ~4 % of one-shot generation time. When nothing before ``top_k`` (or
+    the greedy pick) can raise a token over another (temperature scales all logits alike;
+    penalties with factor >= 1 and presence/frequency >= 0 only lower the tokens they look back
+    over; a logit bias moves only its own tokens), the tokens the chain keeps are among the
+    ``k + e`` largest raw logits and the ``e`` tokens it may move: see
     :meth:`Scheduler._sample_shortlist`. Samplers that need the whole distribution (typical,
-    top-p, min-p) may only come after ``top_k``."""
-    if p.temperature <= 0 or p.mirostat or p.grammar is not None or p.top_k <= 0:
+    top-p, min-p) may only come after ``top_k``. A greedy request with nothing to move takes
+    :func:`plain_greedy`'s argmax instead."""
+    if p.grammar is not None or p.temperature < 0:
         return 0
-    if "top_k" not in p.samplers:
+    lowers_only = p.repeat_penalty >= 1.0 and p.presence_penalty >= 0 and p.frequency_penalty >= 0
+    if p.temperature == 0:  # the penalties (when asked for), then the largest logit
+        return 1 if lowers_only or "penalties" not in p.samplers else 0
+    if p.mirostat or p.top_k <= 0 or "top_k" not in p.samplers:
         return 0
     before = p.samplers[: p.samplers.index("top_k")]
     if not set(before) <= {"penalties", "temperature"}:
         return 0
-    lowers_only = p.repeat_penalty >= 1.0 and p.presence_penalty >= 0 and p.frequency_penalty >= 0
     if "penalties" in before and not lowers_only:
         return 0
     return p.top_k
 
 
-def largest(values: Any, m: int) -> Any:
-    """The indices of the ``m`` largest of the numpy vector ``values`` (``m`` < its length), in
-    no order; of equal values at the edge, any.
+def top_indices(values: Any, k: int) -> Any:
+    """The indices, in order, of every value of the numpy vector ``values`` that reaches its
+    ``k``-th largest (``k`` at most its length): ``k`` of them, more with equal values there.
 
-    A threshold from every 16th value, a little below where the ``m``-th largest should be,
-    leaves a few hundred candidates to partition instead of the whole vector: ~2.5 times
-    faster than one ``argpartition`` of a 49,152-token vocabulary. When fewer than ``m``
-    values reach it (the large ones sit together), the whole vector is partitioned."""
+    A cut from every 16th value, a little below where the ``k``-th largest should be, leaves a
+    few hundred values to look at instead of partitioning the whole vector: ~2.5 times faster
+    on a 49,152-token vocabulary. When fewer than ``k`` values reach the cut (the large ones
+    sit together), the whole vector is partitioned."""
     import numpy as np
 
-    n = len(values)
     sample = values[::16]
-    rank = 2 * m // 16 + 4
+    rank = 2 * k // 16 + 4
     if rank < len(sample):
         cut = np.partition(sample, len(sample) - rank)[len(sample) - rank]
         near = np.flatnonzero(values >= cut)
-        if len(near) >= m:
-            return near[np.argpartition(values[near], len(near) - m)[len(near) - m :]]
-    return np.argpartition(values, n - m)[n - m :]
+        if len(near) >= k:
+            some = values[near]
+            return near[some >= np.partition(some, len(some) - k)[len(some) - k]]
+    return np.flatnonzero(values >= np.partition(values, len(values) - k)[len(values) - k])
 
 
 class Scheduler:
@@ -500,11 +504,13 @@ class Scheduler:
         return chain
 
     def _watched(self, p: Sampling) -> int:
-        """How many of the last generated tokens ``p``'s penalties lower, when they come before
-        ``top_k`` in its chain (0: none, or they change nothing)."""
-        if "penalties" not in p.samplers or "top_k" not in p.samplers:
+        """How many of the last generated tokens ``p``'s penalties lower before the chain keeps
+        its ``top_k`` or greedy pick (0: none, or they change nothing)."""
+        if "penalties" not in p.samplers:
             return 0
-        if p.samplers.index("penalties") > p.samplers.index("top_k"):
+        if p.temperature > 0 and (
+            "top_k" not in p.samplers or p.samplers.index("penalties") > p.samplers.index("top_k")
+        ):
             return 0
         neutral = p.repeat_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0
         if neutral or p.repeat_last_n == 0:
@@ -857,17 +863,19 @@ class Scheduler:
         return int(self._logits(idx).argmax())
 
     def _sample_shortlist(self, slot: _Slot, idx: int) -> int:
-        """``llama_sampler_sample`` of a :func:`shortlist_k` request, the chain run over the
-        ``top_k + e`` largest logits and the ``e`` tokens the chain may move before its
-        ``top_k``: the generated tokens its penalties look back over and the logit bias's.
+        """``llama_sampler_sample`` of a :func:`shortlist_k` request: the chain run over the
+        tokens the chain may move before it keeps ``k`` (the logit bias's, and the generated
+        tokens its penalties look back over: ``e`` of them) and every token whose raw logit
+        reaches the ``(k + e)``-th largest.
 
-        Why that is the chain's answer: every other token keeps its logit up to ``top_k``
-        (temperature scales all alike), so a token the chain's ``top_k`` keeps can only have
-        the ``e`` moved ones and fewer than ``top_k`` unmoved ones over it in the raw logits:
-        it is on the shortlist. ``top_k`` then keeps the same tokens in the same order, and
-        what follows it (typical, top-p, min-p, temperature, the draw) sees only those; the
-        draw takes one number from the seeded generator either way. The shortlist is in token
-        order, as the whole array is, so equal logits are met in the same order."""
+        Why that is the chain's answer: every other token keeps its logit up to ``top_k`` or
+        the greedy pick (temperature scales all alike), so a token the chain keeps can only
+        have the ``e`` moved ones and fewer than ``k`` unmoved ones over it in the raw logits:
+        it is on the shortlist, and so is every token equal to it. ``top_k`` then keeps the
+        same tokens, and what follows it (typical, top-p, min-p, temperature, the draw) sees
+        only those; the draw takes one number from the seeded generator either way. The
+        shortlist is in token order, as the whole array is, so the greedy pick (the first of
+        equal largest logits) is the same token."""
         import numpy as np
 
         ll = self._ll
@@ -880,11 +888,11 @@ class Scheduler:
         m = req.shortlist + len(moved)
         if m * SHORTLIST_SHARE > self.n_vocab:  # as much work as the whole array
             return int(ll.llama_sampler_sample(req.sampler, self._ctx, idx))
-        ids = largest(logits, m)
+        ids = top_indices(logits, m)  # in token order
         moved.difference_update(ids.tolist())
         if moved:
             ids = np.concatenate((ids, np.fromiter(moved, dtype=ids.dtype, count=len(moved))))
-        ids.sort()
+            ids.sort()
         if self._candidates is None:
             self._candidates = _Candidates(ll, self.n_vocab)
         cur = self._candidates.fill_some(ids, logits)
