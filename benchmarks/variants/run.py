@@ -332,6 +332,8 @@ def print_report(r: dict[str, Any]) -> None:
     )
 
     def figure(t: dict[str, Any], what: str) -> str:
+        if math.isnan(t[f"{what}_ratio"]):  # not measured (--only)
+            return ""
         iv = t[f"{what}_interval"]
         span = "-" if math.isnan(iv[0]) else f"{iv[0]:.3f}-{iv[1]:.3f}"
         return (
