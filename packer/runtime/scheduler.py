@@ -136,12 +136,18 @@ def plain_greedy(p: Sampling) -> bool:
     over). Such a request is sampled by an argmax of the logits, the same token without
     ``llama_sampler_sample`` filling its candidate array for every token (about 1 % of
     one-shot generation time on the 135M demo model, from a profile)."""
-    penalties = (
+    greedy = p.temperature == 0 and p.grammar is None and not p.logit_bias
+    return greedy and not penalties_apply(p)
+
+
+def penalties_apply(p: Sampling) -> bool:
+    """Whether ``p``'s chain has penalties that change a logit: asked for, looking back over
+    some tokens, and not all neutral (factor 1, no presence or frequency penalty)."""
+    return (
         "penalties" in p.samplers
         and p.repeat_last_n != 0
         and (p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0)
     )
-    return p.temperature == 0 and p.grammar is None and not p.logit_bias and not penalties
 
 
 def shortlist_k(p: Sampling) -> int:
@@ -263,7 +269,7 @@ class Scheduler:
         self._special_pieces: dict[int, bytes] = {}
         self._preserved: dict[tuple[str, ...], frozenset[int]] = {}
         self._eog: dict[int, bool] = {}
-        self._candidates: _Candidates | None = None  # for grammar requests, decode thread only
+        self._candidates: _Candidates | None = None  # see _candidate_array (decode thread)
         # llama_get_logits_ith returning the address as an int (a function object of its own:
         # llama-cpp-python's returns a ctypes pointer), and a numpy view per address, see _logits
         self._logits_at = llama_cpp.llama_cpp._lib["llama_get_logits_ith"]
@@ -506,14 +512,11 @@ class Scheduler:
     def _watched(self, p: Sampling) -> int:
         """How many of the last generated tokens ``p``'s penalties lower before the chain keeps
         its ``top_k`` or greedy pick (0: none, or they change nothing)."""
-        if "penalties" not in p.samplers:
+        if not penalties_apply(p):
             return 0
         if p.temperature > 0 and (
             "top_k" not in p.samplers or p.samplers.index("penalties") > p.samplers.index("top_k")
         ):
-            return 0
-        neutral = p.repeat_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0
-        if neutral or p.repeat_last_n == 0:
             return 0
         return p.repeat_last_n if p.repeat_last_n > 0 else self.n_ctx
 
@@ -893,25 +896,28 @@ class Scheduler:
         if moved:
             ids = np.concatenate((ids, np.fromiter(moved, dtype=ids.dtype, count=len(moved))))
             ids.sort()
-        if self._candidates is None:
-            self._candidates = _Candidates(ll, self.n_vocab)
-        cur = self._candidates.fill_some(ids, logits)
+        candidates = self._candidate_array()
+        cur = candidates.fill_some(ids, logits)
         ll.llama_sampler_apply(req.sampler, ctypes.byref(cur))
         sel = cur.selected
         if not 0 <= sel < cur.size:
             raise RuntimeError(f"llama.cpp's sampler chain selected no token ({sel})")
-        token = self._candidates.token(sel)
+        token = candidates.token(sel)
         ll.llama_sampler_accept(req.sampler, token)
         return token
+
+    def _candidate_array(self) -> _Candidates:
+        """The decode thread's candidate array, made on first use."""
+        if self._candidates is None:
+            self._candidates = _Candidates(self._ll, self.n_vocab)
+        return self._candidates
 
     def _sample_grammar(self, sampler: Any, idx: int) -> int | None:
         """``llama_sampler_sample`` in its two steps, for a chain with a grammar: when the
         grammar allows no token here, llama.cpp would accept a refused one anyway and throw
         through its C API, which aborts the whole process. None in that case."""
         ll = self._ll
-        if self._candidates is None:
-            self._candidates = _Candidates(ll, self.n_vocab)
-        cur = self._candidates.fill(self._logits(idx))
+        cur = self._candidate_array().fill(self._logits(idx))
         ll.llama_sampler_apply(sampler, ctypes.byref(cur))
         sel = cur.selected
         # the grammar sets the logit of every token it refuses to -inf; no sampler after it
