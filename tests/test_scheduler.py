@@ -149,6 +149,33 @@ def test_closing_the_iterator_frees_the_slot(engine: Engine) -> None:
     assert result.stop_type == "abort"
 
 
+def test_every_joins_the_pieces_between_hand_overs(engine: Engine) -> None:
+    """Text for a person (``every``): the first piece at once, then at most one piece per
+    ``every`` seconds holding the text decoded in between; the same text, the end's tail and
+    stop string handling included."""
+    tokens = gen.completion_tokens(engine, PROMPTS[0])
+    params = Sampling(**GREEDY | {"max_tokens": 24}, stop=["zzz-never"])
+
+    def pieces(every: float) -> tuple[list[str], gen.GenResult]:
+        result = gen.GenResult()
+        return list(gen.generate(engine, tokens, params, result, every=every)), result
+
+    each, r_each = pieces(0.0)
+    held, r_held = pieces(3600.0)  # nothing is due again within the request
+    assert len(each) >= 12  # a piece per token or so
+    assert held == [each[0], "".join(each[1:])]
+    assert r_held.text == r_each.text == "".join(each)
+    assert r_held.n_predicted == r_each.n_predicted == 24
+    # closing the iterator early still frees the slot with text held back
+    result = gen.GenResult()
+    it = gen.generate(
+        engine, tokens, Sampling(max_tokens=100_000, ignore_eos=True), result, every=3600.0
+    )
+    assert next(it)
+    it.close()
+    assert _idle_within(engine, 10) and result.stop_type == "abort"
+
+
 def test_cancel_callback_frees_the_slot(engine: Engine) -> None:
     assert _idle_within(engine, 30)
     gone = threading.Event()

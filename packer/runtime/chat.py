@@ -13,7 +13,7 @@ import sys
 from packer.runtime.chat_commands import help_text, message_text, parse_command
 from packer.runtime.chat_history import ChatHistory
 from packer.runtime.engine import Engine, Sampling
-from packer.runtime.generate import PromptError
+from packer.runtime.generate import TERMINAL_EVERY_S, PromptError
 from packer.runtime.i18n import _
 from packer.runtime.line_input import line_reader
 from packer.runtime.think import ThinkView, prompt_opens_thinking, write_answer
@@ -90,7 +90,7 @@ def chat_loop(
             head = [{"role": "system", "content": system}] if system else []
             messages = _fit(engine, head, turns, sampling)
             view = ThinkView(out, err, show_thinking)
-            pieces = engine.chat(messages, sampling)
+            pieces = engine.chat(messages, sampling, TERMINAL_EVERY_S)
             try:
                 write_answer(pieces, view, starts_inside)
             except KeyboardInterrupt:

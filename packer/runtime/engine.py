@@ -227,25 +227,32 @@ class Engine:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
 
     # -- generation (streaming text pieces) -----------------------------------------------
-    def complete(self, prompt: str, sampling: Sampling) -> Iterator[str]:
-        """Plain completion of ``prompt``; yields text pieces as they are decoded. Raises
+    def complete(self, prompt: str, sampling: Sampling, every: float = 0.0) -> Iterator[str]:
+        """Plain completion of ``prompt``; yields text pieces as they are decoded (``every`` >
+        0: at most that often, see :func:`packer.runtime.generate.generate`). Raises
         :class:`packer.runtime.generate.PromptError` when the prompt does not fit the context."""
-        yield from self._generate(completion_tokens(self, prompt), sampling)
+        yield from self._generate(completion_tokens(self, prompt), sampling, every=every)
 
-    def chat(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
+    def chat(
+        self, messages: list[dict[str, str]], sampling: Sampling, every: float = 0.0
+    ) -> Iterator[str]:
         """Chat completion with the model's own chat template (a plain transcript for base
         models); yields text pieces."""
         tokens, stop = chat_tokens(self, messages, sampling.stop)
-        yield from self._generate(tokens, sampling, stop)
+        yield from self._generate(tokens, sampling, stop, every)
 
     def _generate(
-        self, tokens: list[int], sampling: Sampling, stop: list[str] | None = None
+        self,
+        tokens: list[int],
+        sampling: Sampling,
+        stop: list[str] | None = None,
+        every: float = 0.0,
     ) -> Iterator[str]:
         check_context(self, len(tokens))
         if stop is not None:
             sampling = replace(sampling, stop=stop)
         self.last_result = result = GenResult()
-        yield from generate(self, tokens, sampling, result)
+        yield from generate(self, tokens, sampling, result, every=every)
 
     def close(self) -> None:
         """Free the model now. Must be called before interpreter shutdown (see packer.runtime.main)."""

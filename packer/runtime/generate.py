@@ -30,6 +30,10 @@ log = logging.getLogger("packer.runtime.generate")
 
 # the samplers after the penalties, in llama.cpp's default order, of those this runtime has
 DEFAULT_SAMPLERS = ("penalties", "top_k", "typ_p", "top_p", "min_p", "temperature")
+# text a person reads as it comes (the terminal's one-shot and chat): at most 20 updates a
+# second, the tokens decoded in between shown together; a model slower than that shows every
+# token as it comes (see Scheduler._emit)
+TERMINAL_EVERY_S = 0.05
 
 
 @dataclass
@@ -311,11 +315,13 @@ def generate(
     params: Sampling,
     result: GenResult,
     cancelled: Callable[[], bool] | None = None,
+    every: float = 0.0,
 ) -> Iterator[str]:
     """Generate after ``prompt`` through the engine's scheduler (continuous batching), yielding
     text pieces as they are final (never part of a stop string, never half a UTF-8 character).
     ``result`` is complete once the iterator is exhausted. ``cancelled`` is polled while
     waiting (client gone, server stopping); closing the iterator early frees the slot. Raises
     :class:`PromptError` (prompt too long, invalid grammar) or
-    :class:`packer.runtime.scheduler.QueueFull` at once, before anything is queued."""
-    return engine.scheduler.submit(prompt, params, result, cancelled)
+    :class:`packer.runtime.scheduler.QueueFull` at once, before anything is queued. ``every``
+    > 0: pieces come at most that often (seconds), joined (:data:`TERMINAL_EVERY_S`)."""
+    return engine.scheduler.submit(prompt, params, result, cancelled, every)

@@ -23,7 +23,7 @@ from packer.runtime.cache import (
 )
 from packer.runtime.cli import UsageError, choose_language, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
-from packer.runtime.generate import PromptError
+from packer.runtime.generate import TERMINAL_EVERY_S, PromptError
 from packer.runtime.i18n import _, os_reason
 from packer.runtime.payload import Bundle, BundleError, read_bundle
 from packer.runtime.quality import FLAG as EVAL_FLAG
@@ -502,7 +502,8 @@ def _one_shot(
 ) -> int:  # type: ignore[no-untyped-def]
     out = sys.stdout
     if raw or not engine.has_chat_template:
-        for piece in engine.complete(prompt, sampling):  # raw: the text as generated
+        # raw: the text as generated
+        for piece in engine.complete(prompt, sampling, TERMINAL_EVERY_S):
             out.write(piece)
             out.flush()
         out.write("\n")
@@ -514,7 +515,8 @@ def _one_shot(
     ]
     view = ThinkView(out, sys.stderr, show_thinking)
     try:
-        write_answer(engine.chat(messages, sampling), view, prompt_opens_thinking(engine))
+        pieces = engine.chat(messages, sampling, TERMINAL_EVERY_S)
+        write_answer(pieces, view, prompt_opens_thinking(engine))
     finally:
         view.close()
     out.write("\n")
