@@ -342,7 +342,10 @@ class Peer:
         )
         self.generate("Hello", 4)  # warm-up: first-decode allocations are not generation speed
 
-    def generate(self, prompt: str, n: int) -> dict[str, float]:
+    def generate(
+        self, prompt: str, n: int, sampling: dict[str, float] | None = None
+    ) -> dict[str, float]:
+        """``n`` tokens after ``prompt`` with ``sampling`` (default: :data:`SAMPLING`)."""
         lc = self.llama_cpp
         # forget the previous prompt, as a fresh model.run would: no KV-cache prefix reuse (which
         # would re-decode the prompt's last token alone and count it as a generated token)
@@ -354,7 +357,7 @@ class Peer:
         t_first = None
         n_out = 0
         for _chunk in self.llm.create_completion(
-            prompt, max_tokens=n, seed=SEED, stream=True, **SAMPLING
+            prompt, max_tokens=n, seed=SEED, stream=True, **(sampling or SAMPLING)
         ):
             if t_first is None:
                 t_first = time.perf_counter()

@@ -15,6 +15,11 @@ Figures (see README.md next to this file):
   client is the gain of continuous batching (target: 4 clients >= 1.4x one);
 * time to first token (request sent -> first text event) p50/p95 under that load.
 
+``--sampling greedy`` (the default) samples greedily on every side, so the figures are the
+decode loop's; ``--sampling default`` sends the runtime's default settings (temperature 0.8,
+top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1 over 64 tokens, a fixed seed) to every
+side alike, llama-server included: what a client that sets nothing pays for sampling.
+
 Runs are interleaved (one client, four, eight, the peer, then again) so background load hits
 every figure alike; the load average is printed with the results.
 """
@@ -66,7 +71,25 @@ log = base.log
 BenchError = base.BenchError
 
 
-def stream_one(url: str, prompt: str, n: int) -> dict[str, float]:
+# --sampling: the settings every side gets in each request (llama-server's own defaults
+# differ: no repeat penalty; so they are sent, not left to each server). The penalties look
+# back over 64 tokens on every side by default (llama-server, the runtime, llama-cpp-python's
+# last_n_tokens_size), which the in-process peer cannot be sent per request.
+SAMPLINGS: dict[str, dict[str, float]] = {
+    "greedy": base.SAMPLING,
+    "default": {
+        "temperature": 0.8,
+        "top_k": 40,
+        "top_p": 0.95,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+    },
+}
+
+
+def stream_one(
+    url: str, prompt: str, n: int, sampling: dict[str, float] | None = None
+) -> dict[str, float]:
     """One streaming /completion of exactly ``n`` tokens: time to first text, end time, and
     the server's own timings."""
     body = {
@@ -75,7 +98,7 @@ def stream_one(url: str, prompt: str, n: int) -> dict[str, float]:
         "ignore_eos": True,
         "stream": True,
         "seed": base.SEED,
-        **base.SAMPLING,
+        **(sampling or base.SAMPLING),
     }
     req = urllib.request.Request(
         url + "/completion",
@@ -106,14 +129,16 @@ def stream_one(url: str, prompt: str, n: int) -> dict[str, float]:
     }
 
 
-def concurrent(url: str, clients: int, n: int) -> dict[str, Any]:
+def concurrent(
+    url: str, clients: int, n: int, sampling: dict[str, float] | None = None
+) -> dict[str, Any]:
     results: list[dict[str, float] | BaseException] = [None] * clients  # type: ignore[list-item]
     start = threading.Barrier(clients)
 
     def client(i: int) -> None:
         start.wait()
         try:
-            results[i] = stream_one(url, PROMPTS[i % len(PROMPTS)], n)
+            results[i] = stream_one(url, PROMPTS[i % len(PROMPTS)], n, sampling)
         except BaseException as exc:  # reported below
             results[i] = exc
 
@@ -174,6 +199,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=128, help="tokens per request (default: 128)")
     p.add_argument("--clients", default="4,8", help="concurrent clients to measure (default: 4,8)")
     p.add_argument("--repeat", type=int, default=5, help="rounds; medians reported (default: 5)")
+    p.add_argument(
+        "--sampling",
+        choices=sorted(SAMPLINGS),
+        default="greedy",
+        help="greedy (default): the decode loop's speed; default: the runtime's default "
+        "sampling settings, sent to every side alike",
+    )
     p.add_argument("--quick", action="store_true", help="32 tokens, 1 repeat")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
@@ -206,6 +238,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cmd += base.sampling_flags()
     n = 32 if args.quick else args.tokens
     repeat = 1 if args.quick else args.repeat
+    sampling = SAMPLINGS[args.sampling]
     levels = [1] + [int(c) for c in args.clients.split(",") if c.strip()]
     facts = base.machine_facts()
     servers = {"model.run": cmd}
@@ -232,13 +265,14 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 for name, url in urls.items():
                     for c in levels:
                         log(f"round {i + 1}/{repeat}: {name}, {c} concurrent client(s), {n} tokens")
-                        r = concurrent(url, c, n)
+                        r = concurrent(url, c, n, sampling)
                         agg[name][c].append(r["tok_s"])
                         ttft[name][c].extend(r["ttft_s"])
                         if c == 1 and name == "model.run":
                             single.append(r["server_tok_s"][0])
                 log(f"round {i + 1}/{repeat}: llama-cpp-python in-process")
-                peer_tok_s.append(peer.generate(PROMPTS[0], n)["predicted_per_second"])
+                got = peer.generate(PROMPTS[0], n, sampling)
+                peer_tok_s.append(got["predicted_per_second"])
     finally:
         peer.close()
     single_med = statistics.median(single)
@@ -292,6 +326,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "unfrozen": args.unfrozen,
             "model": Path(cmd[0]).name if not args.unfrozen else str(gguf),
             "cpu_variant": args.cpu_variant or "auto",
+            "sampling": args.sampling,
         },
         "single_stream": {
             "server_tok_s": single_med,
@@ -311,7 +346,10 @@ def print_report(r: dict[str, Any]) -> None:
         f"\nserver benchmark: {r['settings']['threads']} threads, -np {r['settings']['parallel']},"
         f" {r['settings']['tokens']} tokens/request, median of {r['settings']['repeat']}"
     )
-    print(f"model: {r['settings']['model']}, CPU variant {r['settings']['cpu_variant']}")
+    print(
+        f"model: {r['settings']['model']}, CPU variant {r['settings']['cpu_variant']}, "
+        f"sampling: {r['settings'].get('sampling', 'greedy')}"
+    )
     print(f"load average: start {m['loadavg_start']}, end {r['loadavg_end']}")
     verdict = "ok" if s["ratio"] and s["ratio"] >= 0.95 else "below target"
     print(
