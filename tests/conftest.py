@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -94,6 +95,17 @@ def copy_checkpoint(tmp_path: Path) -> Callable[[Path], Path]:
         return dst
 
     return copy
+
+
+def load_script(path: Path, name: str | None = None) -> ModuleType:
+    """A script of this repository that is not a package (build/, benchmarks/) as a module,
+    registered in sys.modules under ``name`` (default: the file's stem)."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def smollm_gguf_path() -> Path:

@@ -3,12 +3,11 @@ no model)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_script
 
 from packer.runtime.generate import Sampling
 
@@ -17,14 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def server_bench() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_server", ROOT / "benchmarks" / "server" / "run.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_server"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "server" / "run.py", "bench_server")
 
 
 def test_default_sampling_is_the_runtimes_default(server_bench: Any) -> None:

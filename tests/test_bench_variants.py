@@ -3,28 +3,20 @@ unit tests: no model.run, no llama-bench)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def variants() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_variants", ROOT / "benchmarks" / "variants" / "run.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_variants"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "variants" / "run.py", "bench_variants")
 
 
 @pytest.mark.parametrize(

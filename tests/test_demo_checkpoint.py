@@ -15,7 +15,6 @@ llama.cpp running the original GGUF:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 from answers import DEMO_ANSWER, DEMO_QUESTION
+from conftest import load_script
 
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -49,18 +49,9 @@ MIXED_TEXT = (
 )
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("demo_checkpoint", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    return load_script()
+    return load_script(SCRIPT, "demo_checkpoint")
 
 
 @pytest.fixture(scope="module")

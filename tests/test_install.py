@@ -27,7 +27,6 @@ Run: .venv/bin/pytest -q tests/test_install.py
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import platform
 import re
@@ -41,10 +40,10 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from answers import DEMO_ANSWER, DEMO_QUESTION
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST_SCRIPT = ROOT / "build" / "dist.py"
@@ -73,16 +72,7 @@ WRITABLE = ("home/" + USER, "tmp", "proc", "dev")
 TIMES: dict[str, float] = {}
 
 
-def _module(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-wheelhouse_mod = _module(WHEELHOUSE_SCRIPT)
+wheelhouse_mod = load_script(WHEELHOUSE_SCRIPT)
 
 
 def _canonical(name: str) -> str:
