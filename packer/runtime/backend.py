@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packer.runtime import cpu_variant
+from packer.runtime import cpu_variant, ggml_api
 from packer.runtime.gpu_layers import auto_gpu_layers, read_layout
 from packer.runtime.i18n import _
 
@@ -275,49 +275,31 @@ def _loader_error(exc: OSError) -> str:
 
 
 class _Ggml:
-    """The few ggml registry functions used here (ggml-backend.h)."""
+    """The ggml registry calls made here (ggml-backend.h, prototypes from
+    :mod:`packer.runtime.ggml_api`)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        p, s, c = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
-        sig = {
-            "ggml_backend_load": (p, [c]),
-            "ggml_backend_reg_count": (s, []),
-            "ggml_backend_reg_name": (c, [p]),
-            "ggml_backend_dev_count": (s, []),
-            "ggml_backend_dev_get": (p, [s]),
-            "ggml_backend_dev_name": (c, [p]),
-            "ggml_backend_dev_description": (c, [p]),
-            "ggml_backend_dev_type": (ctypes.c_int, [p]),
-            "ggml_backend_dev_backend_reg": (p, [p]),
-            "ggml_backend_dev_memory": (None, [p, ctypes.POINTER(s), ctypes.POINTER(s)]),
-        }
-        self.fn: dict[str, Any] = {}
-        for name, (restype, argtypes) in sig.items():
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, argtypes
-            self.fn[name] = f
+        self.g = ggml_api.bind(lib)
 
     def load(self, path: Path) -> int | None:
-        return self.fn["ggml_backend_load"](str(path).encode())  # type: ignore[no-any-return]
+        return self.g.backend_load(str(path).encode())  # type: ignore[no-any-return]
 
     def reg_count(self) -> int:
-        return int(self.fn["ggml_backend_reg_count"]())
+        return int(self.g.backend_reg_count())
 
     def devices(self) -> list[Device]:
-        f = self.fn
+        g = self.g
         out = []
-        for i in range(f["ggml_backend_dev_count"]()):
-            dev = f["ggml_backend_dev_get"](i)
+        for i in range(g.backend_dev_count()):
+            dev = g.backend_dev_get(i)
             free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-            f["ggml_backend_dev_memory"](dev, ctypes.byref(free), ctypes.byref(total))
-            kind = f["ggml_backend_dev_type"](dev)
+            g.backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            kind = g.backend_dev_type(dev)
             out.append(
                 Device(
-                    backend=_text(
-                        f["ggml_backend_reg_name"](f["ggml_backend_dev_backend_reg"](dev))
-                    ),
-                    name=_text(f["ggml_backend_dev_name"](dev)),
-                    description=_text(f["ggml_backend_dev_description"](dev)),
+                    backend=_text(g.backend_reg_name(g.backend_dev_backend_reg(dev))),
+                    name=_text(g.backend_dev_name(dev)),
+                    description=_text(g.backend_dev_description(dev)),
                     kind=DEVICE_KINDS[kind] if 0 <= kind < len(DEVICE_KINDS) else str(kind),
                     free=int(free.value),
                     total=int(total.value),

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packer.runtime import ggml_api
 from packer.runtime.atomic_write import atomic_write
 from packer.runtime.i18n import _
 
@@ -291,14 +292,6 @@ TOLERANCE = {GGML_F32: 1e-4, GGML_Q4_0: 0.02, GGML_Q4_1: 0.02, GGML_Q8_0: 0.02} 
 # ggml quantizes the activations to 8 bits for quantized weights; a broken kernel is off by ~1
 
 
-class _InitParams(ctypes.Structure):
-    _fields_ = [
-        ("mem_size", ctypes.c_size_t),
-        ("mem_buffer", ctypes.c_void_p),
-        ("no_alloc", ctypes.c_bool),
-    ]
-
-
 def _quantize(w: Any, qtype: int) -> tuple[bytes, Any]:
     """Our own Q8_0 / Q4_0 / Q4_1 encoding of ``w`` (rows of K floats), and the values it
     decodes to. (The K-quants' nested scales are not written here: their AMX kernels share the
@@ -340,46 +333,6 @@ def _quantize(w: Any, qtype: int) -> tuple[bytes, Any]:
     return raw.tobytes(), values.reshape(w.shape)
 
 
-class _Ggml:
-    """The ggml functions the self-test calls, found through libllama (it links libggml)."""
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        p, s, i, b, c = (
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.c_int,
-            ctypes.c_bool,
-            ctypes.c_char_p,
-        )
-        sig: dict[str, tuple[Any, list[Any]]] = {
-            "ggml_init": (p, [_InitParams]),
-            "ggml_free": (None, [p]),
-            "ggml_tensor_overhead": (s, []),
-            "ggml_graph_overhead": (s, []),
-            "ggml_new_tensor_2d": (p, [p, i, ctypes.c_int64, ctypes.c_int64]),
-            "ggml_mul_mat": (p, [p, p, p]),
-            "ggml_new_graph": (p, [p]),
-            "ggml_build_forward_expand": (None, [p, p]),
-            "ggml_backend_load": (p, [c]),
-            "ggml_backend_reg_dev_get": (p, [p, s]),
-            "ggml_backend_reg_get_proc_address": (p, [p, c]),
-            "ggml_backend_dev_init": (p, [p, c]),
-            "ggml_backend_dev_buffer_type": (p, [p]),
-            "ggml_backend_dev_supports_op": (b, [p, p]),
-            "ggml_backend_buft_name": (c, [p]),
-            "ggml_backend_alloc_ctx_tensors_from_buft": (p, [p, p]),
-            "ggml_backend_alloc_ctx_tensors": (p, [p, p]),
-            "ggml_backend_buffer_free": (None, [p]),
-            "ggml_backend_tensor_set": (None, [p, p, s, s]),
-            "ggml_backend_tensor_get": (None, [p, p, s, s]),
-            "ggml_backend_graph_compute": (i, [p, p]),
-        }
-        for name, (restype, argtypes) in sig.items():
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, argtypes
-            setattr(self, name[len("ggml_") :], f)
-
-
 def _buffer_types(g: Any, reg: int, dev: int) -> list[tuple[str, int]]:
     """The device's plain buffer type, then its extra ones (AMX, repacked weights)."""
     out = [("CPU", g.backend_dev_buffer_type(dev))]
@@ -405,8 +358,8 @@ def _product(
     x = rng.standard_normal((m, K)).astype(np.float32)
     raw, w_values = _quantize(w, qtype)
     size = g.tensor_overhead() * 4 + g.graph_overhead()
-    ctx_w = g.init(_InitParams(size, None, True))
-    ctx = g.init(_InitParams(size, None, True))
+    ctx_w = g.init(ggml_api.InitParams(size, None, True))
+    ctx = g.init(ggml_api.InitParams(size, None, True))
     buffers = []
     try:
         wt = g.new_tensor_2d(ctx_w, qtype, K, N)
@@ -443,7 +396,7 @@ def self_test(library: Path) -> list[str]:
     import llama_cpp.llama_cpp as llama_lib
     import numpy as np
 
-    g = _Ggml(llama_lib._lib)
+    g = ggml_api.bind(llama_lib._lib)
     reg = g.backend_load(str(library).encode())
     if not reg:
         return [f"{library.name} did not initialise as a ggml backend"]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packer.runtime import ggml_api
 from packer.runtime.backend import BackendError, Placement
 from packer.runtime.browser_guard import listens_on_loopback
 from packer.runtime.i18n import _
@@ -137,18 +138,18 @@ def add_workers(endpoints: list[Endpoint]) -> list[str]:
     api = _api()
     reg = _rpc_reg(api)
     add_server = _proc(api, reg, "ggml_backend_rpc_add_server", ctypes.c_void_p, [ctypes.c_char_p])
-    before = int(api.ggml_backend_dev_count())
+    before = int(api.backend_dev_count())
     for endpoint in endpoints:
         _watch(str(endpoint))
         worker_reg = add_server(str(endpoint).encode())
         if not worker_reg:
             raise RpcError(_("RPC worker {endpoint} offers no device").format(endpoint=endpoint))
-        api.ggml_backend_register(worker_reg)
+        api.backend_register(worker_reg)
     _watch(", ".join(map(str, endpoints)))
     names = []
-    for i in range(before, int(api.ggml_backend_dev_count())):
-        dev = api.ggml_backend_dev_get(i)
-        names.append((api.ggml_backend_dev_name(dev) or b"?").decode())
+    for i in range(before, int(api.backend_dev_count())):
+        dev = api.backend_dev_get(i)
+        names.append((api.backend_dev_name(dev) or b"?").decode())
     return names
 
 
@@ -247,9 +248,9 @@ def serve(
 def _served_devices(api: Any, device: str, problems: dict[str, str]) -> list[int]:
     """The ggml devices a worker serves: the GPUs of the chosen backend, else the CPU."""
     gpus, cpus = [], []
-    for i in range(int(api.ggml_backend_dev_count())):
-        dev = api.ggml_backend_dev_get(i)
-        kind = int(api.ggml_backend_dev_type(dev))
+    for i in range(int(api.backend_dev_count())):
+        dev = api.backend_dev_get(i)
+        kind = int(api.backend_dev_type(dev))
         if kind == 0:
             cpus.append(dev)
         elif kind in (1, 2):
@@ -265,37 +266,16 @@ def _served_devices(api: Any, device: str, problems: dict[str, str]) -> list[int
 
 
 # -- ggml --------------------------------------------------------------------------------------
-_api_lib: Any = None
-
-
 def _api() -> Any:
-    global _api_lib
-    if _api_lib is None:
-        import llama_cpp.llama_cpp as llama_lib
+    """ggml's functions (:mod:`packer.runtime.ggml_api`) in llama-cpp-python's library."""
+    import llama_cpp.llama_cpp as llama_lib
 
-        lib = llama_lib._lib  # dlsym on libllama also finds libggml's symbols
-        p, s, c = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
-        sig: dict[str, tuple[Any, list[Any]]] = {
-            "ggml_backend_load": (p, [c]),
-            "ggml_backend_reg_by_name": (p, [c]),
-            "ggml_backend_reg_get_proc_address": (p, [p, c]),
-            "ggml_backend_register": (None, [p]),
-            "ggml_backend_dev_count": (s, []),
-            "ggml_backend_dev_get": (p, [s]),
-            "ggml_backend_dev_name": (c, [p]),
-            "ggml_backend_dev_type": (ctypes.c_int, [p]),
-            "ggml_set_abort_callback": (p, [p]),
-        }
-        for name, (restype, argtypes) in sig.items():
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, argtypes
-        _api_lib = lib
-    return _api_lib
+    return ggml_api.bind(llama_lib._lib)  # dlsym on libllama also finds libggml's symbols
 
 
 def _rpc_reg(api: Any) -> int:
     """ggml's "RPC" registry entry, loading libggml-rpc.so from the backends' folder."""
-    reg = api.ggml_backend_reg_by_name(b"RPC")
+    reg = api.backend_reg_by_name(b"RPC")
     if reg:
         return int(reg)
     from packer.runtime import backend
@@ -309,14 +289,14 @@ def _rpc_reg(api: Any) -> int:
                 "(make install)"
             ).format(library=LIBRARY)
         )
-    reg = api.ggml_backend_load(str(path).encode())
+    reg = api.backend_load(str(path).encode())
     if not reg:
         raise RpcError(_("{library} did not initialise").format(library=LIBRARY))
     return int(reg)
 
 
 def _proc(api: Any, reg: int, name: str, restype: Any, argtypes: list[Any]) -> Any:
-    address = api.ggml_backend_reg_get_proc_address(reg, name.encode())
+    address = api.backend_reg_get_proc_address(reg, name.encode())
     if not address:
         raise RpcError(_("this RPC backend lacks {function}").format(function=name))
     return ctypes.CFUNCTYPE(restype, *argtypes)(address)
@@ -355,4 +335,4 @@ def _watch(workers: str) -> None:
     _workers = workers
     if _hook is None:
         _hook = _ABORT_HOOK(_on_abort)
-        _api().ggml_set_abort_callback(ctypes.cast(_hook, ctypes.c_void_p))
+        _api().set_abort_callback(ctypes.cast(_hook, ctypes.c_void_p))

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from packer.runtime import grammar_cost, prompt_cache
+from packer.runtime import ggml_api, grammar_cost, prompt_cache
 from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
 from packer.runtime.prompt_cache import common_prefix
 from packer.runtime.textstream import TextStream
@@ -1054,17 +1054,6 @@ class Scheduler:
         self._emit(req, _DONE)
 
 
-class _ThreadpoolParams(ctypes.Structure):
-    _fields_ = [  # ggml.h's struct ggml_threadpool_params
-        ("cpumask", ctypes.c_bool * 512),  # GGML_MAX_N_THREADS
-        ("n_threads", ctypes.c_int),
-        ("prio", ctypes.c_int),
-        ("poll", ctypes.c_uint32),
-        ("strict_cpu", ctypes.c_bool),
-        ("paused", ctypes.c_bool),
-    ]
-
-
 class Threadpool:
     """A ggml CPU threadpool attached to one llama.cpp context (llama-cpp-python binds none of
     this: the functions come from libllama's ggml and from the loaded CPU backend)."""
@@ -1080,29 +1069,22 @@ class Threadpool:
         pools) where this llama.cpp or its CPU backend does not offer them."""
         try:
             lib = ll.llama_cpp._lib
+            g = ggml_api.bind(lib)
             p = ctypes.c_void_p
-            by_type = lib.ggml_backend_dev_by_type
-            by_type.restype, by_type.argtypes = p, [ctypes.c_int]
-            reg_of = lib.ggml_backend_dev_backend_reg
-            reg_of.restype, reg_of.argtypes = p, [p]
-            proc = lib.ggml_backend_reg_get_proc_address
-            proc.restype, proc.argtypes = p, [p, ctypes.c_char_p]
-            init = lib.ggml_threadpool_params_init
-            init.restype, init.argtypes = None, [ctypes.POINTER(_ThreadpoolParams), ctypes.c_int]
             attach = lib.llama_attach_threadpool
             attach.restype, attach.argtypes = None, [p, p, p]
-            dev = by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-            reg = reg_of(dev) if dev else None
-            new_at = proc(reg, b"ggml_threadpool_new") if reg else None
-            free_at = proc(reg, b"ggml_threadpool_free") if reg else None
+            dev = g.backend_dev_by_type(ggml_api.GGML_BACKEND_DEVICE_TYPE_CPU)
+            reg = g.backend_dev_backend_reg(dev) if dev else None
+            new_at = g.backend_reg_get_proc_address(reg, b"ggml_threadpool_new") if reg else None
+            free_at = g.backend_reg_get_proc_address(reg, b"ggml_threadpool_free") if reg else None
             if not new_at or not free_at:
                 return None
-            new = ctypes.CFUNCTYPE(p, ctypes.POINTER(_ThreadpoolParams))(new_at)
+            new = ctypes.CFUNCTYPE(p, ctypes.POINTER(ggml_api.ThreadpoolParams))(new_at)
             free = ctypes.CFUNCTYPE(None, p)(free_at)
 
             def make(threads: int) -> int | None:
-                params = _ThreadpoolParams()
-                init(ctypes.byref(params), threads)
+                params = ggml_api.ThreadpoolParams()
+                g.threadpool_params_init(ctypes.byref(params), threads)
                 return new(ctypes.byref(params))
 
             pools = [make(n_threads)]
