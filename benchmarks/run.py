@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -820,6 +820,27 @@ def _runtime_sizes(model_run: Path, cache: Path) -> dict[str, Any]:
         "runtime_archive": b.runtime_size,
         "runtime_unpacked": unpacked,
     }
+
+
+def run_benchmark(
+    args: argparse.Namespace,
+    bench: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    print_report: Callable[[dict[str, Any]], None],
+    prefix: str,
+) -> int:
+    """A benchmark's main (benchmarks/server, benchmarks/variants): ``bench`` in a scratch
+    folder removed afterwards, its report on stdout, its figures in ``args.json`` when given;
+    a :class:`BenchError` is one line on stderr and exit code 1."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            result = bench(args, Path(tmp))
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    print_report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

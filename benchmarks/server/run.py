@@ -33,7 +33,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -396,17 +395,7 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="packer-bench-server-") as tmp:
-            result = bench(args, Path(tmp))
-    except BenchError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 1
-    print_report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return int(base.run_benchmark(parse_args(argv), bench, print_report, "packer-bench-server-"))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -350,17 +349,7 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="packer-bench-variants-") as tmp:
-            result = bench(args, Path(tmp))
-    except BenchError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 1
-    print_report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return int(base.run_benchmark(parse_args(argv), bench, print_report, "packer-bench-variants-"))
 
 
 if __name__ == "__main__":
