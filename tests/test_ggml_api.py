@@ -32,6 +32,11 @@ def test_one_binding_per_library_and_only_declared_names(lib: ctypes.CDLL) -> No
         g.backend_sched_new  # noqa: B018  (a real ggml function, not declared: no prototype)
 
 
+def test_device_kinds() -> None:
+    assert ggml_api.device_kind(0) == "cpu" and ggml_api.device_kind(2) == "igpu"
+    assert ggml_api.device_kind(9) == "9"  # a kind a newer ggml adds: its number
+
+
 def test_structures_match_ggml(lib: ctypes.CDLL) -> None:
     g = ggml_api.bind(lib)
     params = ggml_api.ThreadpoolParams()

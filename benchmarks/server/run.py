@@ -39,6 +39,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from packer.runtime.generate import Sampling
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 # issue #6 sets its 4-client target on the demo model: what `make demo` builds
@@ -70,18 +72,17 @@ log = base.log
 BenchError = base.BenchError
 
 
-# --sampling: the settings every side gets in each request (llama-server's own defaults
-# differ: no repeat penalty; so they are sent, not left to each server). The penalties look
-# back over 64 tokens on every side by default (llama-server, the runtime, llama-cpp-python's
-# last_n_tokens_size), which the in-process peer cannot be sent per request.
+# --sampling: the settings every side gets in each request; "default" is the runtime's own
+# (llama-server's defaults differ: no repeat penalty; so they are sent, not left to each
+# server). The penalties look back over 64 tokens on every side by default (llama-server, the
+# runtime, llama-cpp-python's last_n_tokens_size), which the in-process peer cannot be sent
+# per request.
+_RUNTIME = Sampling()
 SAMPLINGS: dict[str, dict[str, float]] = {
     "greedy": base.SAMPLING,
     "default": {
-        "temperature": 0.8,
-        "top_k": 40,
-        "top_p": 0.95,
-        "min_p": 0.05,
-        "repeat_penalty": 1.1,
+        key: getattr(_RUNTIME, key)
+        for key in ("temperature", "top_k", "top_p", "min_p", "repeat_penalty")
     },
 }
 

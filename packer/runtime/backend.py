@@ -55,7 +55,6 @@ log = logging.getLogger("packer.runtime.backend")
 GPU_CHOICES = ("auto", "cpu", "vulkan", "cuda")
 GPU_PREFERENCE = ("cuda", "vulkan")  # --gpu auto tries these in order
 REGISTRY_NAMES = {"cuda": "CUDA", "vulkan": "Vulkan"}  # our flag -> ggml's backend name
-DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")  # enum ggml_backend_dev_type
 
 
 class BackendError(Exception):
@@ -294,13 +293,12 @@ class _Ggml:
             dev = g.backend_dev_get(i)
             free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
             g.backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-            kind = g.backend_dev_type(dev)
             out.append(
                 Device(
                     backend=_text(g.backend_reg_name(g.backend_dev_backend_reg(dev))),
                     name=_text(g.backend_dev_name(dev)),
                     description=_text(g.backend_dev_description(dev)),
-                    kind=DEVICE_KINDS[kind] if 0 <= kind < len(DEVICE_KINDS) else str(kind),
+                    kind=ggml_api.device_kind(g.backend_dev_type(dev)),
                     free=int(free.value),
                     total=int(total.value),
                 )

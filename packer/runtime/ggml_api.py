@@ -88,7 +88,14 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "ggml_backend_tensor_get": (None, [_p, _p, _s, _s]),
     "ggml_backend_graph_compute": (_i, [_p, _p]),
 }
-GGML_BACKEND_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type
+# enum ggml_backend_dev_type, in its order
+DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")
+
+
+def device_kind(code: int) -> str:
+    """The name of an ``enum ggml_backend_dev_type`` value (its number for one this table
+    does not know)."""
+    return DEVICE_KINDS[code] if 0 <= code < len(DEVICE_KINDS) else str(code)
 
 
 class Ggml:

@@ -250,10 +250,10 @@ def _served_devices(api: Any, device: str, problems: dict[str, str]) -> list[int
     gpus, cpus = [], []
     for i in range(int(api.backend_dev_count())):
         dev = api.backend_dev_get(i)
-        kind = int(api.backend_dev_type(dev))
-        if kind == 0:
+        kind = ggml_api.device_kind(int(api.backend_dev_type(dev)))
+        if kind == "cpu":
             cpus.append(dev)
-        elif kind in (1, 2):
+        elif kind in ("gpu", "igpu"):
             gpus.append(dev)
     if device in ("vulkan", "cuda") and not gpus:
         why = problems.get(device, _("no {backend} device found").format(backend=device))

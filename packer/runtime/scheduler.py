@@ -1073,7 +1073,7 @@ class Threadpool:
             p = ctypes.c_void_p
             attach = lib.llama_attach_threadpool
             attach.restype, attach.argtypes = None, [p, p, p]
-            dev = g.backend_dev_by_type(ggml_api.GGML_BACKEND_DEVICE_TYPE_CPU)
+            dev = g.backend_dev_by_type(ggml_api.DEVICE_KINDS.index("cpu"))
             reg = g.backend_dev_backend_reg(dev) if dev else None
             new_at = g.backend_reg_get_proc_address(reg, b"ggml_threadpool_new") if reg else None
             free_at = g.backend_reg_get_proc_address(reg, b"ggml_threadpool_free") if reg else None
