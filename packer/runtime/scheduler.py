@@ -870,7 +870,13 @@ class Scheduler:
 
     def _argmax(self, idx: int) -> int:
         """The token with the largest logit at output ``idx``, the first of equals, as
-        llama.cpp's greedy sampler picks it."""
+        llama.cpp's greedy sampler picks it.
+
+        Not llama.cpp's backend sampling (``llama_set_sampler`` with a greedy chain: the
+        argmax in the decode graph, no logits copied out): the same tokens, but 0.978x of this
+        path's generation speed (zen4 variant on a Zen 4 VM, 30 alternations in one process,
+        0.899-1.051); each attach and detach also makes the next decode reserve the graph
+        again, and attaching a chain a second time aborts the process."""
         return int(self._logits(idx).argmax())
 
     def _sample_shortlist(self, slot: _Slot, idx: int) -> int:
