@@ -80,10 +80,7 @@ BenchError = base.BenchError
 _RUNTIME = Sampling()
 SAMPLINGS: dict[str, dict[str, float]] = {
     "greedy": base.SAMPLING,
-    "default": {
-        key: getattr(_RUNTIME, key)
-        for key in ("temperature", "top_k", "top_p", "min_p", "repeat_penalty")
-    },
+    "default": {key: getattr(_RUNTIME, key) for key in base.SAMPLING},
 }
 
 

@@ -72,7 +72,7 @@ class Device:
 
     @property
     def is_gpu(self) -> bool:
-        return self.kind in ("gpu", "igpu")
+        return self.kind in ggml_api.GPU_KINDS
 
 
 @dataclass

@@ -90,6 +90,7 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 }
 # enum ggml_backend_dev_type, in its order
 DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")
+GPU_KINDS = ("gpu", "igpu")  # the kinds that are a GPU (discrete or integrated)
 
 
 def device_kind(code: int) -> str:

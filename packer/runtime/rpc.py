@@ -253,7 +253,7 @@ def _served_devices(api: Any, device: str, problems: dict[str, str]) -> list[int
         kind = ggml_api.device_kind(int(api.backend_dev_type(dev)))
         if kind == "cpu":
             cpus.append(dev)
-        elif kind in ("gpu", "igpu"):
+        elif kind in ggml_api.GPU_KINDS:
             gpus.append(dev)
     if device in ("vulkan", "cuda") and not gpus:
         why = problems.get(device, _("no {backend} device found").format(backend=device))
