@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from packer.runtime import greedy_loop
 from packer.runtime.context_size import ContextSize, for_gguf
 from packer.runtime.embed import EmbeddingModel, embedding_model
 from packer.runtime.generate import (
@@ -114,7 +115,7 @@ class Engine:
         )
         from packer.runtime.backend import load_backends
 
-        load_backends(verbose=options.verbose)  # no-op when main already chose (--gpu)
+        backends = load_backends(verbose=options.verbose)  # main may have chosen (--gpu)
         self.llm = llama_cpp.Llama(
             model_path=str(self.path),
             n_ctx=LLAMA_CTX,
@@ -149,6 +150,7 @@ class Engine:
                 n_parallel=n_parallel,
                 max_queue=options.max_queue,
                 cache_ram=options.cache_ram,
+                greedy_loop=greedy_loop.load(backends.lib_dir),
             )
         except BaseException:
             self.llm.close()

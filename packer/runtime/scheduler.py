@@ -13,6 +13,10 @@ share it. One decode thread runs the loop; per step it
    that request's own sampler chain (penalties, grammar, top-k/typical/top-p/min-p/temp/dist or
    mirostat, as llama-cpp-python's ``Llama.generate`` builds it).
 
+A plain greedy request for the terminal running alone skips the per-step Python: the C loop of
+:mod:`packer.runtime.greedy_loop` decodes and picks its tokens for up to the time between two
+hand-overs of its text (see :meth:`Scheduler._loop_step`).
+
 KV cells are handed out so that ``llama_decode`` never finds the cache full. A running request
 holds a *claim*: the cells it may fill. A request with ``max_tokens`` claims its prompt plus
 ``max_tokens`` when it is admitted, so it always gets all of them. A request without (until
@@ -45,6 +49,7 @@ from typing import Any
 
 from packer.runtime import ggml_api, grammar_cost, prompt_cache
 from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
+from packer.runtime.greedy_loop import GreedyLoop, Why
 from packer.runtime.prompt_cache import common_prefix
 from packer.runtime.textstream import TextStream
 
@@ -222,6 +227,7 @@ class Scheduler:
         n_parallel: int = 1,
         max_queue: int = 64,
         cache_ram: int | None = None,
+        greedy_loop: GreedyLoop | None = None,
     ) -> None:
         import llama_cpp
 
@@ -280,6 +286,7 @@ class Scheduler:
         self._logits_at.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         self._logits_at.restype = ctypes.c_void_p
         self._views: dict[int, Any] = {}
+        self._loop = greedy_loop  # decodes a lone greedy request in C: see _loop_step
         self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
         self._avg_s = 5.0  # running mean of request durations, for Retry-After
         self.stats = SchedulerStats()
@@ -338,6 +345,8 @@ class Scheduler:
                 raise
             self._queue.append(req)
             self._cond.notify()
+            if self._loop is not None:  # a running C loop returns: this one joins the batch
+                self._loop.interrupt()
         return self._consume(req)
 
     def _consume(self, req: _Request) -> Iterator[str]:
@@ -366,6 +375,8 @@ class Scheduler:
             req.stop_flag = True
             self._stopped = True
             self._cond.notify()
+            if self._loop is not None:
+                self._loop.interrupt()
 
     # -- introspection ------------------------------------------------------------------
     def busy(self) -> bool:
@@ -433,6 +444,8 @@ class Scheduler:
                 return
             self._closing = True
             self._cond.notify()
+            if self._loop is not None:
+                self._loop.interrupt()
         self._thread.join()
         ll = self._ll
         ll.llama_batch_free(self._batch)
@@ -743,6 +756,8 @@ class Scheduler:
             self._finish(slot, "limit")
 
     def _step(self) -> None:
+        if self._loop is not None and self._loop_step(self._loop):
+            return
         ll = self._ll
         batch = self._batch
         tok, pos, nseq, seq, logits = self._b_arrays
@@ -803,11 +818,72 @@ class Scheduler:
                 if slot.req is not None:
                     self._sample(slot, idx)
 
+    def _loop_step(self, loop: GreedyLoop) -> bool:
+        """Decode in C (:mod:`packer.runtime.greedy_loop`) for up to the request's hand-over
+        interval when one plain greedy request for a person (``every`` > 0: the terminal) runs
+        alone and has a token to decode; then take the tokens it picked as :meth:`_sample`
+        would have, one by one. False (nothing done) otherwise: a normal step follows.
+
+        Tokens the loop decoded after a stop string are in the KV cache, so they go into the
+        slot's cache too (as a chat's next turn drops them by its common prefix). A request
+        queued or stopped meanwhile interrupts the loop (:meth:`submit`, :meth:`_stop`)."""
+        with self._cond:
+            if self._queue or self._stopped:
+                return False
+            running = [s for s in self._slots if s.req is not None]
+            if len(running) != 1:
+                return False
+            slot = running[0]
+            req = slot.req
+            token = slot.next_token
+            if (
+                req is None
+                or token is None
+                or slot.pending
+                or not req.greedy
+                or req.every <= 0
+                or req.params.n_probs > 0
+                or req.stop_flag
+            ):
+                return False
+            # cells it may fill without growing its claim, tokens it may still generate
+            room = min(req.max_new - req.result.n_predicted, slot.claim - len(slot.cache))
+            if room < 2:
+                return False  # a normal step handles the end and the growing
+            loop.arm()
+        run = loop.run(
+            self._ctx,
+            self._vocab,
+            token,
+            len(slot.cache),
+            slot.id,
+            room,
+            req.params.ignore_eos,
+            req.every,
+        )
+        if run.why is Why.FAILED:  # _run fails the request
+            raise RuntimeError(f"llama_decode failed (code {run.rc})")
+        decoded = [token, *run.tokens[:-1]]
+        self.stats.steps += len(decoded)
+        self.stats.max_seqs_in_step = max(self.stats.max_seqs_in_step, 1)
+        with self._cond:
+            slot.next_token = None
+            n = 0
+            for picked in run.tokens:
+                slot.cache.append(decoded[n])
+                n += 1
+                self._take(slot, picked, 0)  # (output 0: unused, no n_probs here)
+                if slot.next_token is None:  # the request ended
+                    break
+                if n < len(run.tokens):  # decoded already: not the next one to decode
+                    slot.next_token = None
+            slot.cache.extend(decoded[n:])
+        return True
+
     def _sample(self, slot: _Slot, idx: int) -> None:
         ll = self._ll
         req = slot.req
-        assert req is not None and slot.text is not None
-        result = req.result
+        assert req is not None
         if req.greedy:  # the chain's answer without its 49,152-entry candidate array
             token = self._argmax(idx)
         elif req.shortlist:
@@ -823,6 +899,14 @@ class Scheduler:
                 self._refuse(slot, PromptError(slow or GRAMMAR_DEAD_END))
                 return
             token = picked
+        self._take(slot, token, idx)
+
+    def _take(self, slot: _Slot, token: int, idx: int) -> None:
+        """The token picked for ``slot`` from output ``idx`` of the last decode: its text, or
+        the end of the request; otherwise it is decoded next (``slot.next_token``)."""
+        req = slot.req
+        assert req is not None and slot.text is not None
+        result = req.result
         now = time.perf_counter()
         if slot.t_first is None:
             slot.t_first = now
