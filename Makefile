@@ -17,12 +17,12 @@ $(PY):
 # as root inside a Debian 11 build root (build/build-root.sh) so model.run needs only glibc 2.31
 # ggml's RPC backend (--rpc, --rpc-server) is compiled on its own against that wheel (build/llama-rpc.sh)
 # and so are the AVX CPU variants with the root's tuning flags (build/llama-cpu-variants.sh)
-# and the runtime's greedy decode loop in C (build/greedy-loop.sh)
-$(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh build/llama-rpc.sh build/llama-cpu-variants.sh build/greedy-loop.sh build/greedy_loop.c build/build-root.sh build/root-cc $(wildcard build/patches/*/*.patch)
+# and the runtime's decode loop in C (build/decode-loop.sh)
+$(VENV)/.installed: $(PY) pyproject.toml build/llama-wheel.sh build/llama-rpc.sh build/llama-cpu-variants.sh build/decode-loop.sh build/decode_loop.c build/build-root.sh build/root-cc $(wildcard build/patches/*/*.patch)
 	bash build/llama-wheel.sh $(PY)
 	bash build/llama-cpu-variants.sh $(PY)
 	bash build/llama-rpc.sh $(PY)
-	bash build/greedy-loop.sh $(PY)
+	bash build/decode-loop.sh $(PY)
 	$(PY) -m pip install --quiet -e '.[runtime-build]'
 	touch $@
 

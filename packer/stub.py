@@ -63,6 +63,7 @@ LAUNCHER_SCRIPT = ROOT / "build" / "launcher.sh"
 LAUNCHER_SRC = ROOT / "build" / "launcher" / "launcher.c"
 RUNTIME_EXE = "packer-runtime"  # the onedir executable; launcher.c execs <dir>/packer-runtime
 WHEEL_SCRIPT = ROOT / "build" / "llama-wheel.sh"
+DECODE_LOOP_SCRIPT = ROOT / "build" / "decode-loop.sh"  # packer/runtime/decode_loop.py
 BUILD_ROOT_SCRIPT = ROOT / "build" / "build-root.sh"
 SHIPPED = PACKAGE / "_stub"  # in an installed wheel: _stub/<flavour>/{packer-runtime,runtime.json}
 BUILD_INFO = "runtime.json"  # next to every stub: its RuntimeBuild
@@ -209,6 +210,11 @@ def build_flavour_site(flavour: str, *, verbose: bool = False) -> Path | None:
             f"installing the {flavour} wheel",
             verbose=verbose,
         )  # fmt: skip
+        _run(
+            ["bash", str(DECODE_LOOP_SCRIPT), "--into", str(tmp)],
+            f"compiling the decode loop for the {flavour} wheel",
+            verbose=verbose,
+        )
         os.replace(tmp, site)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -46,6 +46,7 @@ class FakeCore(Core):
         self.messages: list[dict[str, Any]] | None = None  # as the template would get them
         self.template_kwargs: dict[str, Any] = {}  # what else the template would get (tools)
         self.params: Sampling | None = None
+        self.stream: bool | None = None  # what the core was asked: a stream or a whole answer
 
     def _prompt(
         self, req: GenRequest, template_kwargs: dict[str, Any]
@@ -56,9 +57,15 @@ class FakeCore(Core):
         return [*req.context, *PROMPT], list(req.sampling.stop)
 
     def _generate(
-        self, prompt: list[int], params: Sampling, result: GenResult, stop: Callable[[], bool]
+        self,
+        prompt: list[int],
+        params: Sampling,
+        result: GenResult,
+        stop: Callable[[], bool],
+        stream: bool,
     ) -> Iterator[str]:
         self.params = params
+        self.stream = stream
         result.n_prompt = len(prompt)
 
         def run() -> Iterator[str]:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from packer.runtime import greedy_loop
+from packer.runtime import decode_loop
 from packer.runtime.context_size import ContextSize, for_gguf
 from packer.runtime.embed import EmbeddingModel, embedding_model
 from packer.runtime.generate import (
@@ -150,7 +150,7 @@ class Engine:
                 n_parallel=n_parallel,
                 max_queue=options.max_queue,
                 cache_ram=options.cache_ram,
-                greedy_loop=greedy_loop.load(backends.lib_dir),
+                decode_loop=decode_loop.load(backends.lib_dir),
             )
         except BaseException:
             self.llm.close()

@@ -316,9 +316,19 @@ class Core:
         return context + gen.completion_tokens(engine, prompt), stop
 
     def _generate(
-        self, prompt: list[int], params: Sampling, result: GenResult, stop: Callable[[], bool]
+        self,
+        prompt: list[int],
+        params: Sampling,
+        result: GenResult,
+        stop: Callable[[], bool],
+        stream: bool,
     ) -> Iterator[str]:
-        return gen.generate(self.engine, prompt, params, result, stop)
+        """A stream gets every token's text as it is decoded, as llama-server sends it; a whole
+        answer is read at its end, so its text comes joined at most 20 times a second, which
+        lets the scheduler decode it in C while it runs alone
+        (:mod:`packer.runtime.decode_loop`)."""
+        every = 0.0 if stream else gen.TERMINAL_EVERY_S
+        return gen.generate(self.engine, prompt, params, result, stop, every)
 
     def text_of(self, tokens: list[int]) -> str:
         return gen.detokenize(self.engine, tokens)
@@ -367,7 +377,7 @@ class Core:
             def stop_now() -> bool:
                 return closing() or (cancelled is not None and cancelled())
 
-            pieces = self._generate(prompt, params, result, stop_now)
+            pieces = self._generate(prompt, params, result, stop_now, req.stream)
             cleanup.callback(_close, pieces)
         except BaseException:
             cleanup.close()

@@ -13,9 +13,9 @@ share it. One decode thread runs the loop; per step it
    that request's own sampler chain (penalties, grammar, top-k/typical/top-p/min-p/temp/dist or
    mirostat, as llama-cpp-python's ``Llama.generate`` builds it).
 
-A plain greedy request for the terminal running alone skips the per-step Python: the C loop of
-:mod:`packer.runtime.greedy_loop` decodes and picks its tokens for up to the time between two
-hand-overs of its text (see :meth:`Scheduler._loop_step`).
+A request for the terminal running alone skips the per-step Python: the C loop of
+:mod:`packer.runtime.decode_loop` decodes and picks its tokens (an argmax, or its sampler chain)
+for up to the time between two hand-overs of its text (see :meth:`Scheduler._loop_step`).
 
 KV cells are handed out so that ``llama_decode`` never finds the cache full. A running request
 holds a *claim*: the cells it may fill. A request with ``max_tokens`` claims its prompt plus
@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from packer.runtime import ggml_api, grammar_cost, prompt_cache
+from packer.runtime.decode_loop import DecodeLoop, Why
 from packer.runtime.generate import GenResult, PromptError, Sampling, TokenProb, check_context
-from packer.runtime.greedy_loop import GreedyLoop, Why
 from packer.runtime.prompt_cache import common_prefix
 from packer.runtime.textstream import TextStream
 
@@ -227,7 +227,7 @@ class Scheduler:
         n_parallel: int = 1,
         max_queue: int = 64,
         cache_ram: int | None = None,
-        greedy_loop: GreedyLoop | None = None,
+        decode_loop: DecodeLoop | None = None,
     ) -> None:
         import llama_cpp
 
@@ -286,7 +286,7 @@ class Scheduler:
         self._logits_at.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         self._logits_at.restype = ctypes.c_void_p
         self._views: dict[int, Any] = {}
-        self._loop = greedy_loop  # decodes a lone greedy request in C: see _loop_step
+        self._loop = decode_loop  # decodes a lone request for the terminal in C: _loop_step
         self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
         self._avg_s = 5.0  # running mean of request durations, for Retry-After
         self.stats = SchedulerStats()
@@ -818,11 +818,15 @@ class Scheduler:
                 if slot.req is not None:
                     self._sample(slot, idx)
 
-    def _loop_step(self, loop: GreedyLoop) -> bool:
-        """Decode in C (:mod:`packer.runtime.greedy_loop`) for up to the request's hand-over
-        interval when one plain greedy request for a person (``every`` > 0: the terminal) runs
-        alone and has a token to decode; then take the tokens it picked as :meth:`_sample`
-        would have, one by one. False (nothing done) otherwise: a normal step follows.
+    def _loop_step(self, loop: DecodeLoop) -> bool:
+        """Decode in C (:mod:`packer.runtime.decode_loop`) for up to the request's hand-over
+        interval when one request for a person (``every`` > 0: the terminal) runs alone and
+        has a token to decode; then take the tokens it picked as :meth:`_sample` would have,
+        one by one. The loop picks by argmax for a plain greedy request, else with the
+        request's sampler chain: the tokens :meth:`_sample` picks (its shortlist gives the
+        chain's answer). Not with a grammar (a dead end would throw through llama.cpp's C API
+        and abort, see :meth:`_sample_grammar`) or log-probabilities (computed in Python from
+        each token's logits). False (nothing done) otherwise: a normal step follows.
 
         Tokens the loop decoded after a stop string are in the KV cache, so they go into the
         slot's cache too (as a chat's next turn drops them by its common prefix). A request
@@ -840,7 +844,7 @@ class Scheduler:
                 req is None
                 or token is None
                 or slot.pending
-                or not req.greedy
+                or req.params.grammar is not None
                 or req.every <= 0
                 or req.params.n_probs > 0
                 or req.stop_flag
@@ -854,6 +858,7 @@ class Scheduler:
         run = loop.run(
             self._ctx,
             self._vocab,
+            None if req.greedy else req.sampler,
             token,
             len(slot.cache),
             slot.id,

@@ -1,16 +1,20 @@
-"""packer.runtime.greedy_loop: the greedy decode loop in C (build/greedy_loop.c).
+"""packer.runtime.decode_loop: the decode loop in C (build/decode_loop.c).
 
-The library is built and installed next to libllama by ``make`` (build/greedy-loop.sh). Its
+The library is built and installed next to libllama by ``make`` (build/decode-loop.sh). Its
 argmax is checked against numpy on arrays with ties, NaNs and infinities; on the real small
 model (SmolLM2-135M-Instruct Q4_1) a request decoded by the loop must give what the Python
-path gives, token for token, whichever way it ends (length, end of generation, stop string,
-a claim that has to grow), and the loop must hand the context back at once when another
-request arrives or the caller stops reading.
+path gives, token for token, greedy or sampled with a seed, whichever way it ends (length,
+end of generation, stop string, a claim that has to grow), and the loop must hand the context
+back at once when another request arrives or the caller stops reading.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +23,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from conftest import smollm_gguf_path
 
+from packer.runtime import decode_loop
 from packer.runtime import generate as gen
-from packer.runtime import greedy_loop
 from packer.runtime.backend import load_backends
 from packer.runtime.engine import Engine, EngineOptions, Sampling
+from packer.runtime.server import make_server
 
 EVERY = gen.TERMINAL_EVERY_S
 GREEDY: dict[str, Any] = {"temperature": 0.0, "repeat_penalty": 1.0}  # plain greedy
@@ -37,22 +43,46 @@ def _lib_dir() -> Path:
 
 
 def test_make_installs_the_loop_next_to_libllama() -> None:
-    assert (_lib_dir() / greedy_loop.LIBRARY).is_file(), "run build/greedy-loop.sh"
-    assert greedy_loop.load(_lib_dir()) is not None
+    assert (_lib_dir() / decode_loop.LIBRARY).is_file(), "run build/decode-loop.sh"
+    assert decode_loop.load(_lib_dir()) is not None
 
 
 def test_off_missing_or_another_abi_means_python(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(greedy_loop.ENV, "0")
-    assert greedy_loop.load(_lib_dir()) is None
-    monkeypatch.delenv(greedy_loop.ENV)
-    assert greedy_loop.load(tmp_path) is None  # no library there
-    assert greedy_loop.load(None) is None  # backends linked into libllama: no folder
-    (tmp_path / greedy_loop.LIBRARY).write_bytes(b"not an ELF file")
-    assert greedy_loop.load(tmp_path) is None
-    monkeypatch.setattr(greedy_loop, "ABI", greedy_loop.ABI + 1)
-    assert greedy_loop.load(_lib_dir()) is None
+    monkeypatch.setenv(decode_loop.ENV, "0")
+    assert decode_loop.load(_lib_dir()) is None
+    monkeypatch.delenv(decode_loop.ENV)
+    assert decode_loop.load(tmp_path) is None  # no library there
+    assert decode_loop.load(None) is None  # backends linked into libllama: no folder
+    (tmp_path / decode_loop.LIBRARY).write_bytes(b"not an ELF file")
+    assert decode_loop.load(tmp_path) is None
+    monkeypatch.setattr(decode_loop, "ABI", decode_loop.ABI + 1)
+    assert decode_loop.load(_lib_dir()) is None
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+def test_decode_loop_sh_into_a_flavour_site(tmp_path: Path) -> None:
+    """A flavour's wheel installed with pip --target (packer/stub.py, the cuda flavour) gets
+    the loop too, compiled against that wheel's libllama and llama.h."""
+    site = tmp_path / "site"
+    shutil.copytree(_lib_dir(), site / "llama_cpp" / "lib", symlinks=True)
+    (site / "llama_cpp" / "lib" / decode_loop.LIBRARY).unlink()
+    shutil.copytree(Path(sysconfig.get_paths()["purelib"]) / "include", site / "include")
+    script = Path(__file__).resolve().parents[1] / "build" / "decode-loop.sh"
+    proc = subprocess.run(
+        ["bash", str(script), "--into", str(site)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    built = site / "llama_cpp" / "lib" / decode_loop.LIBRARY
+    assert proc.stdout.strip() == str(built) and built.is_file()
+    proc = subprocess.run(
+        ["bash", str(script), "--into", str(tmp_path / "nothing")], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"decode-loop.sh: no llama_cpp/lib/libllama.so in {tmp_path / 'nothing'}"
+    ]
 
 
 def _reference_argmax(x: np.ndarray) -> int:
@@ -65,7 +95,7 @@ def _reference_argmax(x: np.ndarray) -> int:
 
 @pytest.mark.parametrize("n", [1, 3, 15, 16, 17, 49152, 49155])
 def test_argmax(n: int) -> None:
-    loop = greedy_loop.load(_lib_dir())
+    loop = decode_loop.load(_lib_dir())
     assert loop is not None
     rng = np.random.default_rng(n)
     cases = [rng.normal(size=n).astype(np.float32)]
@@ -88,9 +118,9 @@ def test_argmax(n: int) -> None:
 class _Spy:
     """The loop, counting its runs."""
 
-    def __init__(self, loop: greedy_loop.GreedyLoop) -> None:
+    def __init__(self, loop: decode_loop.DecodeLoop) -> None:
         self.loop = loop
-        self.runs: list[greedy_loop.Run] = []
+        self.runs: list[decode_loop.Run] = []
 
     def arm(self) -> None:
         self.loop.arm()
@@ -98,7 +128,7 @@ class _Spy:
     def interrupt(self) -> None:
         self.loop.interrupt()
 
-    def run(self, *args: Any) -> greedy_loop.Run:
+    def run(self, *args: Any) -> decode_loop.Run:
         out = self.loop.run(*args)
         self.runs.append(out)
         return out
@@ -143,34 +173,41 @@ def _generate(
     return text, result
 
 
-@pytest.mark.parametrize(
-    "params",
-    [
-        Sampling(**GREEDY, max_tokens=60, ignore_eos=True),  # ends by its length
-        Sampling(**GREEDY, max_tokens=400),  # ends with an end-of-generation token
+CASES = {
+    # a plain greedy request: the loop's argmax
+    "greedy-length": (Sampling(**GREEDY, max_tokens=60, ignore_eos=True), "limit"),
+    "greedy-eos": (Sampling(**GREEDY, max_tokens=400), "eos"),
+    "greedy-stop-string": (
         Sampling(**GREEDY, max_tokens=200, ignore_eos=True, stop=[" the "]),
-    ],
-    ids=["length", "eos", "stop-string"],
-)
-def test_the_loop_gives_what_python_gives(engine: Engine, spy: _Spy, params: Sampling) -> None:
+        "word",
+    ),
+    # the request's sampler chain: the runtime's defaults (Python: a top-k shortlist), the
+    # penalties at temperature 0, and a chain without top-k (Python: the whole chain)
+    "defaults": (Sampling(max_tokens=80, ignore_eos=True, seed=7), "limit"),
+    "penalties": (Sampling(temperature=0.0, max_tokens=60, ignore_eos=True), "limit"),
+    "no-top-k": (
+        Sampling(temperature=0.7, top_k=0, max_tokens=60, ignore_eos=True, seed=3),
+        "limit",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_loop_gives_what_python_gives(engine: Engine, spy: _Spy, case: str) -> None:
+    params, stop_type = CASES[case]
     prompt, _ = gen.chat_tokens(engine, [{"role": "user", "content": "Say hello in one line."}], [])
-    if params.stop:
+    if params.stop or params.temperature > 0:
         prompt = gen.completion_tokens(engine, "Once upon a time")
     text, result = _generate(engine, prompt, params, spy)
     assert spy.runs, "the loop did not run"
-    assert all(r.why is not greedy_loop.Why.FAILED for r in spy.runs)
+    assert all(r.why is not decode_loop.Why.FAILED for r in spy.runs)
     text_py, result_py = _generate(engine, prompt, params, None)
     assert text == text_py
     assert (result.n_predicted, result.stop_type) == (result_py.n_predicted, result_py.stop_type)
     assert result.stopping_word == result_py.stopping_word
-    expected = {"length": "limit", "eos": "eos", "stop-string": "word"}
-    assert result.stop_type in expected.values()
-    if params.stop:
-        assert result.stop_type == "word"  # the case this parameter is for
-    elif params.ignore_eos:
-        assert result.stop_type == "limit" and result.n_predicted == 60
-    else:
-        assert result.stop_type == "eos"
+    assert result.stop_type == stop_type  # the ending this case is for
+    if stop_type == "limit":
+        assert result.n_predicted == params.max_tokens
 
 
 def test_tokens_decoded_past_a_stop_string_stay_usable(engine: Engine, spy: _Spy) -> None:
@@ -215,7 +252,7 @@ def test_a_claim_that_grows(engine: Engine, spy: _Spy) -> None:
     engine.scheduler._loop = spy
     n = min(len(t) for t in texts)
     assert n > 0 and texts[0][:n] == texts[1][:n]
-    assert any(r.why is greedy_loop.Why.LIMIT for r in spy.runs)  # it stopped at the claim
+    assert any(r.why is decode_loop.Why.LIMIT for r in spy.runs)  # it stopped at the claim
 
 
 def test_another_request_interrupts_the_loop(engine: Engine, spy: _Spy) -> None:
@@ -247,7 +284,7 @@ def test_another_request_interrupts_the_loop(engine: Engine, spy: _Spy) -> None:
     )
     assert text and short.n_predicted == 5
     assert time.monotonic() - started < 10
-    assert spy.runs and spy.runs[-1].why is greedy_loop.Why.STOP
+    assert spy.runs and spy.runs[-1].why is decode_loop.Why.STOP
     assert engine.scheduler.busy()  # the long one still runs, batched with it meanwhile
     t0 = time.monotonic()
     long.close()
@@ -267,11 +304,34 @@ def _loop_running() -> bool:
 
 
 def test_the_loop_is_not_used_for_others(engine: Engine, spy: _Spy) -> None:
-    """Sampling, log-probabilities, streaming to a client token by token, two requests at
-    once: the Python path, as before."""
+    """A grammar, log-probabilities, streaming to a client token by token: the Python path,
+    as before (two requests at once: test_another_request_interrupts_the_loop)."""
     prompt = gen.completion_tokens(engine, "Once upon a time")
-    _generate(engine, prompt, Sampling(**GREEDY | {"temperature": 0.8}, max_tokens=20), spy)
-    _generate(engine, prompt, Sampling(temperature=0.0, max_tokens=20), spy)  # penalties
+    _generate(engine, prompt, Sampling(**GREEDY, max_tokens=20, grammar='root ::= "a"+'), spy)
     _generate(engine, prompt, Sampling(**GREEDY, max_tokens=20, n_probs=2), spy)
     _generate(engine, prompt, Sampling(**GREEDY, max_tokens=20), spy, every=0.0)
     assert spy.runs == []
+
+
+def test_a_whole_server_answer_uses_the_loop_a_stream_does_not(engine: Engine, spy: _Spy) -> None:
+    """A whole answer (``stream`` false) is read at its end: decoded in C, the same text as
+    a stream of the same request, which gets every token as llama-server sends it."""
+    srv = make_server(engine, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    body = {"prompt": "Once upon a time", "n_predict": 40, "temperature": 0, "repeat_penalty": 1}
+    try:
+        _idle(engine)
+        whole = requests.post(srv.url + "/completion", json=body, timeout=60).json()
+        assert spy.runs and whole["tokens_predicted"] == 40
+        spy.runs.clear()
+        _idle(engine)
+        with requests.post(
+            srv.url + "/completion", json=body | {"stream": True}, stream=True, timeout=60
+        ) as r:
+            events = [line for line in r.iter_lines() if line.startswith(b"data: ")]
+        assert spy.runs == []
+        text = "".join(json.loads(e[len(b"data: ") :])["content"] for e in events)
+        assert text == whole["content"] and len(events) > 20  # a piece per token or so
+    finally:
+        srv.shutdown()
+        srv.server_close()

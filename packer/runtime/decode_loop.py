@@ -1,17 +1,18 @@
-"""The greedy decode loop in C (``libpacker-greedy.so``, from ``build/greedy_loop.c``).
+"""The decode loop in C (``libpacker-decode.so``, from ``build/decode_loop.c``).
 
-A plain greedy request for the terminal (one-shot ``-p`` and chat: text handed over at most 20
-times a second) spends ~130-180 µs of Python between two ``llama_decode`` calls picking the
-token and turning it into text: ~2 % of generation on a 2-core CPU, more on a GPU whose
-decodes are shorter. llama-bench, the yardstick of #16 item 7, has none of it. When such a
-request is the only one running, the scheduler hands its decoding to this loop, which decodes
-and picks tokens in C for up to the request's hand-over interval and returns them; the text is
-then made from them in Python while the next interval has not started, and the caller was
-going to wait that long for its text anyway.
+A request for the terminal (one-shot ``-p`` and chat: text handed over at most 20 times a
+second) spends ~130-180 µs of Python between two ``llama_decode`` calls picking the token and
+turning it into text: ~2 % of generation on a 2-core CPU, more on a GPU whose decodes are
+shorter. llama-bench, the yardstick of #16 item 7, has none of it. When such a request runs
+alone, the scheduler hands its decoding to this loop, which decodes and picks tokens in C for
+up to the request's hand-over interval and returns them; Python then makes the text from them
+(stop strings, UTF-8), and the caller was going to wait that long for its text anyway. The
+pick is an argmax for a plain greedy request, else the request's own llama.cpp sampler chain
+(``llama_sampler_sample``: the tokens the Python path picks, same seed, same draws).
 
-``build/greedy-loop.sh`` compiles the library against the wheel's ``libllama.so`` and installs
+``build/decode-loop.sh`` compiles the library against the wheel's ``libllama.so`` and installs
 it next to it (``llama_cpp/lib``; frozen with the rest of that folder). Without it, or with
-``PACKER_GREEDY_LOOP=0``, the scheduler decodes token by token in Python as for every other
+``PACKER_DECODE_LOOP=0``, the scheduler decodes token by token in Python as for every other
 request: the same tokens, a little slower."""
 
 from __future__ import annotations
@@ -24,27 +25,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("packer.runtime.greedy_loop")
+log = logging.getLogger("packer.runtime.decode_loop")
 
-LIBRARY = "libpacker-greedy.so"
-ABI = 1  # packer_greedy_abi() of the C source this module speaks to
-ENV = "PACKER_GREEDY_LOOP"  # "0": never use it
+LIBRARY = "libpacker-decode.so"
+ABI = 1  # packer_decode_abi() of the C source this module speaks to
+ENV = "PACKER_DECODE_LOOP"  # "0": never use it
 CAPACITY = 4096  # tokens one run picks at most
 
 
 class Why(enum.IntEnum):
-    """Why :meth:`GreedyLoop.run` returned (``PACKER_GREEDY_*`` in the C source)."""
+    """Why :meth:`DecodeLoop.run` returned (``PACKER_DECODE_*`` in the C source)."""
 
     LIMIT = 0  # it picked as many tokens as it was allowed
     EOG = 1  # the last token picked ends generation
-    STOP = 2  # :meth:`GreedyLoop.interrupt` was called
+    STOP = 2  # :meth:`DecodeLoop.interrupt` was called
     TIME = 3  # its time was up
     FAILED = 4  # llama_decode failed (see ``Run.rc``) or gave no logits
 
 
 @dataclass(slots=True)
 class Run:
-    """What one :meth:`GreedyLoop.run` did: ``tokens`` picked, each but the last decoded
+    """What one :meth:`DecodeLoop.run` did: ``tokens`` picked, each but the last decoded
     (an end-of-generation token last included: it is not decoded either)."""
 
     why: Why
@@ -52,16 +53,16 @@ class Run:
     rc: int  # llama_decode's code when ``why`` is FAILED
 
 
-class GreedyLoop:
+class DecodeLoop:
     """The loaded library. One decode thread calls :meth:`run`; any thread may call
     :meth:`interrupt` to make a run return after the token it is on."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         p, i32 = ctypes.c_void_p, ctypes.c_int32
-        self._run = lib.packer_greedy_run
+        self._run = lib.packer_decode_run
         self._run.restype = i32
-        self._run.argtypes = [p, p, i32, i32, i32, i32, i32, ctypes.c_double, p, p, p, p]
-        self._argmax = lib.packer_greedy_argmax
+        self._run.argtypes = [p, p, p, i32, i32, i32, i32, i32, ctypes.c_double, p, p, p, p]
+        self._argmax = lib.packer_decode_argmax
         self._argmax.restype = i32
         self._argmax.argtypes = [p, i32]
         self._stop = ctypes.c_int32(0)
@@ -82,6 +83,7 @@ class GreedyLoop:
         self,
         ctx: Any,
         vocab: Any,
+        sampler: Any,
         token: int,
         pos: int,
         seq: int,
@@ -89,12 +91,14 @@ class GreedyLoop:
         ignore_eos: bool,
         seconds: float,
     ) -> Run:
-        """Decode ``token`` at ``pos`` of sequence ``seq`` and go on greedily: at most
-        ``max_tokens`` picks (and :data:`CAPACITY`), until an end-of-generation token (unless
-        ``ignore_eos``), :meth:`interrupt`, or ``seconds``. The GIL is released meanwhile."""
+        """Decode ``token`` at ``pos`` of sequence ``seq`` and go on, picking with ``sampler``
+        (a ``llama_sampler *`` chain; None: the largest logit): at most ``max_tokens`` picks
+        (and :data:`CAPACITY`), until an end-of-generation token (unless ``ignore_eos``),
+        :meth:`interrupt`, or ``seconds``. The GIL is released meanwhile."""
         why = self._run(
             ctx,
             vocab,
+            sampler,
             token,
             pos,
             seq,
@@ -110,26 +114,27 @@ class GreedyLoop:
         return int(self._argmax(address, n))
 
 
-def load(lib_dir: str | Path | None) -> GreedyLoop | None:
+def load(lib_dir: str | Path | None) -> DecodeLoop | None:
     """The loop from ``lib_dir`` (the backends' folder, where ``libllama.so`` is), or None
-    where it is turned off, missing (a wheel built without build/greedy-loop.sh) or of
+    where it is turned off, missing (a wheel built without build/decode-loop.sh) or of
     another ABI: the scheduler then decodes in Python."""
     if os.environ.get(ENV, "1") == "0":
-        log.debug("greedy loop: off (%s=0)", ENV)
+        log.debug("decode loop: off (%s=0)", ENV)
         return None
     if lib_dir is None:
         return None
     path = Path(lib_dir) / LIBRARY
     if not path.is_file():
-        log.debug("greedy loop: no %s: decoding in Python", path)
+        log.debug("decode loop: no %s: decoding in Python", path)
         return None
     try:
         lib = ctypes.CDLL(str(path))
-        abi = int(lib.packer_greedy_abi())
+        abi = int(lib.packer_decode_abi())
     except (OSError, AttributeError) as exc:
-        log.debug("greedy loop: cannot load %s: %s", path, exc)
+        log.debug("decode loop: cannot load %s: %s", path, exc)
         return None
     if abi != ABI:
-        log.debug("greedy loop: %s has ABI %d, this runtime speaks %d", path, abi, ABI)
+        log.debug("decode loop: %s has ABI %d, this runtime speaks %d", path, abi, ABI)
         return None
-    return GreedyLoop(lib)
+    log.debug("decode loop: %s", path)
+    return DecodeLoop(lib)
