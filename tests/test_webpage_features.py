@@ -91,7 +91,14 @@ class ScriptedEngine:
         return [1, 2, 3], stop
 
     def generate(
-        self, engine: Any, prompt: list[int], params: Any, result: Any, cancelled: Any = None
+        self,
+        engine: Any,
+        prompt: list[int],
+        params: Any,
+        result: Any,
+        cancelled: Any = None,
+        every: float = 0.0,
+        burst: float | None = None,
     ) -> Iterator[str]:
         question = self.seen[-1][-1]["content"]
         text = self.script.get(question, f"You said: {question}")

@@ -1,19 +1,20 @@
 """The decode loop in C (``libpacker-decode.so``, from ``build/decode_loop.c``).
 
-A request for the terminal (one-shot ``-p`` and chat: text handed over at most 20 times a
-second) spends ~130-180 µs of Python between two ``llama_decode`` calls picking the token and
-turning it into text: ~2 % of generation on a 2-core CPU, more on a GPU whose decodes are
-shorter. llama-bench, the yardstick of #16 item 7, has none of it. When such a request runs
-alone, the scheduler hands its decoding to this loop, which decodes and picks tokens in C for
-up to the request's hand-over interval and returns them; Python then makes the text from them
-(stop strings, UTF-8), and the caller was going to wait that long for its text anyway. The
-pick is an argmax for a plain greedy request, else the request's own llama.cpp sampler chain
+Between two ``llama_decode`` calls the scheduler's Python picks the token and turns it into
+text: ~130-180 µs a token, ~2 % of generation on a 2-core CPU, more on a GPU whose decodes
+are shorter; a server stream adds its handler thread waking for every token. llama-bench and
+llama-server, the yardsticks of #16 item 7, have none of it. When one request runs alone, the
+scheduler hands its decoding to this loop, which decodes and picks tokens in C for up to the
+request's ``burst`` (50 ms: the terminal's hand-over interval; the server's too) and returns
+them; Python then makes the text from them (stop strings, UTF-8) and hands it over: joined
+for the terminal and whole answers, one piece per token for a stream. The pick is an argmax
+for a plain greedy request, else the request's own llama.cpp sampler chain
 (``llama_sampler_sample``: the tokens the Python path picks, same seed, same draws).
 
 ``build/decode-loop.sh`` compiles the library against the wheel's ``libllama.so`` and installs
 it next to it (``llama_cpp/lib``; frozen with the rest of that folder). Without it, or with
 ``PACKER_DECODE_LOOP=0``, the scheduler decodes token by token in Python as for every other
-request: the same tokens, a little slower."""
+request: the same tokens, each handed over as soon as it is decoded."""
 
 from __future__ import annotations
 

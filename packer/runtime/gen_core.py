@@ -323,12 +323,15 @@ class Core:
         stop: Callable[[], bool],
         stream: bool,
     ) -> Iterator[str]:
-        """A stream gets every token's text as it is decoded, as llama-server sends it; a whole
-        answer is read at its end, so its text comes joined at most 20 times a second, which
-        lets the scheduler decode it in C while it runs alone
-        (:mod:`packer.runtime.decode_loop`)."""
+        """A stream gets one piece per token, as llama-server sends them; a whole answer is read
+        at its end, so its text comes joined at most 20 times a second. Either way, while the
+        request runs alone, the scheduler decodes it in C (:mod:`packer.runtime.decode_loop`)
+        for up to :data:`~packer.runtime.generate.TERMINAL_EVERY_S` at a time: a model faster
+        than 20 tokens a second streams its tokens in bursts that far apart."""
         every = 0.0 if stream else gen.TERMINAL_EVERY_S
-        return gen.generate(self.engine, prompt, params, result, stop, every)
+        return gen.generate(
+            self.engine, prompt, params, result, stop, every, burst=gen.TERMINAL_EVERY_S
+        )
 
     def text_of(self, tokens: list[int]) -> str:
         return gen.detokenize(self.engine, tokens)

@@ -316,6 +316,7 @@ def generate(
     result: GenResult,
     cancelled: Callable[[], bool] | None = None,
     every: float = 0.0,
+    burst: float | None = None,
 ) -> Iterator[str]:
     """Generate after ``prompt`` through the engine's scheduler (continuous batching), yielding
     text pieces as they are final (never part of a stop string, never half a UTF-8 character).
@@ -323,5 +324,7 @@ def generate(
     waiting (client gone, server stopping); closing the iterator early frees the slot. Raises
     :class:`PromptError` (prompt too long, invalid grammar) or
     :class:`packer.runtime.scheduler.QueueFull` at once, before anything is queued. ``every``
-    > 0: pieces come at most that often (seconds), joined (:data:`TERMINAL_EVERY_S`)."""
-    return engine.scheduler.submit(prompt, params, result, cancelled, every)
+    > 0: pieces come at most that often (seconds), joined (:data:`TERMINAL_EVERY_S`). ``burst``
+    (default ``every``): how long the scheduler may decode in C before the pieces come, see
+    :meth:`packer.runtime.scheduler.Scheduler.submit`."""
+    return engine.scheduler.submit(prompt, params, result, cancelled, every, burst)

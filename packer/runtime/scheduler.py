@@ -117,6 +117,9 @@ class _Request:
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     # seconds between two hand-overs of text to the caller (0: every step), see _emit
     every: float = 0.0
+    # seconds the C decode loop may run for it between two returns to Python (0: never), see
+    # _loop_step; the text it picked then reaches the caller (joined if ``every``)
+    burst: float = 0.0
     held: list[str] = field(default_factory=list)  # text not handed over yet
     due: float = 0.0  # when the next piece may be handed over
     stop_flag: bool = False  # set by the caller's side: client gone / iterator closed
@@ -301,11 +304,15 @@ class Scheduler:
         result: GenResult,
         cancelled: Callable[[], bool] | None = None,
         every: float = 0.0,
+        burst: float | None = None,
     ) -> Iterator[str]:
         """Queue a generation after ``prompt``; returns an iterator of text pieces (final: never
         part of a stop string, never half a UTF-8 character). ``result`` is complete once the
         iterator is exhausted. ``every`` > 0: the text comes at most that often (seconds), the
-        pieces decoded in between joined into one (see :meth:`_emit`). Raises
+        pieces decoded in between joined into one (see :meth:`_emit`). ``burst`` > 0 (default:
+        ``every``): while it runs alone, its tokens may be decoded in C for up to that long
+        before their pieces (one per token unless ``every``) reach the caller together (see
+        :meth:`_loop_step`). Raises
         :class:`PromptError` (too long, bad grammar) or :class:`QueueFull` here, before
         anything is queued."""
         check_context(self, len(prompt))  # reads only .n_ctx, which this has too
@@ -328,6 +335,7 @@ class Scheduler:
             shortlist_k(params),
             self._watched(params),
             every=every,
+            burst=every if burst is None else burst,
         )
         with self._cond:
             try:
@@ -819,9 +827,8 @@ class Scheduler:
                     self._sample(slot, idx)
 
     def _loop_step(self, loop: DecodeLoop) -> bool:
-        """Decode in C (:mod:`packer.runtime.decode_loop`) for up to the request's hand-over
-        interval when one request for a person (``every`` > 0: the terminal) runs alone and
-        has a token to decode; then take the tokens it picked as :meth:`_sample` would have,
+        """Decode in C (:mod:`packer.runtime.decode_loop`) for up to the request's ``burst``
+        when one request that allows it runs alone and has a token to decode; then take the tokens it picked as :meth:`_sample` would have,
         one by one. The loop picks by argmax for a plain greedy request, else with the
         request's sampler chain: the tokens :meth:`_sample` picks (its shortlist gives the
         chain's answer). Not with a grammar (a dead end would throw through llama.cpp's C API
@@ -845,7 +852,7 @@ class Scheduler:
                 or token is None
                 or slot.pending
                 or req.params.grammar is not None
-                or req.every <= 0
+                or req.burst <= 0
                 or req.params.n_probs > 0
                 or req.stop_flag
             ):
@@ -864,7 +871,7 @@ class Scheduler:
             slot.id,
             room,
             req.params.ignore_eos,
-            req.every,
+            req.burst,
         )
         if run.why is Why.FAILED:  # _run fails the request
             raise RuntimeError(f"llama_decode failed (code {run.rc})")
