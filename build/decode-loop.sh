@@ -56,7 +56,8 @@ if [[ $BASE == host ]]; then
     install -m 755 "$work/$LIBRARY" "$LIBDIR/$LIBRARY"
 else # inside the Debian 11 root: its glibc 2.31 and its copy of the wheel, like the wheel
     root_dir=$(bash "$HERE/build-root.sh")
-    { read -r root_lib; read -r root_include; } < <(bash "$HERE/build-root.sh" --run python3 -c "$FIND_DIRS")
+    { read -r root_lib; read -r root_include; } < <(
+        bash "$HERE/build-root.sh" --run python3 -c "$FIND_DIRS")
     [[ -n $root_lib && -e $root_dir$root_lib/libllama.so ]] ||
         die "the build root's Python has no llama-cpp-python"
     stage=$root_dir/work/decode-loop

@@ -4,8 +4,8 @@
  * Between two llama_decode calls the runtime's Python picks the token and handles its text,
  * ~130-180 us a token, ~2 % of generation on a 2-core CPU (and more on a GPU, whose decodes are
  * shorter). Here a request runs decode -> pick -> decode ... in C for up to `seconds` (the pick:
- * an argmax, or the request's llama.cpp sampler chain), then returns the tokens it picked; Python turns them into text (stop strings, UTF-8, the
- * terminal's 20 pieces a second) while the caller waits anyway.
+ * an argmax, or the request's llama.cpp sampler chain), then returns the tokens it picked;
+ * Python turns them into text (stop strings, UTF-8) and hands it over, once per run.
  *
  * Built by build/decode-loop.sh against the wheel's libllama, installed next to it as
  * libpacker-decode.so, bound by packer/runtime/decode_loop.py. Plain C99 for any x86-64 (SSE2
@@ -97,7 +97,8 @@ int32_t packer_decode_run(struct llama_context *ctx, const struct llama_vocab *v
             why = PACKER_DECODE_FAILED;
             break;
         }
-        token = sampler ? llama_sampler_sample(sampler, ctx, 0) : packer_decode_argmax(logits, n_vocab);
+        token = sampler ? llama_sampler_sample(sampler, ctx, 0)
+                        : packer_decode_argmax(logits, n_vocab);
         out[n++] = token;
         if (!ignore_eos && llama_vocab_is_eog(vocab, token)) {
             why = PACKER_DECODE_EOG;

@@ -13,9 +13,10 @@ share it. One decode thread runs the loop; per step it
    that request's own sampler chain (penalties, grammar, top-k/typical/top-p/min-p/temp/dist or
    mirostat, as llama-cpp-python's ``Llama.generate`` builds it).
 
-A request for the terminal running alone skips the per-step Python: the C loop of
-:mod:`packer.runtime.decode_loop` decodes and picks its tokens (an argmax, or its sampler chain)
-for up to the time between two hand-overs of its text (see :meth:`Scheduler._loop_step`).
+A request running alone (the terminal's, or a server's without a grammar or log-probabilities)
+skips the per-step Python: the C loop of :mod:`packer.runtime.decode_loop` decodes and picks its
+tokens (an argmax, or its sampler chain) for up to 50 ms at a time before its text is made and
+handed over (see :meth:`Scheduler._loop_step`).
 
 KV cells are handed out so that ``llama_decode`` never finds the cache full. A running request
 holds a *claim*: the cells it may fill. A request with ``max_tokens`` claims its prompt plus
@@ -289,7 +290,7 @@ class Scheduler:
         self._logits_at.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         self._logits_at.restype = ctypes.c_void_p
         self._views: dict[int, Any] = {}
-        self._loop = decode_loop  # decodes a lone request for the terminal in C: _loop_step
+        self._loop = decode_loop  # decodes a request running alone in C: see _loop_step
         self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
         self._avg_s = 5.0  # running mean of request durations, for Retry-After
         self.stats = SchedulerStats()
@@ -828,12 +829,13 @@ class Scheduler:
 
     def _loop_step(self, loop: DecodeLoop) -> bool:
         """Decode in C (:mod:`packer.runtime.decode_loop`) for up to the request's ``burst``
-        when one request that allows it runs alone and has a token to decode; then take the tokens it picked as :meth:`_sample` would have,
-        one by one. The loop picks by argmax for a plain greedy request, else with the
-        request's sampler chain: the tokens :meth:`_sample` picks (its shortlist gives the
-        chain's answer). Not with a grammar (a dead end would throw through llama.cpp's C API
-        and abort, see :meth:`_sample_grammar`) or log-probabilities (computed in Python from
-        each token's logits). False (nothing done) otherwise: a normal step follows.
+        when one request that allows it runs alone and has a token to decode; then take the
+        tokens it picked as :meth:`_sample` would have, one by one. The loop picks by argmax
+        for a plain greedy request, else with the request's sampler chain: the tokens
+        :meth:`_sample` picks (its shortlist gives the chain's answer). Not with a grammar (a
+        dead end would throw through llama.cpp's C API and abort, see
+        :meth:`_sample_grammar`) or log-probabilities (computed in Python from each token's
+        logits). False (nothing done) otherwise: a normal step follows.
 
         Tokens the loop decoded after a stop string are in the KV cache, so they go into the
         slot's cache too (as a chat's next turn drops them by its common prefix). A request
