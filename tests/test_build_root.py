@@ -68,7 +68,7 @@ def _avx_variants() -> list[str]:
 # variant, to gcc 10)
 GCC12_VARIANTS = {
     "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4", "alderlake",
-    "sandybridge",
+    "sandybridge", "ivybridge", "piledriver",
 }  # fmt: skip
 CLANG_VARIANTS = {"sse42", "sapphirerapids"}
 # gcc 12 has no C++ headers in the root: it compiles against gcc 10's
@@ -84,7 +84,6 @@ GCC10_CXX_HEADERS = [
     "flags",
     [
         (),  # everything that is not a CPU variant, and x64
-        ("-msse4.2", "-mavx", "-mf16c"),  # ivybridge
         ("-msse4.2", "-mf16c", "-mfma", "-mbmi2", "-mavx", "-mavx2"),  # haswell
     ],
 )
@@ -101,6 +100,8 @@ def test_gcc_compiles_the_other_variants(
     "flags",
     [
         ("-msse4.2", "-mavx"),  # sandybridge
+        ("-msse4.2", "-mavx", "-mf16c"),  # ivybridge
+        ("-msse4.2", "-mf16c", "-mfma", "-mavx"),  # piledriver
         ("-mavx2", "-mavxvnni"),  # alderlake
         ("-mavx2", "-mavx512f"),  # skylakex
         ("-mavx2", "-mavx512f", "-mavx512vbmi", "-mavx512vnni", "-mavx512bf16"),  # zen4
