@@ -8,10 +8,11 @@
 # two (5-7 % of prompt and `packer eval` speed on the demo model); gcc 10's code for sse42 ran
 # prompts 18 % slower than llama.cpp's own gcc 12 build, so it goes to clang 16; and the AVX-512
 # variants without AMX, alderlake and the AVX variants without AVX2 (sandybridge, ivybridge,
-# piledriver) go to gcc 12 (with OpenMP, as llama.cpp's build). With GGML_BACKEND_DL every CPU variant is its own library that talks to the rest
-# only through libggml-base, so the variants root-cc compiles differently from before are
-# compiled here on their own from the same vendored llama.cpp (same patches), by the same wrapper, in the same
-# root: a few minutes on 2 cores. x64 (no SIMD flags: nothing changes) and the wheel's
+# piledriver) go to gcc 12 (with OpenMP, as llama.cpp's build). With GGML_BACKEND_DL every CPU
+# variant is its own library that talks to the rest only through libggml-base, so the variants
+# root-cc compiles differently from before are compiled here on their own from the same
+# vendored llama.cpp (same patches), by the same wrapper, in the same root: a few minutes on 2
+# cores. x64 (no SIMD flags: nothing changes) and the wheel's
 # sapphirerapids (clang already) are left as they are.
 #
 # Cached by its own key (llama-cpp-python version, root-cc's text, the variant list, where it

@@ -211,8 +211,8 @@ def test_freezing_follows_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_installed_avx_variants_are_tuned() -> None:
     """After `make install` from the build root, every CPU variant build/llama-cpu-variants.sh
     compiles again is its library (in the venv and in the root's Python, which freezes the
-    runtime), not the cached wheel's: gcc 10 with root-cc's tuning flags, gcc 12 for the
-    AVX-512 variants without AMX and alderlake, or clang 16 for sse42."""
+    runtime), not the cached wheel's: gcc 10 with root-cc's tuning flags, gcc 12 for
+    GCC12_VARIANTS, or clang 16 for sse42."""
     import importlib.util
     import shutil
 
