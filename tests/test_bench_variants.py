@@ -3,6 +3,7 @@ unit tests: no model.run, no llama-bench)."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -57,3 +58,130 @@ def test_median_interval_covers_the_median(variants: Any) -> None:
 )
 def test_verdict(variants: Any, interval: tuple[float, float], word: str) -> None:
     assert variants.verdict(interval, 0.97) == word
+
+
+# -- --pool: earlier runs' --json files reported as one run ---------------------------------
+
+
+def _run_json(
+    path: Path,
+    rounds: dict[str, dict[str, list[float]]],
+    *,
+    cpu: str = "Test CPU",
+    only: str | None = None,
+    prompt_tokens: int = 457,
+    model: str = "m.run",
+) -> Path:
+    """A --json file as run.py writes it, with these per-round samples per variant."""
+    keys = ("tg_ours", "tg_theirs", "pp_ours", "pp_theirs", "pp_n")
+    variants = {v: {"samples": {k: s.get(k, []) for k in keys}} for v, s in rounds.items()}
+    repeat = max(len(x) for s in rounds.values() for x in s.values())
+    path.write_text(
+        json.dumps(
+            {
+                "machine": {"cpu": cpu, "usable_cpus": 2, "loadavg_start": [0.1, 0.1, 0.1]},
+                "loadavg_end": [1.0, 1.0, 1.0],
+                "settings": {
+                    "model": model,
+                    "threads": 2,
+                    "tokens": 128,
+                    "tg_depth": 19 if only != "pp" else 0,
+                    "prompt_tokens": prompt_tokens if only != "tg" else 0,
+                    "repeat": repeat,
+                    "only": only,
+                },
+                "variants": variants,
+            }
+        )
+    )
+    return path
+
+
+def _both(tg: list[float], pp: list[float]) -> dict[str, list[float]]:
+    """Samples whose per-round ratios are ``tg`` and ``pp`` (llama-bench at 100 tokens/s)."""
+    return {
+        "tg_ours": [100 * x for x in tg],
+        "tg_theirs": [100.0] * len(tg),
+        "pp_ours": [100 * x for x in pp],
+        "pp_theirs": [100.0] * len(pp),
+        "pp_n": [457.0] * len(pp),
+    }
+
+
+def test_pool_puts_each_variants_rounds_together(variants: Any, tmp_path: Path) -> None:
+    a = _run_json(
+        tmp_path / "a.json",
+        {"zen4": _both([0.9] * 6, [1.0] * 6), "haswell": _both([1.0] * 6, [1.0] * 6)},
+    )
+    b = _run_json(tmp_path / "b.json", {"zen4": _both([1.0] * 8, [0.95] * 8)})
+    r = variants.pool([a, b])
+    zen4 = r["variants"]["zen4"]
+    assert zen4["tg_rounds"] == zen4["pp_rounds"] == 14
+    assert zen4["tg_ratio"] == pytest.approx(1.0)  # 8 of the 14 rounds at 1.0
+    assert zen4["pp_ratio"] == pytest.approx(0.95)
+    assert zen4["tg_interval"] == pytest.approx([0.9, 1.0])
+    assert len(zen4["samples"]["tg_ours"]) == 14
+    assert r["variants"]["haswell"]["tg_rounds"] == 6  # only in a.json
+    assert r["settings"]["repeat"] == 14
+    assert r["settings"]["pooled"] == [str(a), str(b)]
+
+
+def test_pool_takes_a_generation_only_run_with_a_full_one(variants: Any, tmp_path: Path) -> None:
+    full = _run_json(tmp_path / "full.json", {"icelake": _both([1.0] * 6, [0.98] * 6)})
+    tg = _run_json(tmp_path / "tg.json", {"icelake": _both([0.97] * 10, [])}, only="tg")
+    row = variants.pool([full, tg])["variants"]["icelake"]
+    assert (row["tg_rounds"], row["pp_rounds"]) == (16, 6)
+    assert row["pp_ratio"] == pytest.approx(0.98)
+
+
+def test_pool_only_the_variants_asked_for(variants: Any, tmp_path: Path) -> None:
+    a = _run_json(
+        tmp_path / "a.json",
+        {"zen4": _both([1.0] * 6, [1.0] * 6), "haswell": _both([1.0] * 6, [1.0] * 6)},
+    )
+    assert list(variants.pool([a], ["haswell"])["variants"]) == ["haswell"]
+    with pytest.raises(variants.BenchError, match="none of skylakex"):
+        variants.pool([a], ["skylakex"])
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"cpu": "Other CPU"}, "another machine"),
+        ({"prompt_tokens": 300}, "pp with prompt_tokens 300"),
+    ],
+)
+def test_pool_refuses_runs_that_are_not_comparable(
+    variants: Any, tmp_path: Path, second: dict[str, Any], message: str
+) -> None:
+    a = _run_json(tmp_path / "a.json", {"zen4": _both([1.0] * 6, [1.0] * 6)})
+    b = _run_json(tmp_path / "b.json", {"zen4": _both([1.0] * 6, [1.0] * 6)}, **second)
+    with pytest.raises(variants.BenchError, match=message):
+        variants.pool([a, b])
+
+
+def test_pool_report_and_errors_from_the_command_line(
+    variants: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _run_json(
+        tmp_path / "a.json",
+        {"zen4": _both([0.99] * 6, [0.96] * 6), "haswell": _both([1.0] * 6, [1.0] * 6)},
+    )
+    b = _run_json(tmp_path / "b.json", {"zen4": _both([0.99] * 6, [0.96] * 6)}, model="other.run")
+    out_json = tmp_path / "pooled.json"
+    assert variants.main(["--pool", str(a), str(b), "--json", str(out_json)]) == 0
+    out, err = capsys.readouterr()
+    zen4 = next(line for line in out.splitlines() if line.startswith("zen4"))
+    assert "0.990x" in zen4 and "0.960x" in zen4 and "meets" in zen4 and "below" in zen4
+    assert zen4.split()[-1] == "12/12"  # rounds of tg/pp
+    assert next(line for line in out.splitlines() if line.startswith("all pooled"))
+    assert "2 runs pooled" in out
+    assert "m.run, other.run" in err  # rounds of two files named differently: said on stderr
+    assert json.loads(out_json.read_text())["variants"]["zen4"]["pp_rounds"] == 12
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert variants.main(["--pool", str(a), str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and "broken.json is not a --json file" in err
+    assert len(err.strip().splitlines()) == 1

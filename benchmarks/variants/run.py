@@ -5,6 +5,7 @@ against llama.cpp's own ``llama-bench`` built for the same variant with gcc.
     .venv/bin/python benchmarks/variants/run.py --variants haswell   # only these
     .venv/bin/python benchmarks/variants/run.py --model-run m.run --repeat 5
     .venv/bin/python benchmarks/variants/run.py --only tg --repeat 12 # generation only, more rounds
+    .venv/bin/python benchmarks/variants/run.py --pool a.json b.json  # earlier runs as one
 
 For each variant, model.run runs pinned to it (``--cpu-variant NAME``) and llama-bench is the
 one ``benchmarks/variants/llama-peers.sh NAME`` builds (the vendored llama.cpp, our patches, the
@@ -27,6 +28,11 @@ their order statistics, no assumption about their distribution) and a verdict: "
 whole interval is at or above the target, "below" when it is all under it, "undecided" when it
 holds the target (more rounds narrow it: on a 2-core VM whose per-round ratios spread ~6 %, about
 30 rounds put the interval within +-2 %; with fewer than 6 rounds there is no 95 % interval).
+The last line pools every variant's rounds: one ratio for the machine.
+
+``--pool`` measures nothing: it reads earlier runs' ``--json`` files (same machine, threads and
+sizes, or a one-line error) and reports each variant's rounds from all of them together, with
+how many there are, since a 2-core VM needs more rounds than one run of every variant takes.
 """
 
 from __future__ import annotations
@@ -125,6 +131,55 @@ def verdict(interval: tuple[float, float], target: float = TARGET) -> str:
     return "undecided"
 
 
+Samples = dict[str, list[float]]  # SAMPLE_KEYS: one figure per round each
+SAMPLE_KEYS = ("tg_ours", "tg_theirs", "pp_ours", "pp_theirs", "pp_n")
+
+
+def ratios(ours: list[float], theirs: list[float]) -> list[float]:
+    """The per-round ratios (a round whose peer figure is 0 is left out)."""
+    return [x / y for x, y in zip(ours, theirs, strict=True) if y]
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else math.nan
+
+
+def figures(ours: list[float], theirs: list[float]) -> dict[str, Any]:
+    """Medians of both sides, the median per-round ratio, its 95 % interval, the rounds."""
+    rs = ratios(ours, theirs)
+    return {
+        "model_run": _median(ours),
+        "llama_bench": _median(theirs),
+        "ratio": _median(rs),
+        "interval": list(median_interval(rs)),
+        "rounds": len(rs),
+    }
+
+
+def _prefixed(what: str, fig: dict[str, Any]) -> dict[str, Any]:
+    return {f"{what}_{k}": x for k, x in fig.items()}
+
+
+def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, Any]]:
+    """The report's row for each variant, from its per-round samples."""
+    table: dict[str, dict[str, Any]] = {}
+    for v, s in samples.items():
+        row: dict[str, Any] = {}
+        for what in ("tg", "pp"):
+            row.update(_prefixed(what, figures(s[f"{what}_ours"], s[f"{what}_theirs"])))
+        row["pp_prompt_tokens"] = _median(s["pp_n"])
+        row["samples"] = s
+        table[v] = row
+    return table
+
+
+def overall(samples: dict[str, Samples], what: str) -> dict[str, Any]:
+    """``what`` (tg or pp) with every variant's rounds pooled: one ratio for the machine."""
+    ours = [x for s in samples.values() for x in s[f"{what}_ours"]]
+    theirs = [x for s in samples.values() for x in s[f"{what}_theirs"]]
+    return figures(ours, theirs)
+
+
 def cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -204,6 +259,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure only generation or only prompts (default both)",
     )
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: pool the rounds of earlier runs' --json files, per variant\n"
+        "(those of --variants only, when given) and report them as one run",
+    )
     return p.parse_args(argv)
 
 
@@ -235,10 +298,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     n_pp = prompt_tokens(pp_prompt) if pp_on else 0
     gguf = args.gguf or base.cached_gguf(work / "cache", base.read_manifest(model_run, env))
     peers = {v: build_peer(v) for v in variants}
-    samples: dict[str, dict[str, list[float]]] = {
-        v: {k: [] for k in ("tg_ours", "tg_theirs", "pp_ours", "pp_theirs", "pp_n")}
-        for v in variants
-    }
+    samples: dict[str, Samples] = {v: {k: [] for k in SAMPLE_KEYS} for v in variants}
     facts = base.machine_facts()
 
     def ours(v: str, s: dict[str, list[float]]) -> None:
@@ -273,33 +333,6 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             first(v, samples[v])
             then(v, samples[v])
 
-    def ratios(a: list[float], b: list[float]) -> list[float]:
-        return [x / y for x, y in zip(a, b, strict=True) if y]
-
-    def paired(a: list[float], b: list[float]) -> float:
-        return statistics.median(ratios(a, b)) if a else math.nan
-
-    def interval(a: list[float], b: list[float]) -> list[float]:
-        return list(median_interval(ratios(a, b)))
-
-    def median(xs: list[float]) -> float:
-        return statistics.median(xs) if xs else math.nan
-
-    table = {
-        v: {
-            "tg_model_run": median(s["tg_ours"]),
-            "tg_llama_bench": median(s["tg_theirs"]),
-            "tg_ratio": paired(s["tg_ours"], s["tg_theirs"]),
-            "tg_interval": interval(s["tg_ours"], s["tg_theirs"]),
-            "pp_model_run": median(s["pp_ours"]),
-            "pp_llama_bench": median(s["pp_theirs"]),
-            "pp_ratio": paired(s["pp_ours"], s["pp_theirs"]),
-            "pp_interval": interval(s["pp_ours"], s["pp_theirs"]),
-            "pp_prompt_tokens": median(s["pp_n"]),
-            "samples": s,
-        }
-        for v, s in samples.items()
-    }
     return {
         "machine": facts,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
@@ -313,26 +346,109 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "repeat": args.repeat,
             "only": args.only,
         },
-        "variants": table,
+        "variants": summarize(samples),
+    }
+
+
+# what must be the same in every run pooled: the machine, and the sizes of what was measured
+_SAME_MACHINE = ("cpu", "usable_cpus")
+_SAME_TG = ("tokens", "tg_depth")
+
+
+def pool(files: list[Path], only: list[str] | None = None) -> dict[str, Any]:
+    """The rounds of the runs in ``files`` (their ``--json``) as one run: each variant's samples
+    put together, from every file that measured it. Raises BenchError (one line) when a file
+    cannot be read or the runs are not comparable: another machine, thread count, number of
+    generated tokens or prompt size."""
+    runs: list[tuple[Path, dict[str, Any]]] = []
+    for f in files:
+        try:
+            r = json.loads(f.read_text())
+            for key in ("model", "threads", "repeat", "only", *_SAME_TG, "prompt_tokens"):
+                r["settings"][key]  # noqa: B018 - what pooling reads, there before it starts
+            for row in r["variants"].values():
+                row["samples"].items()  # noqa: B018
+            r["machine"].get("cpu")  # noqa: B018
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = f"no {exc}" if isinstance(exc, KeyError) else exc
+            raise BenchError(f"{f} is not a --json file of this benchmark ({why})") from None
+        runs.append((f, r))
+    first_file, first = runs[0]
+    for f, r in runs[1:]:
+        for key in _SAME_MACHINE:
+            if r["machine"].get(key) != first["machine"].get(key):
+                raise BenchError(
+                    f"{f} was measured on another machine than {first_file} ({key}: "
+                    f"{r['machine'].get(key)!r}, not {first['machine'].get(key)!r}): pool runs "
+                    f"of one machine"
+                )
+        if r["settings"]["threads"] != first["settings"]["threads"]:
+            raise BenchError(f"{f} ran another number of threads than {first_file}")
+    # the tg and pp settings of the runs that measured them
+    for what, keys in (("tg", _SAME_TG), ("pp", ("prompt_tokens",))):
+        measured = [(f, r) for f, r in runs if r["settings"].get("only") in (None, what)]
+        for f, r in measured[1:]:
+            for key in keys:
+                if r["settings"][key] != measured[0][1]["settings"][key]:
+                    raise BenchError(
+                        f"{f} measured {what} with {key} {r['settings'][key]}, "
+                        f"{measured[0][0]} with {measured[0][1]['settings'][key]}: "
+                        f"pool runs of the same sizes"
+                    )
+    models = sorted({r["settings"]["model"] for _, r in runs})
+    if len(models) > 1:
+        log(
+            f"pooling the rounds of {', '.join(models)}: a variant's figure means something "
+            f"only where its library is the same in all of them"
+        )
+    samples: dict[str, Samples] = {}
+    for _, r in runs:
+        for v, row in r["variants"].items():
+            if only and v not in only:
+                continue
+            s = samples.setdefault(v, {k: [] for k in SAMPLE_KEYS})
+            for k in SAMPLE_KEYS:
+                s[k] += row["samples"].get(k, [])
+    if not samples:
+        raise BenchError(f"none of {', '.join(only or [])} is in these runs")
+    settings = dict(first["settings"])
+    for what, keys in (("tg", _SAME_TG), ("pp", ("prompt_tokens",))):
+        measured = [r for _, r in runs if r["settings"].get("only") in (None, what)]
+        for key in keys:
+            settings[key] = measured[0]["settings"][key] if measured else 0
+    onlies = {r["settings"].get("only") for _, r in runs}
+    settings.update(
+        model=", ".join(models),
+        repeat=sum(r["settings"]["repeat"] for _, r in runs),
+        only=onlies.pop() if len(onlies) == 1 else None,
+        pooled=[str(f) for f in files],
+    )
+    return {
+        "machine": first["machine"],
+        "loadavg_end": runs[-1][1].get("loadavg_end"),
+        "settings": settings,
+        "variants": summarize(samples),
     }
 
 
 def print_report(r: dict[str, Any]) -> None:
     st, m = r["settings"], r["machine"]
+    pooled = st.get("pooled")
+    rounds = f"{len(pooled)} runs pooled" if pooled else f"median of {st['repeat']}"
     print(
         f"\nCPU variants: {st['model']}, {st['threads']} threads, tg {st['tokens']} tokens "
-        f"after {st['tg_depth']} prompt tokens, pp {st['prompt_tokens']} tokens, "
-        f"median of {st['repeat']}"
+        f"after {st['tg_depth']} prompt tokens, pp {st['prompt_tokens']} tokens, {rounds}"
     )
     print(f"load average: start {m['loadavg_start']}, end {r['loadavg_end']}")
     print(
         f"{'variant':<15} {'tg model.run':>12} {'llama-bench':>11} {'ratio':>7} {'95 % interval':>13}"
         f" {'':<10} {'pp model.run':>12} {'llama-bench':>11} {'ratio':>7} {'95 % interval':>13}"
+        + (f" {'':<10} rounds tg/pp" if pooled else "")
     )
 
     def figure(t: dict[str, Any], what: str) -> str:
         if math.isnan(t[f"{what}_ratio"]):  # not measured (--only)
-            return ""
+            return f"{'':>12} {'':>11} {'':>7} {'':>13} {'':<10}"
         iv = t[f"{what}_interval"]
         span = "-" if math.isnan(iv[0]) else f"{iv[0]:.3f}-{iv[1]:.3f}"
         return (
@@ -340,16 +456,39 @@ def print_report(r: dict[str, Any]) -> None:
             f" {t[f'{what}_ratio']:>6.3f}x {span:>13} {verdict(tuple(iv)):<10}"
         )
 
+    def count(t: dict[str, Any]) -> str:  # rounds of tg/pp
+        return f"{t['tg_rounds'] or '-'}/{t['pp_rounds'] or '-'}"
+
     for v, t in r["variants"].items():
-        print(f"{v:<15} {figure(t, 'tg')} {figure(t, 'pp')}".rstrip())
+        print(f"{v:<15} {figure(t, 'tg')} {figure(t, 'pp')} {count(t) if pooled else ''}".rstrip())
+    if len(r["variants"]) > 1:
+        samples = {v: t["samples"] for v, t in r["variants"].items()}
+        pooled_row = {
+            **_prefixed("tg", overall(samples, "tg")),
+            **_prefixed("pp", overall(samples, "pp")),
+        }
+        print(f"{'all pooled':<15} {figure(pooled_row, 'tg')} {figure(pooled_row, 'pp')}".rstrip())
     print(
         f"(tokens/s; ratio: median of the per-round ratios, with a 95 % confidence interval for "
-        f"it; target >= {TARGET}x: meets, below, or undecided while the interval holds it)"
+        f"it; target >= {TARGET}x: meets, below, or undecided while the interval holds it; "
+        f"all pooled: every variant's rounds together)"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return int(base.run_benchmark(parse_args(argv), bench, print_report, "packer-bench-variants-"))
+    args = parse_args(argv)
+    if args.pool:
+        only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+        try:
+            result = pool(args.pool, only)
+        except BenchError as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 1
+        print_report(result)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
+    return int(base.run_benchmark(args, bench, print_report, "packer-bench-variants-"))
 
 
 if __name__ == "__main__":
