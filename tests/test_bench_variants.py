@@ -177,7 +177,15 @@ def test_pool_report_and_errors_from_the_command_line(
     assert next(line for line in out.splitlines() if line.startswith("all pooled"))
     assert "2 runs pooled" in out
     assert "m.run, other.run" in err  # rounds of two files named differently: said on stderr
-    assert json.loads(out_json.read_text())["variants"]["zen4"]["pp_rounds"] == 12
+    pooled = json.loads(out_json.read_text())
+    assert pooled["variants"]["zen4"]["pp_rounds"] == 12
+    assert pooled["settings"]["model"] == "m.run, other.run"
+
+    # a pooled run pools again: its rounds and its models' names, each once
+    assert variants.main(["--pool", str(out_json), str(a)]) == 0
+    out, err = capsys.readouterr()
+    assert next(line for line in out.splitlines() if line.startswith("zen4")).split()[-1] == "18/18"
+    assert "CPU variants: m.run, other.run, 2 threads" in out
 
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")

@@ -395,7 +395,8 @@ def pool(files: list[Path], only: list[str] | None = None) -> dict[str, Any]:
                         f"{measured[0][0]} with {measured[0][1]['settings'][key]}: "
                         f"pool runs of the same sizes"
                     )
-    models = sorted({r["settings"]["model"] for _, r in runs})
+    # (a pooled run's model is the list of its runs' models)
+    models = sorted({m for _, r in runs for m in r["settings"]["model"].split(", ")})
     if len(models) > 1:
         log(
             f"pooling the rounds of {', '.join(models)}: a variant's figure means something "
