@@ -242,6 +242,11 @@ def model_run_stats(
     return base._stats_line(base._check(res, f"model.run --cpu-variant {variant}").stderr)
 
 
+def asked_variants(args: argparse.Namespace) -> list[str]:
+    """The names ``--variants`` gave (none: an empty list)."""
+    return [v.strip() for v in (args.variants or "").split(",") if v.strip()]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-run", type=Path, help=f"default: {DEMO_RUN.name} (make demo)")
@@ -275,11 +280,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     model_run = (args.model_run or DEMO_RUN).resolve()
     if not model_run.is_file():
         raise BenchError(f"{model_run} is not there: make demo, or pass --model-run")
-    variants = (
-        [v.strip() for v in args.variants.split(",") if v.strip()]
-        if args.variants
-        else runnable_variants()
-    )
+    variants = asked_variants(args) or runnable_variants()
     if not variants:
         raise BenchError("no CPU variant of ggml runs on this CPU")
     tg_on, pp_on = args.only in (None, "tg"), args.only in (None, "pp")
@@ -384,16 +385,17 @@ def pool(files: list[Path], only: list[str] | None = None) -> dict[str, Any]:
                 )
         if r["settings"]["threads"] != first["settings"]["threads"]:
             raise BenchError(f"{f} ran another number of threads than {first_file}")
-    # the tg and pp settings of the runs that measured them
+    # the tg and pp sizes: the same in every run that measured them, and the pooled run's
+    settings = dict(first["settings"])
     for what, keys in (("tg", _SAME_TG), ("pp", ("prompt_tokens",))):
         measured = [(f, r) for f, r in runs if r["settings"].get("only") in (None, what)]
-        for f, r in measured[1:]:
-            for key in keys:
-                if r["settings"][key] != measured[0][1]["settings"][key]:
+        for key in keys:
+            settings[key] = measured[0][1]["settings"][key] if measured else 0
+            for f, r in measured[1:]:
+                if r["settings"][key] != settings[key]:
                     raise BenchError(
                         f"{f} measured {what} with {key} {r['settings'][key]}, "
-                        f"{measured[0][0]} with {measured[0][1]['settings'][key]}: "
-                        f"pool runs of the same sizes"
+                        f"{measured[0][0]} with {settings[key]}: pool runs of the same sizes"
                     )
     # (a pooled run's model is the list of its runs' models)
     models = sorted({m for _, r in runs for m in r["settings"]["model"].split(", ")})
@@ -411,12 +413,8 @@ def pool(files: list[Path], only: list[str] | None = None) -> dict[str, Any]:
             for k in SAMPLE_KEYS:
                 s[k] += row["samples"].get(k, [])
     if not samples:
-        raise BenchError(f"none of {', '.join(only or [])} is in these runs")
-    settings = dict(first["settings"])
-    for what, keys in (("tg", _SAME_TG), ("pp", ("prompt_tokens",))):
-        measured = [r for _, r in runs if r["settings"].get("only") in (None, what)]
-        for key in keys:
-            settings[key] = measured[0]["settings"][key] if measured else 0
+        asked = f"none of {', '.join(only)} is" if only else "no variant is"
+        raise BenchError(f"{asked} in these runs")
     onlies = {r["settings"].get("only") for _, r in runs}
     settings.update(
         model=", ".join(models),
@@ -478,17 +476,12 @@ def print_report(r: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.pool:
-        only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
-        try:
-            result = pool(args.pool, only)
-        except BenchError as exc:
-            print(f"bench: error: {exc}", file=sys.stderr)
-            return 1
-        print_report(result)
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
-        return 0
+    if args.pool:  # measures nothing: the scratch folder stays unused
+
+        def pooled(args: argparse.Namespace, _work: Path) -> dict[str, Any]:
+            return pool(args.pool, asked_variants(args) or None)
+
+        return int(base.run_benchmark(args, pooled, print_report, "packer-bench-variants-"))
     return int(base.run_benchmark(args, bench, print_report, "packer-bench-variants-"))
 
 
