@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import packer
+from packer.runtime.atomic_write import atomic_write
 from packer.runtime.errors import BundleError
 from packer.runtime.manifest import Manifest
 
@@ -75,6 +76,16 @@ class BenchError(Exception):
 
 def log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def save_json(path: Path, value: Any, indent: int = 2) -> None:
+    """``value`` as JSON in ``path`` (``--json``), through packer's atomic write: a benchmark
+    stopped while it saves leaves the file as it was, never half of it."""
+    try:
+        with atomic_write(path) as f:
+            f.write((json.dumps(value, indent=indent) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -839,7 +850,11 @@ def run_benchmark(
         return 1
     print_report(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        try:
+            save_json(args.json, result)
+        except BenchError as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -862,7 +877,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print_report(r)
     if args.json:
-        args.json.write_text(json.dumps(r, indent=2) + "\n")
+        try:
+            save_json(args.json, r)
+        except BenchError as exc:
+            log(f"error: {exc}")
+            return 1
         log(f"numbers saved to {args.json}")
     return 0
 

@@ -3,9 +3,11 @@ unit tests: no model.run, no llama-bench)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,4 +194,45 @@ def test_pool_report_and_errors_from_the_command_line(
     assert variants.main(["--pool", str(a), str(broken)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("bench: error: ") and "broken.json is not a --json file" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_json_is_written_whole_or_not_at_all(
+    variants: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--json goes through packer's atomic write (benchmarks/run.py's save_json): a run that
+    fails while saving leaves the old file as it was and no temp file; a folder that is not
+    there is a one-line error and exit code 1."""
+    a = _run_json(tmp_path / "a.json", {"zen4": _both([1.0] * 6, [1.0] * 6)})
+    out_json = tmp_path / "out.json"
+    out_json.write_text('{"old": true}')
+
+    real = variants.base.atomic_write
+
+    @contextlib.contextmanager
+    def stopped_halfway(path: Path) -> Iterator[Any]:
+        with real(path) as f:
+
+            class Half:
+                def write(self, data: bytes) -> None:
+                    f.write(data[: len(data) // 2])
+                    raise KeyboardInterrupt  # Ctrl-C while saving
+
+            yield Half()
+
+    monkeypatch.setattr(variants.base, "atomic_write", stopped_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        variants.main(["--pool", str(a), "--json", str(out_json)])
+    monkeypatch.undo()
+    assert json.loads(out_json.read_text()) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "out.json"]
+    capsys.readouterr()
+
+    missing = tmp_path / "no-such-folder" / "out.json"
+    assert variants.main(["--pool", str(a), "--json", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: cannot write ") and "No such file or directory" in err
     assert len(err.strip().splitlines()) == 1

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from packer.runtime.atomic_write import atomic_write
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 SHARD_BYTES = 1 << 30  # ~1 GB per safetensors shard
@@ -427,7 +429,12 @@ def main(argv: list[str] | None = None) -> int:
                     "numpy": np.__version__,
                 },
             }
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            try:
+                with atomic_write(args.json) as f:  # a stopped run leaves no half-written file
+                    f.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
+            except OSError as exc:
+                log(f"cannot write {args.json}: {exc.strerror or exc}")
+                return 1
     finally:
         if args.keep:
             log(f"kept {work}")

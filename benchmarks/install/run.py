@@ -40,6 +40,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from answers import DEMO_ANSWER, DEMO_QUESTION  # noqa: E402
 
+from packer.runtime.atomic_write import atomic_write  # noqa: E402
+
 QUANT = "Q5_K_M"
 TOTAL_TARGET_S = 120.0
 BUILD_TIMEOUT_S = 1800
@@ -103,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     python = sys.executable
     try:
         report = run(args, work, python)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
     except (BenchError, subprocess.TimeoutExpired) as exc:
         log(str(exc))
         return 1
@@ -113,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        try:
+            with atomic_write(args.json) as f:  # a stopped run leaves no half-written file
+                f.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
+        except OSError as exc:
+            log(f"cannot write {args.json}: {exc.strerror or exc}")
+            return 1
     return 0
 
 

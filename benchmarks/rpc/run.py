@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from packer.runtime.atomic_write import atomic_write
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Write a short story about a lighthouse keeper."
 
@@ -158,7 +160,11 @@ def main() -> None:
             f"{moved}  {r.get('same_text', '-')}"
         )
     if opts.json:
-        opts.json.write_text(json.dumps(rows, indent=1) + "\n")
+        try:
+            with atomic_write(opts.json) as f:  # a stopped run leaves no half-written file
+                f.write((json.dumps(rows, indent=1) + "\n").encode("utf-8"))
+        except OSError as exc:
+            sys.exit(f"rpc bench: cannot write {opts.json}: {exc.strerror or exc}")
 
 
 if __name__ == "__main__":

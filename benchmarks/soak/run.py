@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             result = soak(url, proc.pid, requests, args.clients, args.seed)
     ok = print_report(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        base.save_json(args.json, result, indent=1)
     return 0 if ok else 1
 
 
