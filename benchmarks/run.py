@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import packer
-from packer.runtime.atomic_write import atomic_write
+from packer.runtime.atomic_write import write_json
 from packer.runtime.errors import BundleError
 from packer.runtime.manifest import Manifest
 
@@ -82,8 +82,7 @@ def save_json(path: Path, value: Any, indent: int = 2) -> None:
     """``value`` as JSON in ``path`` (``--json``), through packer's atomic write: a benchmark
     stopped while it saves leaves the file as it was, never half of it."""
     try:
-        with atomic_write(path) as f:
-            f.write((json.dumps(value, indent=indent) + "\n").encode("utf-8"))
+        write_json(path, value, indent=indent)
     except OSError as exc:
         raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from exc
 

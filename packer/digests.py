@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from packer.runtime.atomic_write import atomic_write
+from packer.runtime.atomic_write import write_json
 from packer.runtime.cache import CacheError, cache_subdir
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ def _remember(record: Path | None, blob: Path) -> None:
         return
     try:
         record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_write(record) as f:
-            f.write(json.dumps(_identity(blob)).encode())
+        write_json(record, _identity(blob))
     except OSError as exc:  # only saves time next build
         log.debug("cannot remember that %s was verified: %s", blob, exc)
 

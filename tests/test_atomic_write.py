@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -131,3 +132,17 @@ def test_an_existing_temp_name_is_never_reused(
         fh.write(b"mine")
     assert taken.read_bytes() == b"someone else's"
     assert (tmp_path / "f").read_bytes() == b"mine"
+
+
+def test_write_json(tmp_path: Path) -> None:
+    """One JSON text with a final newline; a value json cannot encode leaves the old file and
+    no temp file (it fails before anything is opened)."""
+    target = tmp_path / "v.json"
+    mod.write_json(target, {"variant": "zen4", "n": [1, 2]}, indent=1)
+    assert target.read_bytes() == b'{\n "variant": "zen4",\n "n": [\n  1,\n  2\n ]\n}\n'
+    mod.write_json(target, ["ñ"])
+    assert json.loads(target.read_text(encoding="utf-8")) == ["ñ"]
+    with pytest.raises(TypeError):
+        mod.write_json(target, {"bad": object()})
+    assert json.loads(target.read_text(encoding="utf-8")) == ["ñ"]
+    assert [p.name for p in tmp_path.iterdir()] == ["v.json"]

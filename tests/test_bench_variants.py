@@ -203,14 +203,16 @@ def test_json_is_written_whole_or_not_at_all(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--json goes through packer's atomic write (benchmarks/run.py's save_json): a run that
+    """--json goes through packer's atomic write (save_json: atomic_write.write_json): a run that
     fails while saving leaves the old file as it was and no temp file; a folder that is not
     there is a one-line error and exit code 1."""
     a = _run_json(tmp_path / "a.json", {"zen4": _both([1.0] * 6, [1.0] * 6)})
     out_json = tmp_path / "out.json"
     out_json.write_text('{"old": true}')
 
-    real = variants.base.atomic_write
+    from packer.runtime import atomic_write as module
+
+    real = module.atomic_write
 
     @contextlib.contextmanager
     def stopped_halfway(path: Path) -> Iterator[Any]:
@@ -223,7 +225,7 @@ def test_json_is_written_whole_or_not_at_all(
 
             yield Half()
 
-    monkeypatch.setattr(variants.base, "atomic_write", stopped_halfway)
+    monkeypatch.setattr(module, "atomic_write", stopped_halfway)  # what write_json calls
     with pytest.raises(KeyboardInterrupt):
         variants.main(["--pool", str(a), "--json", str(out_json)])
     monkeypatch.undo()

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from packer.runtime.atomic_write import atomic_write
+from packer.runtime.atomic_write import write_json
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -430,8 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             }
             try:
-                with atomic_write(args.json) as f:  # a stopped run leaves no half-written file
-                    f.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
+                write_json(args.json, report, indent=2)  # a stopped run leaves no half-written file
             except OSError as exc:
                 log(f"cannot write {args.json}: {exc.strerror or exc}")
                 return 1

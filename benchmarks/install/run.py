@@ -23,7 +23,6 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -40,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from answers import DEMO_ANSWER, DEMO_QUESTION  # noqa: E402
 
-from packer.runtime.atomic_write import atomic_write  # noqa: E402
+from packer.runtime.atomic_write import write_json  # noqa: E402
 
 QUANT = "Q5_K_M"
 TOTAL_TARGET_S = 120.0
@@ -115,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
         try:
-            with atomic_write(args.json) as f:  # a stopped run leaves no half-written file
-                f.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
+            write_json(args.json, report, indent=2)  # a stopped run leaves no half-written file
         except OSError as exc:
             log(f"cannot write {args.json}: {exc.strerror or exc}")
             return 1

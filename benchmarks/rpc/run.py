@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from packer.runtime.atomic_write import atomic_write
+from packer.runtime.atomic_write import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -161,8 +161,7 @@ def main() -> None:
         )
     if opts.json:
         try:
-            with atomic_write(opts.json) as f:  # a stopped run leaves no half-written file
-                f.write((json.dumps(rows, indent=1) + "\n").encode("utf-8"))
+            write_json(opts.json, rows, indent=1)  # a stopped run leaves no half-written file
         except OSError as exc:
             sys.exit(f"rpc bench: cannot write {opts.json}: {exc.strerror or exc}")
 

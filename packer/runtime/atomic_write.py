@@ -4,14 +4,16 @@
 so the final rename is atomic), fsyncs it and renames it over the target. On any exception,
 KeyboardInterrupt included, the temp file is removed and the target is left as it was. Both
 sides use it: model.run (unpacking its GGUF, ``--extract``, the CPU-variant verdict) and the
-build (model.run itself, converted GGUFs). OS errors propagate unchanged: each caller turns
-them into its own one-line message.
+build (model.run itself, converted GGUFs). :func:`write_json` is the same for a JSON value
+(the CPU-variant verdict, the build's verified digests, the benchmarks' ``--json``). OS errors
+propagate unchanged: each caller turns them into its own one-line message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -76,6 +78,15 @@ def atomic_write(target: str | os.PathLike[str], *, mode: int | None = None) -> 
     """
     with _atomic(target, mode) as (fh, _tmp):
         yield fh
+
+
+def write_json(target: str | os.PathLike[str], value: object, *, indent: int | None = None) -> None:
+    """``value`` as JSON (one UTF-8 text, a final newline) in ``target``, through
+    :func:`atomic_write`: the old file or the whole new one, never part of it. OSError and
+    json's TypeError/ValueError propagate unchanged."""
+    data = (json.dumps(value, indent=indent) + "\n").encode("utf-8")
+    with atomic_write(target) as fh:
+        fh.write(data)
 
 
 @contextlib.contextmanager

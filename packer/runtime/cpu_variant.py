@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.runtime import ggml_api
-from packer.runtime.atomic_write import atomic_write
+from packer.runtime.atomic_write import write_json
 from packer.runtime.i18n import _
 
 log = logging.getLogger("packer.runtime.cpu_variant")
@@ -235,8 +235,7 @@ def _write_verdict(path: Path, choice: Choice) -> None:
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as fh:
-            fh.write(json.dumps(data, indent=1).encode())
+        write_json(path, data, indent=1)
     except OSError as exc:
         log.debug("cannot remember the CPU variant in %s: %s", path, exc)
 
