@@ -844,16 +844,12 @@ def run_benchmark(
     try:
         with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
             result = bench(args, Path(tmp))
+        print_report(result)
+        if args.json:
+            save_json(args.json, result)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
-    print_report(result)
-    if args.json:
-        try:
-            save_json(args.json, result)
-        except BenchError as exc:
-            print(f"bench: error: {exc}", file=sys.stderr)
-            return 1
     return 0
 
 
@@ -863,6 +859,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="packer-bench-"))
     try:
         r = bench(args, work)
+        print_report(r)
+        if args.json:
+            save_json(args.json, r)
+            log(f"numbers saved to {args.json}")
     except BenchError as exc:
         log(f"error: {exc}")
         return 1
@@ -874,14 +874,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print_report(r)
-    if args.json:
-        try:
-            save_json(args.json, r)
-        except BenchError as exc:
-            log(f"error: {exc}")
-            return 1
-        log(f"numbers saved to {args.json}")
     return 0
 
 
