@@ -91,6 +91,45 @@ def test_exponential_grammars_are_refused_quickly(
     assert time.monotonic() - started < 0.1
 
 
+@pytest.mark.parametrize(
+    ("grammar", "why"),
+    [
+        (
+            "root ::= \x1b[2J\x1b]0;TITLE\x07 oops",
+            "expecting newline or end at \\x1b[2J\\x1b]0;TITLE",
+        ),
+        ("root ::= [0-9", "unexpected end of input"),
+        ("root ::= undefined-rule", "Undefined rule identifier 'undefined-rule'"),
+        ('start ::= "a"', "grammar does not contain a 'root' symbol"),
+    ],
+)
+def test_a_grammar_llama_cpp_cannot_parse_is_refused_with_its_reason(
+    vocab: tuple[Any, Any, int], grammar: str, why: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """llama.cpp prints a grammar it cannot parse whole on stderr: the child parses it, so
+    none of it (a client's escape sequences) reaches this process's stderr."""
+    refusal = _check(vocab, grammar)
+    assert refusal is not None and refusal.startswith(f"invalid grammar ({why}"), refusal
+    assert refusal.endswith("llama.cpp cannot parse it as GBNF with a 'root' rule")
+    assert refusal.isprintable() and "\x1b" not in refusal
+    assert capfd.readouterr().err == ""
+    assert _check(vocab, grammar) == refusal  # remembered
+
+
+def test_complaint_is_one_short_escaped_line() -> None:
+    grammar = "root ::= \x1b]52;c;ZWNobw==\x07" + "x" * 500
+    said = f"parse: error parsing grammar: expecting name at {grammar[9:]}\n\n{grammar}\n"
+    why = grammar_cost.complaint(said + "llama_grammar_init_impl: failed to parse grammar\n")
+    assert why.startswith("expecting name at \\x1b]52;c;ZWNobw==\\x07xxx")
+    assert len(why) == grammar_cost.COMPLAINT_CHARS and why.endswith("\u2026")
+    logged = "unsupported grammar, left recursion detected for nonterminal at index 0\n"
+    assert grammar_cost.complaint(logged) == logged.strip()
+    assert grammar_cost.complaint("") == ""
+    assert grammar_cost.parse_refusal("") == (
+        "invalid grammar: llama.cpp cannot parse it as GBNF with a 'root' rule"
+    )
+
+
 def test_no_child_is_left_behind(vocab: tuple[Any, Any, int]) -> None:
     _check(vocab, SLOW_GRAMMAR)
     _check(vocab, 'root ::= "ok"')

@@ -675,3 +675,75 @@ def test_model_run_refuses_the_review_requests(demo_run: Path, tmp_path: Path) -
             proc.kill()
             _, err = proc.communicate()
     assert "Traceback" not in err and "internal error" not in err, err
+
+
+@pytest.mark.slow
+def test_client_text_cannot_write_to_the_server_terminal(demo_run: Path, tmp_path: Path) -> None:
+    """A path, a Content-Type and a grammar with escape sequences (clear the screen, retitle
+    the window, write the clipboard) and a forged log line: each is refused as usual, and the
+    server's stderr, the terminal of whoever runs it, gets them escaped, never raw."""
+    port = free_port()
+    log = (tmp_path / "server.log").open("wb")  # -v writes more than a pipe holds
+    proc = subprocess.Popen(
+        ["env", "-i", str(demo_run), "--server", "--port", str(port), "-t", "2", "-v"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    evil = "\x1b[2J\x1b]0;TITLE\x07\x1b]52;c;ZWNobyBoaQ==\x07\r\x9b31mforged: line\u202e"
+    try:
+        import requests
+
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 240
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "the server did not start"
+            time.sleep(0.5)
+        srv = SimpleNamespace(server_address=("127.0.0.1", port))
+        path = b"/x" + evil.replace(" ", "_").replace("\r", "").encode("utf-8")  # one word
+        answer = raw_exchange(srv, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # type: ignore[arg-type]
+        assert status_of(answer) == 404
+        body = b'{"prompt": "hi", "n_predict": 2}'
+        answer = raw_exchange(
+            srv,  # type: ignore[arg-type]
+            b"POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: a\x1b[2Jb\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        assert status_of(answer) == 415
+        for grammar in (f"root ::= {evil}", f'root ::= "a" {evil}', f"{evil} ::= [a]"):
+            r = requests.post(
+                url + "/completion",
+                json={"prompt": "hi", "n_predict": 2, "grammar": grammar},
+                timeout=30,
+            )
+            assert r.status_code == 400, r.text
+            message = r.json()["error"]["message"]
+            assert message.startswith("invalid grammar (") and message.isprintable(), message
+        r = requests.post(
+            url + "/v1/chat/completions",
+            json={"model": evil, "messages": [{"role": "user", "content": evil}], "max_tokens": 2},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert requests.get(url + "/health", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    text = (tmp_path / "server.log").read_bytes().decode("utf-8", "replace")
+    assert "Traceback" not in text, text[-3000:]
+    assert "-> 404" in text and "-> 415" in text and "invalid grammar (" in text, text[-3000:]
+    assert "\\x1b[2J" in text  # what the client sent is still there to read, escaped
+    raw = [
+        c for c in text if c not in "\n\t" and (c < " " or "\x7f" <= c <= "\x9f" or c == "\u202e")
+    ]
+    assert not raw, (raw[:10], text[-3000:])

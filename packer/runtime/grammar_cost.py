@@ -13,6 +13,11 @@ it when one step costs more than :func:`step_budget` of CPU. A grammar that turn
 later is caught in the decode thread by :func:`too_slow` after one slow step, and refused from
 then on. Verdicts are remembered by the grammar's hash (the same JSON schema sent again costs
 nothing).
+
+The child parses the grammar first, and the server parses it only once the child could.
+llama.cpp's parser prints a grammar it cannot parse on stderr, whole and raw: a client's text,
+escape sequences included, on the terminal of whoever runs the server. In the child stderr is a
+memfd; the client gets llama.cpp's reason in one line (:func:`complaint`), escaped.
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import logging
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+from packer.runtime.log_text import printable
 
 PREFLIGHT_STEPS = 3  # tokens followed by the child
 # CPU one step may take in the child, per 64k tokens of vocabulary (a JSON-schema grammar takes
@@ -36,6 +45,7 @@ STEP_CPU_S = 0.25
 CONTENTION = 4  # the child is killed at this many times its CPU budget in wall time, plus 1 s
 STEP_MAX_S = 2.0  # one grammar step in the decode thread above this (CPU) ends the request
 _REMEMBER = 512  # verdicts kept
+COMPLAINT_CHARS = 120  # of llama.cpp's reason for refusing a grammar, in a refusal
 
 _verdicts: OrderedDict[str, str | None] = OrderedDict()  # hash -> refusal message or None
 _lock = threading.Lock()
@@ -54,6 +64,29 @@ def _refusal(what: str) -> str:
     )
 
 
+def complaint(said: str) -> str:
+    """llama.cpp's reason for refusing a grammar, from what it printed on stderr while parsing
+    it: its parser's ``error parsing grammar: WHY`` (the grammar follows on the next lines), else
+    the last line it logged (no 'root' rule, left recursion). One line of at most
+    :data:`COMPLAINT_CHARS`, control characters escaped ("" when it said nothing)."""
+    marker = "error parsing grammar: "
+    at = said.find(marker)
+    if at >= 0:
+        why = said[at + len(marker) :].split("\n", 1)[0]
+    else:
+        lines = [ln.strip() for ln in said.splitlines()]
+        lines = [ln for ln in lines if ln and "failed to parse grammar" not in ln]
+        why = lines[-1] if lines else ""
+    why = printable(why)
+    return why if len(why) <= COMPLAINT_CHARS else why[: COMPLAINT_CHARS - 1] + "…"
+
+
+def parse_refusal(why: str) -> str:
+    """The refusal of a grammar llama.cpp cannot parse, ``why`` being its :func:`complaint`."""
+    reason = f" ({why})" if why else ""
+    return f"invalid grammar{reason}: llama.cpp cannot parse it as GBNF with a 'root' rule"
+
+
 def _remember(key: str, verdict: str | None) -> None:
     with _lock:
         _verdicts[key] = verdict
@@ -68,7 +101,9 @@ def step_budget(n_vocab: int) -> float:
 
 
 def check(ll: Any, vocab: Any, grammar: str, make_candidates: Callable[[], Any]) -> str | None:
-    """None when ``grammar`` is cheap enough to follow, else a one-line refusal for the client.
+    """None when llama.cpp can parse ``grammar`` and it is cheap enough to follow, else a
+    one-line refusal for the client (:func:`parse_refusal` or a cost's). Call it before
+    parsing ``grammar`` in this process.
     ``ll``: the llama_cpp module; ``vocab``: the model's vocabulary handle;
     ``make_candidates()``: a fresh candidates buffer over the vocabulary (``fill(logits)`` ->
     token data array), made only when the grammar is measured (not for a remembered verdict)
@@ -97,16 +132,22 @@ def too_slow(grammar: str, seconds: float) -> str | None:
 
 
 def _measure(ll: Any, vocab: Any, grammar: bytes, candidates: Any, budget: float) -> str | None:
-    """Follow ``grammar`` in a forked child that reports each step's CPU seconds on a pipe; a
-    refusal as soon as one step is over ``budget`` (or takes over CONTENTION times it in wall
-    time: the child is killed), else None."""
+    """Parse and follow ``grammar`` in a forked child that reports on a pipe whether it parsed
+    (``ok``, or ``!`` and llama.cpp's complaint), then each step's CPU seconds. A refusal when
+    it did not parse, or as soon as one step is over ``budget`` (or takes over CONTENTION times
+    it in wall time: the child is killed), else None."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: only llama.cpp calls and numpy, then _exit (no Python cleanup)
+    if pid == 0:  # the child: llama.cpp calls and numpy, then _exit (no Python cleanup)
         code = 1
         try:
             os.close(r)
-            _follow(ll, vocab, grammar, candidates, lambda spent: os.write(w, b"%.6f\n" % spent))
+            sampler, said = _parse(ll, vocab, grammar)
+            if not sampler:
+                os.write(w, b"!" + complaint(said).encode("utf-8") + b"\n")
+            else:
+                os.write(w, b"ok\n")
+                _follow(ll, sampler, candidates, lambda spent: os.write(w, b"%.6f\n" % spent))
             code = 0
         finally:
             os._exit(code)
@@ -116,15 +157,22 @@ def _measure(ll: Any, vocab: Any, grammar: bytes, candidates: Any, budget: float
         poller = select.poll()
         poller.register(r, select.POLLIN)
         pending = b""
-        for _ in range(PREFLIGHT_STEPS):
+        for step in range(-1, PREFLIGHT_STEPS):  # -1: the parse
             while b"\n" not in pending:
                 if not poller.poll(int(wall * 1000)):
-                    return _refusal(f"one of its first tokens took over {wall:.1f} s")
-                chunk = os.read(r, 256)
+                    what = "parsing it" if step < 0 else "one of its first tokens"
+                    return _refusal(f"{what} took over {wall:.1f} s")
+                chunk = os.read(r, 4096)
                 if not chunk:
+                    if step < 0:  # the child died parsing it: so would this process
+                        return parse_refusal("llama.cpp's parser stopped on it")
                     return None  # finished early: the grammar ended or allows nothing
                 pending += chunk
             line, pending = pending.split(b"\n", 1)
+            if step < 0:
+                if line != b"ok":
+                    return parse_refusal(line[1:].decode("utf-8", "replace"))
+                continue
             spent = float(line)
             if spent > budget:
                 return _refusal(f"one of its first tokens took {spent:.1f} s of CPU")
@@ -136,17 +184,36 @@ def _measure(ll: Any, vocab: Any, grammar: bytes, candidates: Any, budget: float
         os.waitpid(pid, 0)
 
 
-def _follow(
-    ll: Any, vocab: Any, grammar: bytes, candidates: Any, report: Callable[[float], object]
-) -> None:
-    """In the child: apply the grammar to the whole vocabulary for PREFLIGHT_STEPS tokens,
-    accepting the likeliest allowed token of pseudo-random logits each time, and ``report`` the
-    CPU seconds of each step."""
+def _parse(ll: Any, vocab: Any, grammar: bytes) -> tuple[Any, str]:
+    """In the child: llama.cpp's grammar sampler for ``grammar`` (None when it cannot parse it)
+    and what llama.cpp printed on stderr meanwhile, which went to a memfd instead."""
+    said = os.memfd_create("grammar-parse")
+    saved_fd, saved_file = os.dup(2), sys.stderr
+    os.dup2(said, 2)  # llama.cpp's parser writes there
+    # llama-cpp-python's log callback prints llama.cpp's messages to sys.stderr: a file of the
+    # child's own (the parent's may have been locked by a thread writing when it forked), and
+    # all of them (it reads ggml's errors as debug messages, which the runtime does not print)
+    sys.stderr = open(said, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG)
+    try:
+        sampler = ll.llama_sampler_init_grammar(vocab, grammar, b"root")
+        sys.stderr.flush()
+    finally:
+        sys.stderr = saved_file
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+    os.lseek(said, 0, os.SEEK_SET)
+    text = os.read(said, 64 * 1024).decode("utf-8", "replace")
+    os.close(said)
+    return sampler, text
+
+
+def _follow(ll: Any, sampler: Any, candidates: Any, report: Callable[[float], object]) -> None:
+    """In the child: apply the grammar ``sampler`` to the whole vocabulary for PREFLIGHT_STEPS
+    tokens, accepting the likeliest allowed token of pseudo-random logits each time, and
+    ``report`` the CPU seconds of each step."""
     import numpy as np
 
-    sampler = ll.llama_sampler_init_grammar(vocab, grammar, b"root")
-    if not sampler:
-        return  # the parent parsed it already; nothing to measure
     rng = np.random.default_rng(0)
     n = candidates.size
     for _ in range(PREFLIGHT_STEPS):

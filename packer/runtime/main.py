@@ -25,6 +25,7 @@ from packer.runtime.cli import UsageError, choose_language, parse, redact_args
 from packer.runtime.cpu_variant import SELF_TEST_FLAG, self_test_main
 from packer.runtime.generate import TERMINAL_EVERY_S, PromptError
 from packer.runtime.i18n import _, os_reason
+from packer.runtime.log_text import LogFormatter
 from packer.runtime.payload import Bundle, BundleError, read_bundle
 from packer.runtime.quality import FLAG as EVAL_FLAG
 from packer.runtime.quantize import FLAG as QUANTIZE_FLAG
@@ -102,7 +103,7 @@ def _version_text(bundle: Bundle | None) -> str:
 
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{_prog()}: %(message)s"))
+    handler.setFormatter(LogFormatter(f"{_prog()}: %(message)s"))
     root = logging.getLogger("packer.runtime")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

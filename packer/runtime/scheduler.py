@@ -467,6 +467,12 @@ class Scheduler:
     # -- samplers -----------------------------------------------------------------------
     def _make_sampler(self, p: Sampling) -> Any:
         ll = self._ll
+        if p.grammar is not None:  # parsed and measured in a child first: see grammar_cost
+            refusal = grammar_cost.check(
+                ll, self._vocab, p.grammar, lambda: _Candidates(ll, self.n_vocab)
+            )
+            if refusal is not None:
+                raise PromptError(refusal)
         seed = p.seed if p.seed >= 0 else ll.LLAMA_DEFAULT_SEED  # the default seed = random
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
 
@@ -497,18 +503,10 @@ class Scheduler:
 
         if p.grammar is not None:
             grammar = ll.llama_sampler_init_grammar(self._vocab, p.grammar.encode("utf-8"), b"root")
-            if not grammar:
+            if not grammar:  # the child parsed it: not expected
                 ll.llama_sampler_free(chain)
-                raise PromptError(
-                    "invalid grammar: llama.cpp cannot parse it as GBNF with a 'root' rule"
-                )
+                raise PromptError(grammar_cost.parse_refusal(""))
             add(grammar)
-            refusal = grammar_cost.check(
-                ll, self._vocab, p.grammar, lambda: _Candidates(ll, self.n_vocab)
-            )
-            if refusal is not None:
-                ll.llama_sampler_free(chain)
-                raise PromptError(refusal)
         if "penalties" in p.samplers and (p.temperature <= 0 or p.mirostat):
             add(penalties())  # greedy and mirostat: the penalties, then their own sampler
         if p.temperature < 0:
