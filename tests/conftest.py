@@ -148,24 +148,32 @@ def demo_run(demo_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @contextlib.contextmanager
-def serve_model_run(exe: Path, cwd: Path, *args: str, timeout: float = 180) -> Iterator[str]:
+def serve_model_run(
+    exe: Path, cwd: Path, *args: str, timeout: float = 180, stderr_to: Path | None = None
+) -> Iterator[str]:
     """``env -i EXE --server`` on a free port from ``cwd``, and its URL once /health says ok.
-    Stopped on exit (killed after 30 s); a Traceback on its stderr fails the test."""
-    with serve_command(["env", "-i", str(exe)], cwd, *args, timeout=timeout) as base:
+    Stopped on exit (killed after 30 s); a Traceback on its stderr fails the test. ``stderr_to``:
+    a file that gets its stderr (for the test to read; ``-v`` writes more than a pipe holds)."""
+    command = ["env", "-i", str(exe)]
+    with serve_command(command, cwd, *args, timeout=timeout, stderr_to=stderr_to) as base:
         yield base
 
 
 @contextlib.contextmanager
-def serve_command(command: list[str], cwd: Path, *args: str, timeout: float = 180) -> Iterator[str]:
+def serve_command(
+    command: list[str], cwd: Path, *args: str, timeout: float = 180, stderr_to: Path | None = None
+) -> Iterator[str]:
     """``COMMAND --server --port P -t 2 ARGS`` (a model.run, or ``python -m packer.runtime``):
     :func:`serve_model_run` for any command line."""
     port = free_port()
+    log = stderr_to.open("w", encoding="utf-8") if stderr_to is not None else None
     proc = subprocess.Popen(
         [*command, "--server", "--port", str(port), "-t", "2", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log or subprocess.PIPE,
         text=True,
+        errors="replace",
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -188,6 +196,10 @@ def serve_command(command: list[str], cwd: Path, *args: str, timeout: float = 18
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
+        if log is not None:
+            log.close()
+    if stderr_to is not None:
+        err = stderr_to.read_text(encoding="utf-8", errors="replace")
     assert "Traceback" not in err, err
 
 

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import free_port, serve_model_run
 
 from packer.runtime import transport as server_mod
 from packer.runtime.browser_guard import (
@@ -682,28 +682,12 @@ def test_client_text_cannot_write_to_the_server_terminal(demo_run: Path, tmp_pat
     """A path, a Content-Type and a grammar with escape sequences (clear the screen, retitle
     the window, write the clipboard) and a forged log line: each is refused as usual, and the
     server's stderr, the terminal of whoever runs it, gets them escaped, never raw."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("wb")  # -v writes more than a pipe holds
-    proc = subprocess.Popen(
-        ["env", "-i", str(demo_run), "--server", "--port", str(port), "-t", "2", "-v"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    evil = "\x1b[2J\x1b]0;TITLE\x07\x1b]52;c;ZWNobyBoaQ==\x07\r\x9b31mforged: line\u202e"
-    try:
-        import requests
+    import requests
 
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 240
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "the server did not start"
-            time.sleep(0.5)
+    evil = "\x1b[2J\x1b]0;TITLE\x07\x1b]52;c;ZWNobyBoaQ==\x07\r\x9b31mforged: line\u202e"
+    log = tmp_path / "server.log"
+    with serve_model_run(demo_run, tmp_path, "-v", stderr_to=log) as url:
+        port = int(url.rsplit(":", 1)[1])
         srv = SimpleNamespace(server_address=("127.0.0.1", port))
         path = b"/x" + evil.replace(" ", "_").replace("\r", "").encode("utf-8")  # one word
         answer = raw_exchange(srv, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # type: ignore[arg-type]
@@ -731,16 +715,7 @@ def test_client_text_cannot_write_to_the_server_terminal(demo_run: Path, tmp_pat
         )
         assert r.status_code == 200, r.text
         assert requests.get(url + "/health", timeout=10).status_code == 200
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-    text = (tmp_path / "server.log").read_bytes().decode("utf-8", "replace")
-    assert "Traceback" not in text, text[-3000:]
+    text = log.read_text(encoding="utf-8", errors="replace")
     assert "-> 404" in text and "-> 415" in text and "invalid grammar (" in text, text[-3000:]
     assert "\\x1b[2J" in text  # what the client sent is still there to read, escaped
     raw = [
