@@ -173,7 +173,6 @@ def serve_command(
         stdout=subprocess.PIPE,
         stderr=log or subprocess.PIPE,
         text=True,
-        errors="replace",
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -116,6 +116,16 @@ def test_a_grammar_llama_cpp_cannot_parse_is_refused_with_its_reason(
     assert _check(vocab, grammar) == refusal  # remembered
 
 
+def test_a_grammar_the_parser_dies_on_is_refused(
+    vocab: tuple[Any, Any, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child ends while it parses (as it would if llama.cpp crashed on the grammar): the
+    grammar is refused, so this process never parses it."""
+    monkeypatch.setattr(grammar_cost, "_parse", lambda *_: os._exit(1))
+    refusal = _check(vocab, 'root ::= "a"')
+    assert refusal == grammar_cost.parse_refusal("llama.cpp's parser stopped on it")
+
+
 def test_complaint_is_one_short_escaped_line() -> None:
     grammar = "root ::= \x1b]52;c;ZWNobw==\x07" + "x" * 500
     said = f"parse: error parsing grammar: expecting name at {grammar[9:]}\n\n{grammar}\n"

@@ -157,22 +157,34 @@ def _measure(ll: Any, vocab: Any, grammar: bytes, candidates: Any, budget: float
         poller = select.poll()
         poller.register(r, select.POLLIN)
         pending = b""
-        for step in range(-1, PREFLIGHT_STEPS):  # -1: the parse
+
+        def next_line() -> bytes | None:
+            """The child's next line (never empty); b"" once it closed the pipe, None when it
+            said nothing for ``wall`` seconds."""
+            nonlocal pending
             while b"\n" not in pending:
                 if not poller.poll(int(wall * 1000)):
-                    what = "parsing it" if step < 0 else "one of its first tokens"
-                    return _refusal(f"{what} took over {wall:.1f} s")
+                    return None
                 chunk = os.read(r, 4096)
                 if not chunk:
-                    if step < 0:  # the child died parsing it: so would this process
-                        return parse_refusal("llama.cpp's parser stopped on it")
-                    return None  # finished early: the grammar ended or allows nothing
+                    return b""
                 pending += chunk
             line, pending = pending.split(b"\n", 1)
-            if step < 0:
-                if line != b"ok":
-                    return parse_refusal(line[1:].decode("utf-8", "replace"))
-                continue
+            return line
+
+        parsed = next_line()
+        if parsed is None:
+            return _refusal(f"parsing it took over {wall:.1f} s")
+        if not parsed:  # the child died parsing it, and so would this process
+            return parse_refusal("llama.cpp's parser stopped on it")
+        if parsed != b"ok":  # "!" and llama.cpp's complaint
+            return parse_refusal(parsed[1:].decode("utf-8", "replace"))
+        for _ in range(PREFLIGHT_STEPS):
+            line = next_line()
+            if line is None:
+                return _refusal(f"one of its first tokens took over {wall:.1f} s")
+            if not line:
+                return None  # finished early: the grammar ended or allows nothing
             spent = float(line)
             if spent > budget:
                 return _refusal(f"one of its first tokens took {spent:.1f} s of CPU")

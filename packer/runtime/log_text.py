@@ -17,13 +17,6 @@ import logging
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def _escaped(c: str) -> str:
-    o = ord(c)
-    if c in "\n\r":
-        return "\\n" if c == "\n" else "\\r"
-    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
-
-
 def printable(text: str) -> str:
     """``text`` with every control character (C0 but the tab, DEL, C1) and every bidirectional
     control written as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``): one line, shown as
@@ -31,7 +24,9 @@ def printable(text: str) -> str:
     if text.isprintable():  # the usual case: nothing to escape (a tab is not printable)
         return text
     return "".join(
-        _escaped(c) if (c != "\t" and (c < " " or "\x7f" <= c <= "\x9f")) or c in _BIDI else c
+        c.encode("unicode_escape").decode("ascii")
+        if (c != "\t" and (c < " " or "\x7f" <= c <= "\x9f")) or c in _BIDI
+        else c
         for c in text
     )
 
